@@ -1,0 +1,24 @@
+"""fa3-jax: FlashAttention-3 for JAX on Hopper GPUs (Pallas Mosaic GPU kernels).
+
+``attention`` is the entry point; ``attention_reference`` the pure-JAX oracle;
+masks are described by ``MaskSpec``/``BlockMask`` and turned into per-tile
+metadata by ``tile_metadata``.
+"""
+
+from fa3_jax.alibi import alibi_bias, alibi_slopes
+from fa3_jax.api import IMPLEMENTATIONS, attention
+from fa3_jax.masks import BlockMask, MaskSpec, TileMetadata, dense_mask, tile_metadata
+from fa3_jax.reference import attention_reference
+
+__all__ = [
+    "attention",
+    "attention_reference",
+    "alibi_slopes",
+    "alibi_bias",
+    "BlockMask",
+    "MaskSpec",
+    "TileMetadata",
+    "dense_mask",
+    "tile_metadata",
+    "IMPLEMENTATIONS",
+]
