@@ -1,0 +1,58 @@
+"""`python -m pretrain [--preset=NAME] [--key=value ...] [--resume]`: train a language model.
+
+Examples:
+  python -m pretrain --preset=tiny --data_dir=runs/demo_data/prepared --mixture=DC-6
+  python -m pretrain --preset=1.3b --data_dir=/data/slimpajama_prepared --global_batch=512 \\
+      --microbatches=8 --run_dir=runs/1.3b-dc6
+  python -m pretrain --resume --run_dir=runs/1.3b-dc6          # continue from the latest checkpoint
+  python -m pretrain --resume --run_dir=runs/1.3b-dc6 --steps=200000   # ... and train longer
+
+Every field of pretrain.config.ModelConfig and TrainConfig is a `--key=value` override; unknown
+keys are errors. With --resume the configuration saved in RUN_DIR/config.json is used, with the
+given overrides applied on top.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pretrain.config import RunConfig, apply_overrides, config_from_args, parse_overrides
+from pretrain.train import NonFiniteLossError, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    resume = False
+    for flag in ("--resume", "--resume=true", "--resume=1"):
+        if flag in argv:
+            argv.remove(flag)
+            resume = True
+    if resume:
+        overrides = parse_overrides(argv)
+        if "run_dir" not in overrides:
+            raise SystemExit("error: --resume needs --run_dir=RUN_DIR (the run to continue)")
+        saved = Path(overrides["run_dir"]) / "config.json"
+        if not saved.is_file():
+            raise SystemExit(f"error: --resume: {saved} does not exist")
+        if "preset" in overrides:
+            raise SystemExit("error: --resume uses the run's saved preset; drop --preset")
+        cfg = apply_overrides(RunConfig.load(saved), overrides)
+    else:
+        try:
+            cfg = config_from_args(argv)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+    try:
+        train(cfg, resume=resume)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

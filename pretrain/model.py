@@ -1,0 +1,152 @@
+"""Decoder-only language model (SlimPajama-DC / BTLM): tied embeddings, pre-LayerNorm blocks,
+causal ALiBi attention over packed documents, SwiGLU MLP, no positional embedding.
+
+Parameters are fp32 (the optimiser's master copy); matmuls run in `ModelConfig.dtype`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import fa3_jax
+from pretrain.attention import causal_alibi_attention
+from pretrain.config import ModelConfig
+
+__all__ = ["LM", "REMAT_POLICIES"]
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing inside a block; recompute it in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out,
+        use_bias=cfg.use_bias,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(std),
+        rngs=rngs,
+    )
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
+                         param_dtype=jnp.float32, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Fused QKV projection, causal ALiBi attention within documents, output projection."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2: residual writes shrink with depth
+        self.qkv = _dense(cfg, cfg.d_model, 3 * cfg.d_model, cfg.init_std, rngs)
+        self.out = _dense(cfg, cfg.d_model, cfg.d_model, out_std, rngs)
+
+    def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        batch, seq, _ = x_BSD.shape
+        qkv_BS3HK = self.qkv(x_BSD).reshape(batch, seq, 3, cfg.n_heads, cfg.head_dim)
+        q_BSHK, k_BSHK, v_BSHK = (qkv_BS3HK[:, :, i] for i in range(3))
+        out_BSHK = causal_alibi_attention(
+            q_BSHK, k_BSHK, v_BSHK,
+            segment_ids_BS=segment_ids_BS,
+            slopes_H=jnp.asarray(fa3_jax.alibi_slopes(cfg.n_heads)),
+            softmax_scale=cfg.softmax_scale,
+            implementation=cfg.attention,
+        )
+        return self.out(out_BSHK.reshape(batch, seq, cfg.d_model))
+
+
+class SwiGLU(nnx.Module):
+    """`down(silu(gate(x)) * up(x))`; gate and up share one fused projection."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.d_ff = cfg.d_ff
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.gate_up = _dense(cfg, cfg.d_model, 2 * cfg.d_ff, cfg.init_std, rngs)
+        self.down = _dense(cfg, cfg.d_ff, cfg.d_model, out_std, rngs)
+
+    def __call__(self, x_BSD: jax.Array) -> jax.Array:
+        gate_BSF, up_BSF = jnp.split(self.gate_up(x_BSD), [self.d_ff], axis=-1)
+        return self.down(jax.nn.silu(gate_BSF) * up_BSF)
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.ln_attn = _norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs)
+        self.ln_mlp = _norm(cfg, rngs)
+        self.mlp = SwiGLU(cfg, rngs)
+
+    def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
+        x_BSD = x_BSD + self.attn(self.ln_attn(x_BSD), segment_ids_BS)
+        return x_BSD + self.mlp(self.ln_mlp(x_BSD))
+
+
+def _apply_block(block: Block, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
+    return block(x_BSD, segment_ids_BS)
+
+
+class LM(nnx.Module):
+    """The language model. `LM(cfg, rngs=nnx.Rngs(seed))(tokens, segment_ids)` -> fp32 logits."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.padded_vocab_size, cfg.d_model,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.float32,
+            embedding_init=nnx.initializers.normal(cfg.init_std),
+            rngs=rngs,
+        )
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.ln_final = _norm(cfg, rngs)
+
+    def __call__(
+        self,
+        tokens_BS: jax.Array,
+        segment_ids_BS: jax.Array | None = None,
+        *,
+        activation_sharding: jax.sharding.Sharding | None = None,
+    ) -> jax.Array:
+        """Next-token logits.
+
+        Args:
+          tokens_BS: int32 [batch, seq] token ids.
+          segment_ids_BS: int32 [batch, seq] packed-document ids (tokens attend only within their
+            document); None = one document per row.
+          activation_sharding: if given, the [batch, seq, d_model] residual stream is constrained
+            to it between blocks (batch split over the mesh, so FSDP gathers weights instead).
+        Returns:
+          float32 [batch, seq, padded_vocab_size]; padded vocabulary rows are -inf.
+        """
+        cfg = self.cfg
+        if tokens_BS.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tokens_BS.shape}")
+        if segment_ids_BS is None:
+            segment_ids_BS = jnp.ones(tokens_BS.shape, jnp.int32)
+        elif segment_ids_BS.shape != tokens_BS.shape:
+            raise ValueError(
+                f"segment_ids shape {segment_ids_BS.shape} must equal tokens shape {tokens_BS.shape}"
+            )
+        x_BSD = self.embed(tokens_BS) * jnp.asarray(cfg.embedding_multiplier, jnp.dtype(cfg.dtype))
+        apply = _apply_block
+        if cfg.remat != "none":
+            apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[cfg.remat])
+        for block in self.blocks:
+            if activation_sharding is not None:
+                x_BSD = jax.lax.with_sharding_constraint(x_BSD, activation_sharding)
+            x_BSD = apply(block, x_BSD, segment_ids_BS)
+        logits_BSV = self.embed.attend(self.ln_final(x_BSD)).astype(jnp.float32)
+        logits_BSV = logits_BSV * cfg.output_multiplier
+        in_vocab_V = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+        return jnp.where(in_vocab_V, logits_BSV, -jnp.inf)
