@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+from data.prepare import load_manifest, main, prepare
+from data.slimpajama import SOURCES, SPLITS, iter_documents
+from data.tokenizer import eos_id, load_tokenizer, train_bpe
+
+
+def _shard_bytes(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.array_record"))}
+
+
+def test_manifest_matches_corpus_and_roundtrips(corpus_dir, prepared_dir):
+    m = load_manifest(prepared_dir)
+    tok = load_tokenizer(prepared_dir / m.tokenizer)
+    assert m.eos_id == eos_id(tok) and m.dtype == "uint16" and m.vocab_size <= 1024
+    for split in SPLITS:
+        docs = {}
+        for d in iter_documents(corpus_dir, split):
+            docs.setdefault(d.source, []).append(d.text)
+        assert {s: v["docs"] for s, v in m.splits[split].items()} == {s: len(v) for s, v in docs.items()}
+        assert set(m.splits[split]) == set(SOURCES)
+    shards = m.splits["train"]["RedPajamaGithub"]["shards"]
+    src = ArrayRecordDataSource([str(prepared_dir / s) for s in shards])
+    assert len(src) == m.splits["train"]["RedPajamaGithub"]["docs"]
+    decoded = {tok.decode(np.frombuffer(src[i], dtype=np.uint16).tolist()) for i in range(len(src))}
+    originals = {d.text for d in iter_documents(corpus_dir, "train") if d.source == "RedPajamaGithub"}
+    assert decoded == originals  # byte-level BPE is lossless
+    total = sum(len(np.frombuffer(src[i], dtype=np.uint16)) for i in range(len(src)))
+    assert total == m.splits["train"]["RedPajamaGithub"]["tokens"]
+
+
+def test_resumes_after_interruption(corpus_dir, prepared_dir, tmp_path):
+    out = tmp_path / "p"
+    shutil.copytree(prepared_dir, out)
+    reference = _shard_bytes(out)
+    # Simulate a crash in the middle of one file: its marker is missing, one of its shards is half
+    # written (a .tmp), another was renamed but holds garbage, and the manifest was not rewritten.
+    done = sorted((out / "train/_done").glob("*.json"))[0]
+    marker = json.loads(done.read_text())
+    done.unlink()
+    (out / "manifest.json").unlink()
+    shard_a, shard_b = [out / s["shard"] for s in list(marker["sources"].values())[:2]]
+    shard_a.with_name(shard_a.name + ".tmp").write_bytes(b"half")
+    shard_b.write_bytes(b"garbage")
+    # A finished marker whose shard vanished is not trusted either.
+    other = json.loads(sorted((out / "test/_done").glob("*.json"))[0].read_text())
+    (out / next(iter(other["sources"].values()))["shard"]).unlink()
+    m, stats = prepare(corpus_dir, out, vocab_size=1024, workers=2, progress=False)
+    assert stats.tasks_run == 2 and stats.tasks_skipped == len(list(out.rglob("_done/*.json"))) - 2
+    assert _shard_bytes(out) == reference
+    assert m == load_manifest(prepared_dir)
+    m2, stats2 = prepare(corpus_dir, out, vocab_size=1024, workers=1, progress=False)
+    assert stats2.tasks_run == 0 and m2 == m
+
+
+def test_given_tokenizer_json_and_skip_mode(corpus_dir, tmp_path):
+    tok_path = tmp_path / "tok.json"
+    texts = [d.text for d in iter_documents(corpus_dir, "validation")]
+    train_bpe(texts, 400, tok_path)
+    bad_corpus = tmp_path / "c"
+    shutil.copytree(corpus_dir / "validation", bad_corpus / "validation")
+    (bad_corpus / "validation/extra.jsonl").write_text('{"text": "x", "meta": {"redpajama_set_name": "Nope"}}\n')
+    with pytest.raises(ValueError, match="extra.jsonl:1: unknown_source"):
+        prepare(bad_corpus, tmp_path / "o1", tokenizer=tok_path, splits=("validation",), workers=1,
+                progress=False)
+    m, _ = prepare(bad_corpus, tmp_path / "o2", tokenizer=tok_path, splits=("validation",), workers=1,
+                   progress=False, on_error="skip")
+    assert m.vocab_size == 400 and m.skips == {"unknown_source": 1} and list(m.splits) == ["validation"]
+
+
+def test_bad_arguments(corpus_dir, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        prepare(tmp_path / "none", tmp_path / "o")
+    with pytest.raises(ValueError, match="workers"):
+        prepare(corpus_dir, tmp_path / "o", workers=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_bpe(["abc"], 10, tmp_path / "t.json")
+    with pytest.raises(FileNotFoundError, match="prepare"):
+        load_manifest(tmp_path)
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--tokenizer" in capsys.readouterr().out
