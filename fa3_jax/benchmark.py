@@ -1,0 +1,388 @@
+"""Times fa3_jax.attention and its peers in one run: ``python -m fa3_jax.benchmark``.
+
+The grid is FlashAttention-3's: ``batch * seq = --tokens`` (16384) and ``heads *
+head_dim = --hidden`` (2048). FLOPs are counted as in ``shared/ANCHORS.md``:
+``4 * batch * seq_q * seq_k * heads * head_dim`` for the forward (halved when
+causal; for masked runs the exact number of visible query-key pairs is used),
+and 2.5x that for the backward, whose time is ``(fwd + bwd) - fwd``.
+Timing: warm-up, then the median over ``--repeats`` of ``--iters`` back-to-back
+calls (torch: CUDA events), reported per call.
+
+Peers: cuDNN and XLA through ``jax.nn.dot_product_attention``, JAX's own Mosaic
+GPU FA3 (``attention_mgpu``; fp16, pre-scaled q, no masks, no causal backward)
+and torch SDPA with its cuDNN and FlashAttention-2 backends (in a subprocess,
+when torch imports). A peer that cannot run a configuration gets a record
+with ``error`` instead of ``ms``. Results: a JSON list of records and a
+markdown table in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fa3_jax
+from fa3_jax import _platform
+
+PEERS = ("fa3_jax", "cudnn", "jax_mgpu", "xla", "torch_cudnn", "torch_fa2")
+DTYPES = {"fp16": jnp.float16, "bf16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One benchmark configuration (self-attention, heads_q == heads_kv)."""
+
+    mode: str  # "fwd" or "bwd"
+    dtype: str  # "fp16" or "bf16"
+    batch: int
+    seq: int
+    heads: int
+    head_dim: int
+    causal: bool
+    mask: str = "none"  # none | window | segments | block_sparse:<density>
+
+    def shape(self):
+        return (self.batch, self.seq, self.heads, self.head_dim)
+
+
+# ---------------------------------------------------------------- masks & FLOPs
+WINDOW_LEFT = 1024
+DOCUMENTS = 8
+SPARSE_BLOCK = 128
+
+
+def mask_inputs(problem: Problem, seed: int = 0):
+    """fa3_jax keyword arguments and a dense bool mask ``[B or 1, 1, S, S]`` (or None)."""
+    s = problem.seq
+    if problem.mask == "none":
+        return {}, None
+    if problem.mask == "window":
+        i, j = np.arange(s)[:, None], np.arange(s)[None, :]
+        dense = (j >= i - WINDOW_LEFT) & (j <= (i if problem.causal else i + WINDOW_LEFT))
+        right = 0 if problem.causal else WINDOW_LEFT
+        return {"window_size": (WINDOW_LEFT, right)}, dense[None, None]
+    if problem.mask == "segments":
+        seg = np.repeat(np.arange(DOCUMENTS, dtype=np.int32), -(-s // DOCUMENTS))[:s]
+        seg = np.broadcast_to(seg, (problem.batch, s))
+        dense = seg[:, None, :, None] == seg[:, None, None, :]
+        if problem.causal:
+            dense = dense & np.tril(np.ones((s, s), bool))
+        return {"segment_ids": jnp.asarray(seg)}, dense
+    if problem.mask.startswith("block_sparse:"):
+        density = float(problem.mask.split(":")[1])
+        n = -(-s // SPARSE_BLOCK)
+        blocks = np.random.default_rng(seed).random((1, n, n)) < density
+        dense = np.repeat(np.repeat(blocks, SPARSE_BLOCK, 1), SPARSE_BLOCK, 2)[:, :s, :s]
+        if problem.causal:
+            dense = dense & np.tril(np.ones((s, s), bool))
+        bm = fa3_jax.BlockMask(jnp.asarray(blocks), SPARSE_BLOCK, SPARSE_BLOCK)
+        return {"block_mask": bm}, dense[None]
+    raise ValueError(f"unknown mask {problem.mask!r}")
+
+
+def flops(problem: Problem, dense_mask) -> float:
+    """Forward or backward FLOPs (see the module docstring)."""
+    b, s, h, d = problem.shape()
+    if dense_mask is None:
+        pairs = s * s / (2 if problem.causal else 1)
+        fwd = 4.0 * b * h * d * pairs
+    else:
+        pairs = np.broadcast_to(dense_mask, (b, 1, s, s)).sum(dtype=np.int64)
+        fwd = 4.0 * h * d * float(pairs)
+    return fwd * (2.5 if problem.mode == "bwd" else 1.0)
+
+
+# ---------------------------------------------------------------- JAX implementations
+def _fa3(problem, kwargs, implementation):
+    def fn(q, k, v):
+        return fa3_jax.attention(q, k, v, causal=problem.causal,
+                                 implementation=implementation, **kwargs)
+    return fn
+
+
+def _cudnn(problem, kwargs, dense, implementation="cudnn"):
+    if implementation == "xla" and problem.seq > 4096:
+        raise ValueError("skipped: XLA materializes the S x S logits (too slow/large past 4096)")
+    mask = None if dense is None or problem.mask == "window" else jnp.asarray(dense)
+    window = (WINDOW_LEFT, 0 if problem.causal else WINDOW_LEFT) if problem.mask == "window" else None
+    if implementation == "cudnn" and problem.mask == "window" and not problem.causal:
+        raise ValueError("cuDNN through JAX takes left-only (causal) windows")
+
+    def fn(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=problem.causal,
+                                            local_window_size=window,
+                                            implementation=implementation)
+    return fn
+
+
+def _jax_mgpu(problem, kwargs, dense):
+    from jax.experimental.pallas.ops.gpu import attention_mgpu as mgpu
+
+    if dense is not None:
+        raise ValueError("attention_mgpu has no masks")
+    if problem.dtype != "fp16":
+        raise ValueError("attention_mgpu runs fp16 only")
+    if problem.mode == "bwd" and problem.causal:
+        raise ValueError("attention_mgpu has no causal backward")
+    block_kv = 64 if problem.head_dim == 256 else 128
+    config = mgpu.TuningConfig(block_q=64, block_kv=block_kv, max_concurrent_steps=2,
+                               causal=problem.causal)
+    scale = 1.0 / math.sqrt(problem.head_dim)
+
+    def fn(q, k, v):
+        return mgpu.attention((q * scale).astype(q.dtype), k, v, config)
+    return fn
+
+
+def build(impl: str, problem: Problem, masks, fa3_implementation):
+    kwargs, dense = masks
+    if impl == "fa3_jax":
+        return _fa3(problem, kwargs, fa3_implementation)
+    if impl == "cudnn":
+        return _cudnn(problem, kwargs, dense)
+    if impl == "xla":
+        return _cudnn(problem, kwargs, dense, implementation="xla")
+    if impl == "jax_mgpu":
+        return _jax_mgpu(problem, kwargs, dense)
+    raise ValueError(f"unknown impl {impl!r}")
+
+
+def time_calls(fn, args, *, iters: int, repeats: int) -> float:
+    """Median milliseconds per call over ``repeats`` runs of ``iters`` back-to-back calls."""
+    jax.block_until_ready(fn(*args))
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        runs.append((time.perf_counter() - start) * 1e3 / iters)
+    return statistics.median(runs)
+
+
+def time_jax(impl, problem, masks, args):
+    fn = build(impl, problem, masks, args.fa3_implementation)
+    rng = np.random.default_rng(0)
+    dt = DTYPES[problem.dtype]
+    q, k, v = (jnp.asarray(rng.standard_normal(problem.shape()), dt) for _ in range(3))
+    fwd = jax.jit(fn)
+    fwd_ms = time_calls(fwd, (q, k, v), iters=args.iters, repeats=args.repeats)
+    if problem.mode == "fwd":
+        return fwd_ms
+    do = jnp.asarray(rng.standard_normal(problem.shape()), dt)
+
+    @jax.jit
+    def fwd_bwd(q, k, v, do):
+        out, vjp = jax.vjp(fn, q, k, v)
+        return vjp(do)
+
+    total = time_calls(fwd_bwd, (q, k, v, do), iters=args.iters, repeats=args.repeats)
+    return total - fwd_ms
+
+
+# ---------------------------------------------------------------- torch (subprocess)
+_TORCH_SCRIPT = r"""
+import json, sys, torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+backends = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_fa2": SDPBackend.FLASH_ATTENTION}
+cfg = json.load(sys.stdin)
+def timed(fn):
+    fn(); torch.cuda.synchronize()
+    runs = []
+    for _ in range(cfg["repeats"]):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(cfg["iters"]):
+            fn()
+        b.record(); torch.cuda.synchronize()
+        runs.append(a.elapsed_time(b) / cfg["iters"])
+    return sorted(runs)[len(runs) // 2]
+for p in cfg["problems"]:
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[p["dtype"]]
+    shape = (p["batch"], p["heads"], p["seq"], p["head_dim"])
+    q, k, v, do = (torch.randn(shape, device="cuda", dtype=dt) for _ in range(4))
+    for impl in cfg["impls"]:
+        rec = {"impl": impl, "key": p["key"]}
+        try:
+            with sdpa_kernel(backends[impl]):
+                f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=p["causal"])
+                fwd = timed(f)
+                if p["mode"] == "fwd":
+                    rec["ms"] = fwd
+                else:
+                    qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+                    g = lambda: torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=p["causal"]), (qq, kk, vv), do)
+                    rec["ms"] = timed(g) - fwd
+        except Exception as e:
+            rec["error"] = f"{type(e).__name__}: {e}"[:300]
+        print(json.dumps(rec), flush=True)
+"""
+
+
+def time_torch(impls, problems, args):
+    """``{(impl, problem index): ms or error string}`` from a torch subprocess."""
+    todo = [dict(dataclasses.asdict(p), key=i) for i, p in enumerate(problems) if p.mask == "none"]
+    if not todo:
+        return {}
+    cfg = dict(problems=todo, impls=list(impls), iters=args.iters, repeats=args.repeats)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT], input=json.dumps(cfg),
+                              capture_output=True, text=True, env=env, timeout=args.torch_timeout)
+    except subprocess.TimeoutExpired:
+        return {(impl, t["key"]): "torch subprocess timed out" for impl in impls for t in todo}
+    results = {}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        results[(rec["impl"], rec["key"])] = rec.get("ms", rec.get("error"))
+    for impl, t in itertools.product(impls, todo):
+        results.setdefault((impl, t["key"]), f"torch failed: {proc.stderr.strip()[-300:]}")
+    return results
+
+
+# ---------------------------------------------------------------- driver
+def problems_from(args) -> list[Problem]:
+    out = []
+    for mode, dtype, d, s, causal, mask in itertools.product(
+            args.mode, args.dtype, args.head_dims, args.seqlens, args.causal, args.masks):
+        if args.tokens % s or args.hidden % d:
+            continue
+        out.append(Problem(mode, dtype, args.tokens // s, s, args.hidden // d, d, causal, mask))
+    return out
+
+
+def record(problem: Problem, impl: str, result, problem_flops: float, meta: dict) -> dict:
+    rec = dict(impl=impl, mode=problem.mode, dtype=problem.dtype, batch=problem.batch,
+               seq_q=problem.seq, seq_k=problem.seq, heads_q=problem.heads, heads_kv=problem.heads,
+               head_dim=problem.head_dim, causal=problem.causal, mask=problem.mask, **meta)
+    if isinstance(result, str):
+        rec["error"] = result
+    else:
+        rec["ms"] = result
+        rec["tflops"] = problem_flops / (result * 1e-3) / 1e12
+    return rec
+
+
+def _fmt(tflops: float) -> str:
+    return f"{tflops:.0f}" if tflops >= 10 else f"{tflops:.2g}"
+
+
+def markdown(records: list[dict], meta: dict) -> str:
+    impls = [i for i in PEERS if any(r["impl"] == i for r in records)]
+    keys = sorted({(r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"])
+                   for r in records})
+    lines = [
+        f"# Attention benchmark ({meta['device']}, {meta['date']})",
+        "",
+        f"jax {meta['jax_version']}; command: `{meta['command']}`. TFLOP/s (median); "
+        "`x` = failed or not applicable (see the JSON's `error`). `vs best` = ours / best peer.",
+        "",
+        "| mode | dtype | D | causal | mask | S | " + " | ".join(impls) + " | vs best |",
+        "|" + "---|" * (7 + len(impls)),
+    ]
+    for key in keys:
+        rows = {r["impl"]: r for r in records
+                if (r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"]) == key}
+        cells = [_fmt(rows[i]["tflops"]) if "tflops" in rows.get(i, {}) else "x" for i in impls]
+        peers = [rows[i]["tflops"] for i in impls if i != "fa3_jax" and "tflops" in rows.get(i, {})]
+        ours = rows.get("fa3_jax", {}).get("tflops")
+        ratio = f"{ours / max(peers):.2f}" if ours and peers else "-"
+        mode, dtype, d, causal, mask, s = key
+        lines.append(f"| {mode} | {dtype} | {d} | {'yes' if causal else 'no'} | {mask} | {s} | "
+                     + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fa3_jax.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", type=_csv(str), default=["fwd", "bwd"], help="fwd,bwd")
+    p.add_argument("--dtype", type=_csv(str), default=["fp16", "bf16"], help="fp16,bf16")
+    p.add_argument("--head-dims", type=_csv(int), default=[64, 128, 256])
+    p.add_argument("--seqlens", type=_csv(int), default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--causal", type=_csv(lambda x: x in ("1", "yes", "true")),
+                   default=[False, True], help="no,yes")
+    p.add_argument("--masks", type=_csv(str), default=["none"],
+                   help="none,window,segments,block_sparse:0.2,...")
+    p.add_argument("--impls", type=_csv(str), default=list(PEERS), help=",".join(PEERS))
+    p.add_argument("--fa3-implementation", default=None,
+                   help="force fa3_jax's implementation (mosaic|reference); default: its choice")
+    p.add_argument("--tokens", type=int, default=16384, help="batch * seq")
+    p.add_argument("--hidden", type=int, default=2048, help="heads * head_dim")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--torch-timeout", type=int, default=900)
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
+    p.add_argument("--tag", default="attention")
+    args = p.parse_args(argv)
+    for name, allowed in (("mode", ("fwd", "bwd")), ("dtype", tuple(DTYPES)), ("impls", PEERS)):
+        bad = [x for x in getattr(args, name) if x not in allowed]
+        if bad:
+            p.error(f"--{name.replace('_', '-')}: unknown {bad}; choose from {allowed}")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = jax.devices()[0]
+    now = datetime.datetime.now(datetime.UTC)
+    fa3_impl = args.fa3_implementation or ("mosaic" if _platform.mosaic_available() else "reference")
+    meta = dict(device=device.device_kind, date=now.strftime("%Y-%m-%d"),
+                jax_version=jax.__version__,
+                command="python -m fa3_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(f"# {meta['device']} | jax {jax.__version__} | fa3_jax implementation: {fa3_impl}",
+          flush=True)
+    problems = problems_from(args)
+    torch_impls = [i for i in args.impls if i.startswith("torch")]
+    torch_results = {}
+    if torch_impls and device.platform == "gpu":
+        torch_results = time_torch(torch_impls, problems, args)
+    records = []
+    for idx, problem in enumerate(problems):
+        masks = mask_inputs(problem)
+        problem_flops = flops(problem, masks[1])
+        for impl in args.impls:
+            if impl.startswith("torch"):
+                if problem.mask != "none":
+                    continue
+                result = torch_results.get((impl, idx), "torch needs a CUDA GPU")
+            else:
+                try:
+                    result = time_jax(impl, problem, masks, args)
+                except Exception as e:  # a peer that cannot run this configuration
+                    result = f"{type(e).__name__}: {e}"[:300]
+            extra = {"implementation": fa3_impl} if impl == "fa3_jax" else {}
+            rec = record(problem, impl, result, problem_flops, {**meta, **extra})
+            records.append(rec)
+            shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]
+            print(f"{problem.mode} {problem.dtype} D{problem.head_dim} S{problem.seq} "
+                  f"causal={problem.causal} {problem.mask:<18} {impl:<12} {shown}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{now.strftime('%Y%m%d-%H%M')}-{args.tag}"
+    stem.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+    table = markdown(records, meta)
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    return records
+
+
+if __name__ == "__main__":
+    main()
