@@ -111,6 +111,38 @@ class LM(nnx.Module):
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.ln_final = _norm(cfg, rngs)
 
+    def embed_tokens(self, tokens_BS: jax.Array) -> jax.Array:
+        """int32 [batch, seq] ids -> [batch, seq, d_model] scaled embeddings in the compute dtype."""
+        if tokens_BS.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tokens_BS.shape}")
+        scale = jnp.asarray(self.cfg.embedding_multiplier, jnp.dtype(self.cfg.dtype))
+        return self.embed(tokens_BS) * scale
+
+    def logits_from_embeddings(
+        self,
+        x_BSD: jax.Array,
+        segment_ids_BS: jax.Array,
+        *,
+        activation_sharding: jax.sharding.Sharding | None = None,
+    ) -> jax.Array:
+        """Runs the blocks and the tied output layer on [batch, seq, d_model] embeddings."""
+        cfg = self.cfg
+        if segment_ids_BS.shape != x_BSD.shape[:2]:
+            raise ValueError(
+                f"segment_ids shape {segment_ids_BS.shape} must be [batch, seq] = {x_BSD.shape[:2]}"
+            )
+        apply = _apply_block
+        if cfg.remat != "none":
+            apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[cfg.remat])
+        for block in self.blocks:
+            if activation_sharding is not None:
+                x_BSD = jax.lax.with_sharding_constraint(x_BSD, activation_sharding)
+            x_BSD = apply(block, x_BSD, segment_ids_BS)
+        logits_BSV = self.embed.attend(self.ln_final(x_BSD)).astype(jnp.float32)
+        logits_BSV = logits_BSV * cfg.output_multiplier
+        in_vocab_V = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+        return jnp.where(in_vocab_V, logits_BSV, -jnp.inf)
+
     def __call__(
         self,
         tokens_BS: jax.Array,
@@ -129,24 +161,9 @@ class LM(nnx.Module):
         Returns:
           float32 [batch, seq, padded_vocab_size]; padded vocabulary rows are -inf.
         """
-        cfg = self.cfg
-        if tokens_BS.ndim != 2:
-            raise ValueError(f"tokens must be [batch, seq], got shape {tokens_BS.shape}")
+        x_BSD = self.embed_tokens(tokens_BS)
         if segment_ids_BS is None:
             segment_ids_BS = jnp.ones(tokens_BS.shape, jnp.int32)
-        elif segment_ids_BS.shape != tokens_BS.shape:
-            raise ValueError(
-                f"segment_ids shape {segment_ids_BS.shape} must equal tokens shape {tokens_BS.shape}"
-            )
-        x_BSD = self.embed(tokens_BS) * jnp.asarray(cfg.embedding_multiplier, jnp.dtype(cfg.dtype))
-        apply = _apply_block
-        if cfg.remat != "none":
-            apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[cfg.remat])
-        for block in self.blocks:
-            if activation_sharding is not None:
-                x_BSD = jax.lax.with_sharding_constraint(x_BSD, activation_sharding)
-            x_BSD = apply(block, x_BSD, segment_ids_BS)
-        logits_BSV = self.embed.attend(self.ln_final(x_BSD)).astype(jnp.float32)
-        logits_BSV = logits_BSV * cfg.output_multiplier
-        in_vocab_V = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
-        return jnp.where(in_vocab_V, logits_BSV, -jnp.inf)
+        return self.logits_from_embeddings(
+            x_BSD, segment_ids_BS, activation_sharding=activation_sharding
+        )

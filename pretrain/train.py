@@ -62,7 +62,7 @@ def build_state(cfg: RunConfig, mesh) -> _Built:
 
     def init() -> TrainState:
         model = LM(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-        params = nnx.split(model)[1].to_pure_dict()
+        params = nnx.to_pure_dict(nnx.state(model))
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
     graphdef = nnx.split(nnx.eval_shape(lambda: LM(cfg.model, rngs=nnx.Rngs(0))))[0]
