@@ -3,14 +3,14 @@
 ``python -m data.dedup --corpus DIR --out DIR --mode global|local [--split train] [--workers N]``
 
 Recipe: NFC, lowercase, strip punctuation, collapse whitespace; drop documents shorter than 200
-characters after that; character 13-grams; 128-permutation MinHash (multiply-add-shift hashes, vectorized
-over all shingles of a batch of documents); LSH with 9 bands x 13 rows; connected components of the
-candidate pairs (union-find); keep the first document (corpus order) of every component.
-``global`` links documents across all sources, ``local`` only within a source.
+characters after that; character 13-grams; 128-permutation MinHash (multiply-add-shift hashes,
+vectorized over all shingles of a batch of documents); LSH with 9 bands x 13 rows; connected
+components of the candidate pairs (union-find); keep the first document (corpus order) of every
+component. ``global`` links documents across all sources, ``local`` only within a source.
 
 Writes the kept corpus in the input's layout (same relative file paths), ``dedup_stats.json`` and a
-per-source ``dedup_table.md`` (documents and bytes before/after, byte duplication rate). MinHash runs in
-``workers`` processes, one input file per task.
+per-source ``dedup_table.md`` (documents and bytes before/after, byte duplication rate). MinHash
+runs in ``workers`` processes, one input file per task.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def shingle_hashes(norm: str, ngram: int = NGRAM) -> np.ndarray:
     n = len(cp) - ngram + 1
     if n <= 0:
         return np.zeros(0, dtype=np.uint64)
-    pow_ = _POW if ngram == NGRAM else np.array(
-        [pow(1_000_003, ngram - 1 - j, 2**64) for j in range(ngram)], dtype=np.uint64
+    pow_ = (
+        _POW
+        if ngram == NGRAM
+        else np.array([pow(1_000_003, ngram - 1 - j, 2**64) for j in range(ngram)], dtype=np.uint64)
     )
     h = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -123,11 +125,14 @@ def _signatures_of_file(args: tuple[str, str]) -> _FileResult:
         if ok:
             shingles.append(shingle_hashes(norm))
     sigs = minhash_batch(shingles) if shingles else np.zeros((0, NUM_PERM), dtype=np.uint32)
-    return _FileResult(path, sources, nbytes, np.array(eligible, dtype=bool), sigs, dict(report.counts))
+    return _FileResult(
+        path, sources, nbytes, np.array(eligible, dtype=bool), sigs, dict(report.counts)
+    )
 
 
 class UnionFind:
-    """Disjoint sets over ``0..n-1`` with path halving and union by index (smallest index is the root)."""
+    """Disjoint sets over ``0..n-1`` with path halving and union by index (smallest index is the
+    root)."""
 
     def __init__(self, n: int):
         self.parent = np.arange(n, dtype=np.int64)
@@ -148,8 +153,11 @@ class UnionFind:
         return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
 
 
-def lsh_candidate_groups(signatures: np.ndarray, groups: np.ndarray | None = None) -> list[np.ndarray]:
-    """Indices of documents sharing an LSH bucket (BANDS x ROWS), one array per bucket with >= 2 docs.
+def lsh_candidate_groups(
+    signatures: np.ndarray, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Indices of documents sharing an LSH bucket (BANDS x ROWS), one array per bucket with >= 2
+    docs.
 
     ``groups`` (int [n]) restricts buckets to documents of the same group (local mode).
     """
@@ -159,7 +167,9 @@ def lsh_candidate_groups(signatures: np.ndarray, groups: np.ndarray | None = Non
         cols = signatures[:, band * ROWS : (band + 1) * ROWS]
         if groups is not None:
             cols = np.concatenate([groups.astype(np.uint32)[:, None], cols], axis=1)
-        keys = np.ascontiguousarray(cols).view(np.dtype((np.void, cols.dtype.itemsize * cols.shape[1])))[:, 0]
+        keys = np.ascontiguousarray(cols).view(
+            np.dtype((np.void, cols.dtype.itemsize * cols.shape[1]))
+        )[:, 0]
         _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         dup = counts[inverse] > 1
         if not dup.any():
@@ -173,7 +183,9 @@ def lsh_candidate_groups(signatures: np.ndarray, groups: np.ndarray | None = Non
     return out
 
 
-def candidate_pairs(signatures: np.ndarray, groups: np.ndarray | None = None) -> set[tuple[int, int]]:
+def candidate_pairs(
+    signatures: np.ndarray, groups: np.ndarray | None = None
+) -> set[tuple[int, int]]:
     """All pairs ``(i < j)`` sharing at least one LSH bucket."""
     pairs = set()
     for members in lsh_candidate_groups(signatures, groups):
@@ -196,7 +208,8 @@ def components(signatures: np.ndarray, groups: np.ndarray | None = None) -> np.n
 
 @dataclasses.dataclass(frozen=True)
 class DedupResult:
-    """Per-source table (``table[source]`` = docs/bytes before and after, short docs, dup rate) and timing."""
+    """Per-source table (``table[source]`` = docs/bytes before and after, short docs, dup rate) and
+    timing."""
 
     mode: str
     table: dict
@@ -213,13 +226,14 @@ class DedupResult:
         lines = [
             f"Dedup mode: {self.mode}",
             "",
-            "| source | docs before | docs after | bytes before | bytes after | short docs | byte dup rate |",
+            "| source | docs before | docs after | bytes before | bytes after | short docs "
+            "| byte dup rate |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for s, r in self.table.items():
             lines.append(
-                f"| {s} | {r['docs_before']} | {r['docs_after']} | {r['bytes_before']} | {r['bytes_after']} "
-                f"| {r['short_docs']} | {100 * r['dup_rate']:.2f}% |"
+                f"| {s} | {r['docs_before']} | {r['docs_after']} | {r['bytes_before']} "
+                f"| {r['bytes_after']} | {r['short_docs']} | {100 * r['dup_rate']:.2f}% |"
             )
         return "\n".join(lines) + "\n"
 
@@ -228,14 +242,20 @@ def _write_kept(args: tuple[str, str, np.ndarray, str]) -> None:
     path, out_path, keep, on_error = args
     rows = []
     report = slimpajama.SkipReport()
-    for k, doc in zip(keep, slimpajama.iter_file(path, on_error=on_error, report=report), strict=True):
+    for k, doc in zip(
+        keep, slimpajama.iter_file(path, on_error=on_error, report=report), strict=True
+    ):
         if k:
             rows.append(json.dumps({"text": doc.text, "meta": doc.meta}, ensure_ascii=False) + "\n")
     payload = "".join(rows).encode("utf-8")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(zstandard.ZstdCompressor(level=3).compress(payload) if out.name.endswith(".zst") else payload)
+    tmp.write_bytes(
+        zstandard.ZstdCompressor(level=3).compress(payload)
+        if out.name.endswith(".zst")
+        else payload
+    )
     os.replace(tmp, out)
 
 
@@ -247,7 +267,8 @@ def dedup(
     workers: int | None = None,
     on_error: str = "raise",
 ) -> DedupResult:
-    """Deduplicates ``split`` of ``corpus_dir``; writes the kept corpus to ``out_dir`` (None: only count).
+    """Deduplicates ``split`` of ``corpus_dir``; writes the kept corpus to ``out_dir`` (None: only
+    count).
 
     Args:
       mode: ``"global"`` (across sources) or ``"local"`` (within each source).
@@ -276,7 +297,9 @@ def dedup(
 
 def _dedup(corpus_dir, out_dir, mode, split, workers, on_error, files, pool, t0) -> DedupResult:
     tasks = [(str(p), on_error) for p in files]
-    results = pool.map(_signatures_of_file, tasks) if pool else [_signatures_of_file(t) for t in tasks]
+    results = (
+        pool.map(_signatures_of_file, tasks) if pool else [_signatures_of_file(t) for t in tasks]
+    )
     t_minhash = time.perf_counter() - t0
 
     sources = np.array([s for r in results for s in r.sources])
@@ -296,7 +319,12 @@ def _dedup(corpus_dir, out_dir, mode, split, workers, on_error, files, pool, t0)
         out_base = Path(out_dir) / split if base != Path(corpus_dir) else Path(out_dir)
         offsets = np.cumsum([0] + [len(r.sources) for r in results])
         write_tasks = [
-            (r.path, str(out_base / Path(r.path).relative_to(base)), keep[offsets[i] : offsets[i + 1]], on_error)
+            (
+                r.path,
+                str(out_base / Path(r.path).relative_to(base)),
+                keep[offsets[i] : offsets[i + 1]],
+                on_error,
+            )
             for i, r in enumerate(results)
         ]
         if pool:
@@ -326,7 +354,11 @@ def _dedup(corpus_dir, out_dir, mode, split, workers, on_error, files, pool, t0)
             skips[k] = skips.get(k, 0) + v
     result = DedupResult(mode, table, len(sources), t_minhash, seconds, skips)
     if out_dir is not None:
-        stats = dataclasses.asdict(result) | {"docs_per_s": result.docs_per_s, "split": split, "workers": workers}
+        stats = dataclasses.asdict(result) | {
+            "docs_per_s": result.docs_per_s,
+            "split": split,
+            "workers": workers,
+        }
         (Path(out_dir) / "dedup_stats.json").write_text(json.dumps(stats, indent=1))
         (Path(out_dir) / "dedup_table.md").write_text(result.markdown())
     return result
@@ -335,11 +367,13 @@ def _dedup(corpus_dir, out_dir, mode, split, workers, on_error, files, pool, t0)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m data.dedup",
-        description="MinHash-LSH deduplication with SlimPajama's recipe (13-grams, 128 perms, 9x13 LSH). "
-        "global: across all sources; local: within each source.",
+        description="MinHash-LSH deduplication with SlimPajama's recipe (13-grams, 128 perms, "
+        "9x13 LSH). global: across all sources; local: within each source.",
     )
     parser.add_argument("--corpus", required=True, help="SlimPajama-format corpus root")
-    parser.add_argument("--out", required=True, help="where the kept corpus and the tables are written")
+    parser.add_argument(
+        "--out", required=True, help="where the kept corpus and the tables are written"
+    )
     parser.add_argument("--mode", choices=("global", "local"), default="global")
     parser.add_argument("--split", default="train", choices=slimpajama.SPLITS)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
@@ -347,8 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = dedup(args.corpus, args.out, args.mode, args.split, args.workers, args.on_error)
     print(result.markdown())
-    print(f"{result.docs} documents in {result.seconds_total:.2f}s: {result.docs_per_s:,.0f} docs/s "
-          f"(MinHash {result.seconds_minhash:.2f}s)")
+    print(
+        f"{result.docs} documents in {result.seconds_total:.2f}s: {result.docs_per_s:,.0f} docs/s "
+        f"(MinHash {result.seconds_minhash:.2f}s)"
+    )
     if result.skips:
         print("skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(result.skips.items())))
 

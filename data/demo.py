@@ -18,8 +18,8 @@ def make_demo_data(
     """Generates the synthetic corpus in ``root/corpus`` and prepares it in ``root/prepared``.
 
     Returns the prepared directory (for :func:`data.make_pipeline`). A second call with the same
-    arguments reuses both (the corpus is regenerated only if ``root/corpus/planted_duplicates.json`` is
-    missing; prepare skips finished files).
+    arguments reuses both (the corpus is regenerated only if ``root/corpus/planted_duplicates.json``
+    is missing; prepare skips finished files).
     """
     root = Path(root)
     corpus = root / "corpus"

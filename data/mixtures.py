@@ -1,9 +1,9 @@
 """Source mixtures: per-source *token* proportions, named presets and custom specs.
 
-A spec is a preset name (``"DC-1"`` .. ``"DC-6"``, ``"SlimPajama"``, ``"RedPajama"``), a comma-separated
-``"RedPajamaCommonCrawl=0.8,RedPajamaGithub=0.2"`` string, or the path of a YAML file holding a mapping
-``{source: weight}`` (optionally under a top-level ``weights:`` key, with an optional ``name:``).
-Weights are normalized to sum to 1.
+A spec is a preset name (``"DC-1"`` .. ``"DC-6"``, ``"SlimPajama"``, ``"RedPajama"``), a
+comma-separated ``"RedPajamaCommonCrawl=0.8,RedPajamaGithub=0.2"`` string, or the path of a YAML
+file holding a mapping ``{source: weight}`` (optionally under a top-level ``weights:`` key, with an
+optional ``name:``). Weights are normalized to sum to 1.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ PRESETS: dict[str, Mixture] = {
         Mixture(
             "DC-5",
             ((_CC, 75.8), (_GH, 8.1), (_BK, 8.1), (_WK, 8.0)),
-            "UNCONFIRMED: SlimPajama-DC DC-5 is CommonCrawl with GitHub, Books and Wikipedia; the exact split is "
-            "printed only in the paper's Table 2. Placeholder: CommonCrawl 75.8 (as DC-3/DC-4) and the other "
-            "24.2 split evenly. Check against the paper before quoting results.",
+            "UNCONFIRMED: SlimPajama-DC DC-5 is CommonCrawl with GitHub, Books and Wikipedia; "
+            "the exact split is printed only in the paper's Table 2. Placeholder: CommonCrawl "
+            "75.8 (as DC-3/DC-4) and the other 24.2 split evenly. Check against the paper "
+            "before quoting results.",
         ),
         Mixture(
             "DC-6",
@@ -128,7 +129,8 @@ def parse_custom(spec: str, name: str | None = None) -> Mixture:
 
 
 def load_yaml(path: Path | str) -> Mixture:
-    """Reads a mixture from YAML: ``{source: weight}`` or ``{name: ..., weights: {source: weight}}``."""
+    """Reads a mixture from YAML: ``{source: weight}`` or ``{name: ..., weights: {source:
+    weight}}``."""
     path = Path(path)
     data = yaml.safe_load(path.read_text())
     name = str(path)

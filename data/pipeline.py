@@ -2,18 +2,18 @@
 
 Per source (``split`` of a prepared directory)::
 
-    ArrayRecordDataSource -> shuffle(seed, reshuffled every epoch) -> repeat -> [process_index::process_count]
-    -> decode (uint16/uint32 ids + EOS -> int32) -> to_iter_dataset
+    ArrayRecordDataSource -> shuffle(seed, reshuffled every epoch) -> repeat
+    -> [process_index::process_count] -> decode (stored ids + EOS -> int32) -> to_iter_dataset
 
 then :class:`MixIterDataset` interleaves documents so each source gets its share of *tokens* (smooth
-weighted round robin on token credits, keyed by source name), :class:`PackIterDataset` concatenates the
-documents (EOS after each) into ``batch_size`` rows of ``seq_len`` and, with ``worker_count > 0``, Grain
-runs everything in ``worker_count`` processes (``mp_prefetch``).
+weighted round robin on token credits, keyed by source name), :class:`PackIterDataset` concatenates
+the documents (EOS after each) into ``batch_size`` rows of ``seq_len`` and, with ``worker_count >
+0``, Grain runs everything in ``worker_count`` processes (``mp_prefetch``).
 
 The iterator is a Grain ``DatasetIterator``: ``get_state()`` returns a JSON-serializable dict,
-``set_state(state)`` on an iterator built with the same arguments continues exactly; Orbax saves it with
-``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``. Mixture weights may change between
-save and restore (states are keyed by source name); ``worker_count`` may not.
+``set_state(state)`` on an iterator built with the same arguments continues exactly; Orbax saves it
+with ``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``. Mixture weights may change
+between save and restore (states are keyed by source name); ``worker_count`` may not.
 """
 
 from __future__ import annotations
@@ -104,10 +104,10 @@ class MixIterDataset(grain.IterDataset):
     """Interleaves documents of named sources so that each gets ``proportions[name]`` of the tokens.
 
     Smooth weighted round robin on token credits: the source with the largest credit gives the next
-    document of ``n`` tokens, then every source ``s`` gains ``p_s * n`` and the chosen one loses ``n``.
-    Credits sum to zero and stay within a document length of zero, so token shares converge at rate
-    O(max doc length / tokens seen). Yields ``(doc_int32, source_id)`` with ``source_id`` the index in
-    :data:`data.SOURCES`.
+    document of ``n`` tokens, then every source ``s`` gains ``p_s * n`` and the chosen one loses
+    ``n``. Credits sum to zero and stay within a document length of zero, so token shares converge
+    at rate O(max doc length / tokens seen). Yields ``(doc_int32, source_id)`` with ``source_id``
+    the index in :data:`data.SOURCES`.
     """
 
     def __init__(self, parents: dict[str, grain.IterDataset], proportions: dict[str, float]):
@@ -157,12 +157,14 @@ class _MixIterator(grain.DatasetIterator):
 
 
 class PackIterDataset(grain.IterDataset):
-    """Packs ``(doc, source_id)`` into batches of :data:`BATCH_KEYS`, each ``int32 [batch_size, seq_len]``.
+    """Packs ``(doc, source_id)`` into batches of :data:`BATCH_KEYS`, each ``int32 [batch_size,
+    seq_len]``.
 
-    Documents (EOS already appended) are concatenated into one stream; row ``r`` of the stream holds tokens
-    ``[r*L, (r+1)*L)`` and targets ``[r*L+1, (r+1)*L+1)``, so a document cut at a row end continues in the
-    next row. ``segment_ids`` number the documents of a row from 1; ``positions`` count from 0 within each
-    segment of a row; the target of an EOS token is :data:`IGNORE_TARGET`. No padding is ever emitted.
+    Documents (EOS already appended) are concatenated into one stream; row ``r`` of the stream holds
+    tokens ``[r*L, (r+1)*L)`` and targets ``[r*L+1, (r+1)*L+1)``, so a document cut at a row end
+    continues in the next row. ``segment_ids`` number the documents of a row from 1; ``positions``
+    count from 0 within each segment of a row; the target of an EOS token is :data:`IGNORE_TARGET`.
+    No padding is ever emitted.
     """
 
     def __init__(self, parent: grain.IterDataset, seq_len: int, batch_size: int):
@@ -257,13 +259,14 @@ def make_pipeline(
 
     Args:
       prepared_dir: output of ``python -m data.prepare``.
-      mixture: preset name, ``"Source=w,..."``, YAML path or :class:`data.Mixture` (token proportions).
-      seq_len: tokens per row.
+      mixture: preset name, ``"Source=w,..."``, YAML path or :class:`data.Mixture` (token
+      proportions). seq_len: tokens per row.
       batch_size: rows per batch on this process.
       seed: shuffling seed; same arguments -> same batches.
       split: ``"train"``, ``"validation"`` or ``"test"``.
-      process_index, process_count: this host's shard of every source (e.g. ``jax.process_index()``).
-      worker_count: Grain prefetch processes (0: in this process). Changes the batch order.
+      process_index, process_count: this host's shard of every source (e.g.
+      ``jax.process_index()``). worker_count: Grain prefetch processes (0: in this process). Changes
+      the batch order.
 
     Returns:
       A ``grain.DatasetIterator``; ``next(it)`` is a dict of :data:`BATCH_KEYS` -> ``np.int32

@@ -5,13 +5,15 @@
 Output layout (``out_dir``)::
 
     tokenizer.json                              the tokenizer used (copied, or trained here)
-    <split>/<source>/<file_key>.array_record    one record per document: token ids, little-endian ``dtype``
-    <split>/_done/<file_key>.json               marker of a finished input file (written last, atomically)
-    manifest.json                               docs/tokens/shards per split and source (see Manifest)
+    <split>/<source>/<file_key>.array_record    one record per document: token ids, little-endian
+    ``dtype`` <split>/_done/<file_key>.json               marker of a finished input file (written
+    last, atomically) manifest.json                               docs/tokens/shards per split and
+    source (see Manifest)
 
-One task per input file, run in parallel by ``workers`` processes. Resumable: a task is finished iff its
-marker exists and names the same tokenizer; shards are written to ``*.tmp`` and renamed before the marker
-is written, so a half-written shard is never taken as finished and is simply rewritten on the next run.
+One task per input file, run in parallel by ``workers`` processes. Resumable: a task is finished iff
+its marker exists and names the same tokenizer; shards are written to ``*.tmp`` and renamed before
+the marker is written, so a half-written shard is never taken as finished and is simply rewritten on
+the next run.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ _ENCODE_BATCH = 256
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """What ``prepare`` wrote. ``splits[split][source]`` = ``{"docs": int, "tokens": int, "shards": [rel paths]}``."""
+    """What ``prepare`` wrote. ``splits[split][source]`` = ``{"docs": int, "tokens": int, "shards":
+    [rel paths]}``."""
 
     vocab_size: int
     eos_id: int
@@ -89,8 +92,9 @@ class _Task:
 _STATE: dict = {}
 
 
-def _init_worker(tokenizer_path: str, out_dir: str, dtype: str, on_error: str, sha: str,
-                 parallel: bool = True) -> None:
+def _init_worker(
+    tokenizer_path: str, out_dir: str, dtype: str, on_error: str, sha: str, parallel: bool = True
+) -> None:
     if not parallel:  # one process per core already: no Rust thread pool on top
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _STATE.update(
@@ -199,7 +203,8 @@ def prepare(
     progress: bool = True,
     bpe_sample_bytes: int = 64 << 20,
 ) -> tuple[Manifest, PrepareStats]:
-    """Tokenizes ``corpus_dir`` into ``out_dir`` (resumable); returns the manifest and this call's stats.
+    """Tokenizes ``corpus_dir`` into ``out_dir`` (resumable); returns the manifest and this call's
+    stats.
 
     Args:
       corpus_dir: a SlimPajama-format corpus (see :mod:`data.slimpajama`).
@@ -208,7 +213,8 @@ def prepare(
         ``bpe_sample_bytes`` of) the train split, or reuses the one already in ``out_dir``.
       splits: splits to prepare (those missing in the corpus are skipped).
       workers: processes; ``None`` = ``os.cpu_count()``; 1 = in this process.
-      on_error: ``"raise"`` or ``"skip"`` (see :func:`data.slimpajama.iter_file`); skips land in the manifest.
+      on_error: ``"raise"`` or ``"skip"`` (see :func:`data.slimpajama.iter_file`); skips land in the
+      manifest.
     """
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():
@@ -306,8 +312,8 @@ def _write_manifest(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m data.prepare",
-        description="Tokenize a SlimPajama-format corpus into per-source, per-split ArrayRecord shards "
-        "plus manifest.json. Resumable: re-running skips finished files.",
+        description="Tokenize a SlimPajama-format corpus into per-source, per-split ArrayRecord "
+        "shards plus manifest.json. Resumable: re-running skips finished files.",
     )
     parser.add_argument(
         "--corpus", required=True, help="corpus root (e.g. SlimPajama-627B or a data.synthetic dir)"

@@ -1,15 +1,19 @@
 """Streaming reader for SlimPajama-format corpora.
 
-Accepted layouts under a corpus root (each row is ``{"text": str, "meta": {"redpajama_set_name": str}}``):
+Accepted layouts under a corpus root (each row is ``{"text": str, "meta": {"redpajama_set_name":
+str}}``):
 
-* SlimPajama-627B: ``<root>/<split>/chunkK/example_<split>_N.jsonl.zst`` (sources mixed inside a file);
-* per source: ``<root>/<split>/RedPajama<Source>/*.jsonl[.zst]`` (the directory name gives the source
-  when a row has no ``meta.redpajama_set_name``; when it has one they must agree);
-* plain ``.jsonl`` files anywhere below ``<root>/<split>`` (or below ``<root>`` when no split folder exists).
+* SlimPajama-627B: ``<root>/<split>/chunkK/example_<split>_N.jsonl.zst`` (sources mixed inside a
+  file);
+* per source: ``<root>/<split>/RedPajama<Source>/*.jsonl[.zst]`` (the directory name gives the
+  source when a row has no ``meta.redpajama_set_name``; when it has one they must agree);
+* plain ``.jsonl`` files anywhere below ``<root>/<split>`` (or below ``<root>`` when no split folder
+  exists).
 
-Bad input (corrupt or truncated zstd, invalid UTF-8, a line that is not a JSON object, missing/non-string
-``text``, a missing or unknown source name, an empty file) raises :class:`CorpusError` naming the file and
-line. With ``on_error="skip"`` the bad item is skipped and counted by reason in a :class:`SkipReport`.
+Bad input (corrupt or truncated zstd, invalid UTF-8, a line that is not a JSON object,
+missing/non-string ``text``, a missing or unknown source name, an empty file) raises
+:class:`CorpusError` naming the file and line. With ``on_error="skip"`` the bad item is skipped and
+counted by reason in a :class:`SkipReport`.
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ def _check_on_error(on_error: str) -> None:
 
 
 def split_dir(root: Path | str, split: str) -> Path:
-    """The folder holding ``split`` under ``root`` (``root`` itself when it has no split folders)."""
+    """The folder holding ``split`` under ``root`` (``root`` itself when it has no split
+    folders)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
@@ -120,7 +125,8 @@ def list_files(root: Path | str, split: str) -> list[Path]:
 
 
 def _zstd_chunks(path: Path) -> Iterator[bytes]:
-    """Decompressed bytes of a (possibly multi-frame) zstd file; raises on corrupt or truncated data."""
+    """Decompressed bytes of a (possibly multi-frame) zstd file; raises on corrupt or truncated
+    data."""
     with open(path, "rb") as f:
         dobj = zstandard.ZstdDecompressor().decompressobj()
         in_frame = False

@@ -2,16 +2,20 @@
 
 ``python -m data.synthetic --out DIR --seed N`` writes, in a second or two::
 
-    DIR/train/chunk1/example_train_0.jsonl.zst ...   (SlimPajama-627B layout; ``--layout per-source`` for
-    DIR/validation/chunk1/...                          ``DIR/<split>/RedPajama<Source>/*.jsonl.zst``)
+    DIR/train/chunk1/example_train_0.jsonl.zst ...
+    DIR/validation/chunk1/...
     DIR/test/chunk1/...
-    DIR/planted_duplicates.json                        ground truth of the planted duplicates
+    DIR/planted_duplicates.json      ground truth of the planted duplicates
+
+(SlimPajama-627B layout; ``--layout per-source`` writes
+``DIR/<split>/RedPajama<Source>/*.jsonl.zst``.)
 
 Each source has its own style (web prose with boilerplate, clean web prose, code, book chapters with
-dialogue, LaTeX-like papers, encyclopedic articles, Q&A threads). Planted duplicates (train split only):
-exact and near copies (a few words replaced, Jaccard of character 13-grams ~0.97) within a source, and
-exact and near copies of CommonCrawl documents placed in C4, Wikipedia and StackExchange (across sources).
-Rows carry ``meta.synthetic_id`` so tests can check the dedup against the ground truth.
+dialogue, LaTeX-like papers, encyclopedic articles, Q&A threads). Planted duplicates (train split
+only): exact and near copies (a few words replaced, Jaccard of character 13-grams ~0.97) within a
+source, and exact and near copies of CommonCrawl documents placed in C4, Wikipedia and StackExchange
+(across sources). Rows carry ``meta.synthetic_id`` so tests can check the dedup against the ground
+truth.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ _PYTHON_WORDS = (
     "def return if else for in while import from class self None True False yield".split()
 )
 
-# Relative number of documents per source, roughly following SlimPajama's token shares / doc lengths.
+# Relative number of documents per source, roughly following SlimPajama's token shares / doc
+# lengths.
 _DOC_SHARE = {
     "RedPajamaCommonCrawl": 0.36,
     "RedPajamaC4": 0.30,
@@ -81,8 +86,8 @@ class _Writer:
         while len(words) < 6000:
             n = int(lex.integers(1, 4))
             words.add("".join(lex.choice(_SYLLABLES, size=n)))
-        self.words = np.array(sorted(words))
-        # Zipf-like word frequencies.
+        # Zipf-like word frequencies, the rank independent of the spelling.
+        self.words = lex.permutation(np.array(sorted(words)))
         p = 1.0 / np.arange(1, len(self.words) + 1) ** 1.05
         self.p = p / p.sum()
 
@@ -160,10 +165,12 @@ class _Writer:
             parts.append(self.paragraph())
             a, b = self.w(2)
             parts.append(
-                f"\\begin{{equation}}\n\\{a}_{{{k}}} = \\sum_{{i=1}}^{{N}} x_i^{{{self.n(2, 5)}}} + \\{b}\n\\end{{equation}}"
+                f"\\begin{{equation}}\n\\{a}_{{{k}}} = \\sum_{{i=1}}^{{N}} "
+                f"x_i^{{{self.n(2, 5)}}} + \\{b}\n\\end{{equation}}"
             )
             parts.append(
-                f"where $x_i$ is the {self.w(1)[0]} of ${a}$ \\cite{{{self.w(1)[0]}{self.n(1990, 2024)}}}."
+                f"where $x_i$ is the {self.w(1)[0]} of ${a}$ "
+                f"\\cite{{{self.w(1)[0]}{self.n(1990, 2024)}}}."
             )
         return "\n".join(parts)
 
@@ -263,7 +270,8 @@ def _write_jsonl_zst(path: Path, rows: list[dict]) -> None:
 
 
 def generate(out_dir: Path | str, seed: int = 0, **config) -> Path:
-    """Writes the demo corpus under ``out_dir`` and returns it. ``config``: fields of :class:`SyntheticConfig`."""
+    """Writes the demo corpus under ``out_dir`` and returns it. ``config``: fields of
+    :class:`SyntheticConfig`."""
     cfg = SyntheticConfig(seed=seed, **config)
     out = Path(out_dir)
     rng = np.random.default_rng(cfg.seed)
@@ -297,7 +305,8 @@ def generate(out_dir: Path | str, seed: int = 0, **config) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m data.synthetic",
-        description="Generate a small SlimPajama-format demo corpus (7 sources, train/validation/test) "
+        description="Generate a small SlimPajama-format demo corpus (7 sources, "
+        "train/validation/test) "
         "with planted exact and near duplicates. Deterministic by --seed.",
     )
     parser.add_argument("--out", required=True, help="output corpus directory")

@@ -1,4 +1,5 @@
-"""Shared fixtures: one small demo corpus and its prepared shards per test session (per xdist worker)."""
+"""Shared fixtures: one small demo corpus and its prepared shards per test session (per xdist
+worker)."""
 
 import pytest
 

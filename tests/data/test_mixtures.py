@@ -41,16 +41,19 @@ def test_custom_string_and_yaml(tmp_path):
     assert load_yaml(tmp_path / "flat.yml").proportions == {AX: 1.0}
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("RedPajamaReddit=1", "unknown source"),
-    ("RedPajamaC4=-1,RedPajamaBook=1", ">= 0"),
-    ("RedPajamaC4=0", "all be zero"),
-    ("RedPajamaC4=abc", "not a number"),
-    ("RedPajamaC4=1,RedPajamaC4=2", "twice"),
-    ("RedPajamaC4", "unknown mixture"),
-    ("RedPajamaC4=nan", ">= 0"),
-    ("DC-9", "unknown mixture"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("RedPajamaReddit=1", "unknown source"),
+        ("RedPajamaC4=-1,RedPajamaBook=1", ">= 0"),
+        ("RedPajamaC4=0", "all be zero"),
+        ("RedPajamaC4=abc", "not a number"),
+        ("RedPajamaC4=1,RedPajamaC4=2", "twice"),
+        ("RedPajamaC4", "unknown mixture"),
+        ("RedPajamaC4=nan", ">= 0"),
+        ("DC-9", "unknown mixture"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         get_mixture(spec)

@@ -37,7 +37,9 @@ def test_shapes_and_packing(prepared_dir, seq_len, batch_size):
     assert np.all(stream[~ok] == m.eos_id)  # only EOS tokens carry no target
     for b in batches:
         for r in range(batch_size):
-            seg, pos, tok, src = (b[k][r] for k in ("segment_ids", "positions", "tokens", "source_ids"))
+            seg, pos, tok, src = (
+                b[k][r] for k in ("segment_ids", "positions", "tokens", "source_ids")
+            )
             assert seg[0] == 1 and np.all(np.diff(seg) >= 0) and np.all(np.diff(seg) <= 1)
             starts = np.flatnonzero(np.r_[True, np.diff(seg) == 1])
             ends = np.r_[starts[1:], seq_len]
@@ -52,8 +54,11 @@ def test_shapes_and_packing(prepared_dir, seq_len, batch_size):
 
 
 def test_token_proportions_chi_square(prepared_dir):
-    """Token shares over 100k tokens: a chi-square test on document units, and the mixer's hard bound."""
-    mixture = get_mixture("RedPajamaCommonCrawl=0.5,RedPajamaC4=0.3,RedPajamaGithub=0.15,RedPajamaBook=0.05")
+    """Token shares over 100k tokens: a chi-square test on document units, and the mixer's hard
+    bound."""
+    mixture = get_mixture(
+        "RedPajamaCommonCrawl=0.5,RedPajamaC4=0.3,RedPajamaGithub=0.15,RedPajamaBook=0.05"
+    )
     m = load_manifest(prepared_dir)
     it = make_pipeline(prepared_dir, mixture, 512, 8, seed=3)
     counts = np.zeros(len(SOURCES))
@@ -63,8 +68,11 @@ def test_token_proportions_chi_square(prepared_dir):
     p = np.array([mixture.proportions.get(s, 0.0) for s in SOURCES])
     assert np.all(counts[p == 0] == 0)
     nz = p > 0
-    # Tokens arrive in whole documents, so the independent draws are documents: count in mean-doc units.
-    doc_len = np.array([m.splits["train"][s]["tokens"] / m.splits["train"][s]["docs"] for s in SOURCES])
+    # Tokens arrive in whole documents, so the independent draws are documents: count in mean-doc
+    # units.
+    doc_len = np.array(
+        [m.splits["train"][s]["tokens"] / m.splits["train"][s]["docs"] for s in SOURCES]
+    )
     observed, expected = counts[nz] / doc_len[nz], p[nz] * total / doc_len[nz]
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
     assert chi2 < 16.27, (chi2, counts / total)  # chi-square, 3 degrees of freedom, p = 0.001
@@ -118,7 +126,9 @@ def test_orbax_checkpoint_roundtrip(prepared_dir, tmp_path):
         mngr.wait_until_finished()
         expected = _take(it, 4)
         fresh = make_pipeline(prepared_dir, "DC-2", 96, 2, seed=4)
-        mngr.restore(3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+        mngr.restore(
+            3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh))
+        )
     assert _equal(_take(fresh, 4), expected)
 
 
@@ -136,16 +146,22 @@ def test_multiprocess_prefetch_deterministic_and_restorable(prepared_dir):
     assert _equal(got, expected)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"seq_len": 0}, "seq_len"),
-    ({"batch_size": -1}, "batch_size"),
-    ({"seed": -1}, "seed"),
-    ({"process_index": 2, "process_count": 2}, "process_index"),
-    ({"split": "dev"}, "split"),
-    ({"worker_count": 1.5}, "worker_count"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"seq_len": 0}, "seq_len"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"seed": -1}, "seed"),
+        ({"process_index": 2, "process_count": 2}, "process_index"),
+        ({"split": "dev"}, "split"),
+        ({"worker_count": 1.5}, "worker_count"),
+    ],
+)
 def test_bad_config(kwargs, match):
-    args = dict(prepared_dir="x", mixture=get_mixture("DC-1"), seq_len=8, batch_size=1, seed=0) | kwargs
+    args = (
+        dict(prepared_dir="x", mixture=get_mixture("DC-1"), seq_len=8, batch_size=1, seed=0)
+        | kwargs
+    )
     with pytest.raises(ValueError, match=match):
         PipelineConfig(**args)
 

@@ -11,7 +11,9 @@ from data.tokenizer import eos_id, load_tokenizer, train_bpe
 
 
 def _shard_bytes(out):
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.array_record"))}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.array_record"))
+    }
 
 
 def test_manifest_matches_corpus_and_roundtrips(corpus_dir, prepared_dir):
@@ -22,13 +24,17 @@ def test_manifest_matches_corpus_and_roundtrips(corpus_dir, prepared_dir):
         docs = {}
         for d in iter_documents(corpus_dir, split):
             docs.setdefault(d.source, []).append(d.text)
-        assert {s: v["docs"] for s, v in m.splits[split].items()} == {s: len(v) for s, v in docs.items()}
+        assert {s: v["docs"] for s, v in m.splits[split].items()} == {
+            s: len(v) for s, v in docs.items()
+        }
         assert set(m.splits[split]) == set(SOURCES)
     shards = m.splits["train"]["RedPajamaGithub"]["shards"]
     src = ArrayRecordDataSource([str(prepared_dir / s) for s in shards])
     assert len(src) == m.splits["train"]["RedPajamaGithub"]["docs"]
     decoded = {tok.decode(np.frombuffer(src[i], dtype=np.uint16).tolist()) for i in range(len(src))}
-    originals = {d.text for d in iter_documents(corpus_dir, "train") if d.source == "RedPajamaGithub"}
+    originals = {
+        d.text for d in iter_documents(corpus_dir, "train") if d.source == "RedPajamaGithub"
+    }
     assert decoded == originals  # byte-level BPE is lossless
     total = sum(len(np.frombuffer(src[i], dtype=np.uint16)) for i in range(len(src)))
     assert total == m.splits["train"]["RedPajamaGithub"]["tokens"]
@@ -64,13 +70,32 @@ def test_given_tokenizer_json_and_skip_mode(corpus_dir, tmp_path):
     train_bpe(texts, 400, tok_path)
     bad_corpus = tmp_path / "c"
     shutil.copytree(corpus_dir / "validation", bad_corpus / "validation")
-    (bad_corpus / "validation/extra.jsonl").write_text('{"text": "x", "meta": {"redpajama_set_name": "Nope"}}\n')
+    (bad_corpus / "validation/extra.jsonl").write_text(
+        '{"text": "x", "meta": {"redpajama_set_name": "Nope"}}\n'
+    )
     with pytest.raises(ValueError, match="extra.jsonl:1: unknown_source"):
-        prepare(bad_corpus, tmp_path / "o1", tokenizer=tok_path, splits=("validation",), workers=1,
-                progress=False)
-    m, _ = prepare(bad_corpus, tmp_path / "o2", tokenizer=tok_path, splits=("validation",), workers=1,
-                   progress=False, on_error="skip")
-    assert m.vocab_size == 400 and m.skips == {"unknown_source": 1} and list(m.splits) == ["validation"]
+        prepare(
+            bad_corpus,
+            tmp_path / "o1",
+            tokenizer=tok_path,
+            splits=("validation",),
+            workers=1,
+            progress=False,
+        )
+    m, _ = prepare(
+        bad_corpus,
+        tmp_path / "o2",
+        tokenizer=tok_path,
+        splits=("validation",),
+        workers=1,
+        progress=False,
+        on_error="skip",
+    )
+    assert (
+        m.vocab_size == 400
+        and m.skips == {"unknown_source": 1}
+        and list(m.splits) == ["validation"]
+    )
 
 
 def test_bad_arguments(corpus_dir, tmp_path):

@@ -19,7 +19,9 @@ def _write(path, lines, compress=True, frames=1):
         return path
     cctx = zstandard.ZstdCompressor()
     step = max(1, len(payload) // frames)
-    path.write_bytes(b"".join(cctx.compress(payload[i : i + step]) for i in range(0, len(payload), step)))
+    path.write_bytes(
+        b"".join(cctx.compress(payload[i : i + step]) for i in range(0, len(payload), step))
+    )
     return path
 
 
@@ -68,11 +70,15 @@ BAD_LINES = {
 }
 
 
-@pytest.mark.parametrize("reason,line", list(BAD_LINES.items()) + [
-    ("bad_json", "[1, 2]"),
-    ("bad_json", ""),
-    ("missing_text", json.dumps({"text": 3, "meta": {"redpajama_set_name": "RedPajamaC4"}})),
-])
+@pytest.mark.parametrize(
+    "reason,line",
+    list(BAD_LINES.items())
+    + [
+        ("bad_json", "[1, 2]"),
+        ("bad_json", ""),
+        ("missing_text", json.dumps({"text": 3, "meta": {"redpajama_set_name": "RedPajamaC4"}})),
+    ],
+)
 def test_bad_line_raises_with_file_and_line(tmp_path, reason, line):
     path = _good_and_bad(tmp_path, line)
     with pytest.raises(CorpusError) as e:

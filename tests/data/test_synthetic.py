@@ -33,7 +33,10 @@ def test_layout_sources_styles_and_duplicates(corpus_dir):
     assert all((split, s) in texts for split in SPLITS for s in SOURCES)
     joined = {s: "\n".join(texts["train", s]) for s in SOURCES}
     assert "def " in joined["RedPajamaGithub"] and "\\section{" in joined["RedPajamaArXiv"]
-    assert "Q: " in joined["RedPajamaStackExchange"] and "== References ==" in joined["RedPajamaWikipedia"]
+    assert (
+        "Q: " in joined["RedPajamaStackExchange"]
+        and "== References ==" in joined["RedPajamaWikipedia"]
+    )
     assert "CHAPTER" in joined["RedPajamaBook"] and "Click here" in joined["RedPajamaCommonCrawl"]
     planted = json.loads((corpus_dir / "planted_duplicates.json").read_text())
     by_id = {d.meta["synthetic_id"]: d.text for d in iter_documents(corpus_dir, "train")}
@@ -43,7 +46,9 @@ def test_layout_sources_styles_and_duplicates(corpus_dir):
             if kind.startswith("exact"):
                 assert by_id[a] == by_id[b]
             else:
-                assert by_id[a] != by_id[b] and len(by_id[a]) == pytest.approx(len(by_id[b]), rel=0.05)
+                assert by_id[a] != by_id[b] and len(by_id[a]) == pytest.approx(
+                    len(by_id[b]), rel=0.05
+                )
             assert (a.split("/")[1] == b.split("/")[1]) == kind.endswith("within")
 
 
@@ -53,8 +58,9 @@ def test_per_source_layout(tmp_path):
         assert list((out / "train" / s).glob("*.jsonl.zst"))
 
 
-@pytest.mark.parametrize("bad", [{"train_docs": 10}, {"layout": "flat"}, {"dup_fraction": 0.9},
-                                 {"files_per_chunk": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"train_docs": 10}, {"layout": "flat"}, {"dup_fraction": 0.9}, {"files_per_chunk": 0}]
+)
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         SyntheticConfig(**bad)
