@@ -1,0 +1,131 @@
+"""Entry points of the Mosaic GPU attention backward (called by ``fa3_jax.api``).
+
+``mha_backward`` pads ragged sequence tails to the kernels' tiles, computes
+the per-row residuals, builds the per-tile metadata for both walks and runs
+the dK/dV kernel (kv tile owns, q tiles walked; GQA sums in fp32 registers)
+and the dQ kernel (q tile owns, kv tiles walked). Neither uses atomics, so
+gradients are bit-identical run to run.
+
+Not differentiated: ALiBi slopes, masks and softcap are constants of the
+backward (their cotangents are not computed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from fa3_jax._mosaic.backward_config import (
+    SMEM_LIMIT_BYTES,
+    BackwardConfig,
+    default_backward_config,
+)
+from fa3_jax._mosaic.backward_dkdv import dkdv_kernel_call
+from fa3_jax._mosaic.backward_dq import dq_kernel_call
+from fa3_jax._mosaic.backward_preprocess import backward_residuals, pad_seq
+from fa3_jax._mosaic.backward_scores import ScoreParams
+from fa3_jax.masks import BlockMask, MaskSpec, tile_metadata
+
+__all__ = ["backward_unsupported_reason", "mha_backward"]
+
+_HEAD_DIMS = (64, 128)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def backward_unsupported_reason(q, k, v, *, spec: MaskSpec, softcap, has_alibi: bool,
+                                has_segments: bool, block_mask: BlockMask | None,
+                                config: BackwardConfig | None = None) -> str | None:
+    """Why the Mosaic backward cannot serve these inputs (None when it can)."""
+    del spec, softcap, has_alibi, has_segments
+    if q.dtype not in (jnp.float16, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return "mosaic kernels take fp16/bf16"
+    head_dim = q.shape[-1]
+    if v.shape[-1] != head_dim:
+        return f"mosaic backward needs head_dim_v == head_dim, got {v.shape[-1]} != {head_dim}"
+    if head_dim not in _HEAD_DIMS:
+        return (
+            f"mosaic backward supports head_dim {_HEAD_DIMS}, got {head_dim} (256 does not fit: "
+            "fp32 dK+dV accumulators of a 64-row tile need 256 registers per thread)"
+        )
+    cfg = config or default_backward_config(head_dim, block_mask)
+    need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize)
+    for name, size in need.items():
+        if size > SMEM_LIMIT_BYTES:
+            return f"mosaic backward {name} kernel needs {size} B of SMEM > {SMEM_LIMIT_BYTES}"
+    if block_mask is not None:
+        tq = math.lcm(cfg.block_q_dkv, cfg.tile_q_dq)
+        tk = math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq)
+        if block_mask.block_q % tq or block_mask.block_k % tk:
+            return (
+                f"mosaic backward needs block masks aligned to its tiles: block_q % {tq} == 0 "
+                f"and block_k % {tk} == 0, got ({block_mask.block_q}, {block_mask.block_k})"
+            )
+    return None
+
+
+def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: float,
+                 dlse_BHS=None,
+                 softcap: float | None = None, alibi_slopes_BH=None, segment_ids=None,
+                 block_mask: BlockMask | None = None, deterministic: bool = True,
+                 config: BackwardConfig | None = None):
+    """Gradients of attention w.r.t. q, k, v.
+
+    Args:
+      q, out, dout: ``[B, Sq, Hq, D]`` fp16/bf16.
+      k, v: ``[B, Sk, Hkv, D]``, ``Hq % Hkv == 0``.
+      lse_BHS: f32 ``[B, Hq, Sq]`` natural-log softmax normaliser from the forward
+        (``-inf`` for fully masked rows, which get zero gradients).
+      dlse_BHS: optional f32 ``[B, Hq, Sq]`` cotangent of the returned lse.
+      spec: positional masks (``spec.seq_q == Sq``, ``spec.seq_k == Sk``).
+      softmax_scale, softcap, alibi_slopes_BH (f32 ``[B or 1, Hq]``),
+      segment_ids (int32 ``(q [B, Sq], kv [B, Sk])``), block_mask: as in the forward.
+      deterministic: accepted for the API; these kernels are always deterministic.
+      config: tiling (default: :func:`default_backward_config`).
+
+    Returns:
+      ``(dq, dk, dv)`` shaped and typed like ``q, k, v``.
+    """
+    del deterministic
+    reason = backward_unsupported_reason(
+        q, k, v, spec=spec, softcap=softcap, has_alibi=alibi_slopes_BH is not None,
+        has_segments=segment_ids is not None, block_mask=block_mask, config=config)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    batch, seq_q, heads_q, head_dim = q.shape
+    seq_k = k.shape[1]
+    if (spec.seq_q, spec.seq_k) != (seq_q, seq_k):
+        raise ValueError(f"spec lengths {(spec.seq_q, spec.seq_k)} != inputs {(seq_q, seq_k)}")
+    cfg = config or default_backward_config(head_dim, block_mask)
+    seq_q_pad = _round_up(seq_q, math.lcm(cfg.block_q_dkv, cfg.tile_q_dq))
+    seq_k_pad = _round_up(seq_k, math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq))
+
+    lse2, delta = backward_residuals(out, dout, lse_BHS, dlse_BHS, seq_q_pad)
+    q_p, do_p = pad_seq(q, 1, seq_q_pad), pad_seq(dout, 1, seq_q_pad)
+    k_p, v_p = pad_seq(k, 1, seq_k_pad), pad_seq(v, 1, seq_k_pad)
+    segments = None
+    if segment_ids is not None:
+        q_seg, kv_seg = segment_ids
+        segments = (
+            pad_seq(q_seg.astype(jnp.int32), 1, seq_q_pad, -1),
+            pad_seq(kv_seg.astype(jnp.int32), 1, seq_k_pad, -2),
+        )
+    slopes = None if alibi_slopes_BH is None else jnp.asarray(alibi_slopes_BH, jnp.float32)
+    params = ScoreParams(spec, float(softmax_scale), None if softcap is None else float(softcap),
+                         slopes is not None, segments is not None)
+
+    def metadata(tile_q, tile_k, transpose):
+        return tile_metadata(spec, tile_q, tile_k, segment_ids=segment_ids,
+                             block_mask=block_mask, transpose=transpose)
+
+    meta_t = metadata(cfg.block_q_dkv, cfg.tile_kv_dkv, True)
+    meta = metadata(cfg.tile_q_dq, cfg.block_kv_dq, False)
+    dk, dv = dkdv_kernel_call(q_p, k_p, v_p, do_p, lse2, delta, meta_t, params=params,
+                              cfg=cfg, slopes=slopes, segments=segments)
+    dq = dq_kernel_call(q_p, k_p, v_p, do_p, lse2, delta, meta, params=params,
+                        cfg=cfg, slopes=slopes, segments=segments)
+    return dq[:, :seq_q], dk[:, :seq_k], dv[:, :seq_k]
+

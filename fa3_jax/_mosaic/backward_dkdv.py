@@ -1,0 +1,265 @@
+"""dK/dV kernel: each CTA owns a kv tile and walks the q tiles that see it.
+
+Grid: (kv tiles, kv heads, batch). A producer warpgroup streams Q, dO, lse,
+delta (and q segment ids) of every visited q tile of every query head in the
+GQA group through a ring of SMEM slots with TMA; ``compute_wgs`` consumer
+warpgroups each own ``block_kv_dkv`` kv rows and accumulate dK and dV in fp32
+registers over the whole walk, so GQA sums and the q-tile order are fixed:
+the result is deterministic.
+
+Per visited q tile, a consumer computes (transposed so kv rows are the
+wgmma M dimension):  S^T = K Q^T,  dP^T = V dO^T,  P^T = exp2(S^T - lse),
+dS^T = P^T (dP^T - delta),  dV += P^T dO,  dK += dS^T Q.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from fa3_jax._mosaic.backward_config import BackwardConfig
+from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
+from fa3_jax._mosaic.common import needs_element_masks
+
+__all__ = ["dkdv_kernel_call", "smem_transforms"]
+
+
+def smem_transforms(itemsize: int):
+    swizzle = 128
+    return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shapes:
+    batch: int
+    seq_q: int  # padded to block_q_dkv
+    seq_k: int  # padded to the CTA's kv tile
+    heads_q: int
+    heads_kv: int
+    head_dim: int
+    meta_b: int
+    meta_h: int
+    slope_b: int
+
+    @property
+    def group(self) -> int:
+        return self.heads_q // self.heads_kv
+
+
+def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, index_ref, count_ref, partial_ref = refs[:9]
+    rest = list(refs[9:])
+    slope_ref = rest.pop(0) if params.has_alibi else None
+    qseg_ref, kseg_ref = (rest.pop(0), rest.pop(0)) if params.has_segments else (None, None)
+    dk_ref, dv_ref, scratch, barriers = rest
+
+    k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem = scratch[:6]
+    qseg_smem, kseg_smem, p_smem, ds_smem = scratch[6:]
+    kv_bar, full_bar, consumed_bar = barriers
+
+    bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
+    group = shp.group
+    kv_tile = lax.axis_index("kv")
+    h_kv = lax.axis_index("head")
+    b = lax.axis_index("batch")
+    wg = lax.axis_index("wg")
+    mb = b if shp.meta_b > 1 else 0
+
+    def head_q(g):
+        return h_kv * group + g
+
+    def meta_h(g):
+        return head_q(g) if shp.meta_h > 1 else 0
+
+    def walk(body, init):
+        """Runs ``body(g, t, step, carry)`` over (group head, visited q tile)."""
+
+        def per_head(g, carry):
+            n = count_ref[mb, meta_h(g), kv_tile]
+
+            def per_tile(t, carry):
+                step, inner = carry
+                return step + 1, body(g, t, step, inner)
+
+            return lax.fori_loop(0, n, per_tile, carry)
+
+        return lax.fori_loop(0, group, per_head, (jnp.int32(0), init))
+
+    @pl.when(wg == wgs)
+    def _producer():
+        plgpu.set_max_registers(40, action="decrease")
+
+        def issue(g, t, step, _):
+            slot = lax.rem(step, stages)
+
+            @pl.when(step >= stages)
+            def _():
+                plgpu.barrier_wait(consumed_bar.at[slot])
+
+            hq = head_q(g)
+            qi = index_ref[mb, meta_h(g), kv_tile, t]
+            rows = pl.ds(qi * bq, bq)
+            bar = full_bar.at[slot]
+            plgpu.copy_gmem_to_smem(q_ref.at[b, rows, hq], q_smem.at[slot], bar)
+            plgpu.copy_gmem_to_smem(do_ref.at[b, rows, hq], do_smem.at[slot], bar)
+            plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, rows], lse_smem.at[slot], bar)
+            plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows], delta_smem.at[slot], bar)
+            if params.has_segments:
+                plgpu.copy_gmem_to_smem(qseg_ref.at[b, rows], qseg_smem.at[slot], bar)
+            return 0
+
+        steps, _ = walk(issue, 0)
+
+        # Observe the consumers' last release of every slot before exiting.
+        @pl.loop(jnp.maximum(steps - stages, 0), steps)
+        def _(step):
+            plgpu.barrier_wait(consumed_bar.at[lax.rem(step, stages)])
+
+    @pl.when(wg < wgs)
+    def _consumer():
+        plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+        kv_base = (kv_tile * wgs + wg) * bk
+        kv_rows = pl.ds(kv_base, bk)
+        plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, h_kv], k_smem.at[wg], kv_bar.at[wg])
+        plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, h_kv], v_smem.at[wg], kv_bar.at[wg])
+        if params.has_segments:
+            plgpu.copy_gmem_to_smem(kseg_ref.at[b, kv_rows], kseg_smem.at[wg], kv_bar.at[wg])
+        plgpu.barrier_wait(kv_bar.at[wg])
+
+        layout = plgpu.Layout.WGMMA
+        k_pos = kv_base + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 0, layout=layout)
+        k_seg = None
+        if params.has_segments:
+            k_seg_col = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
+            k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
+
+        def accumulate(dk_acc, dv_acc):
+            def step_body(g, t, step, _):
+                slot = lax.rem(step, stages)
+                hq = head_q(g)
+                plgpu.barrier_wait(full_bar.at[slot])
+                qi = index_ref[mb, meta_h(g), kv_tile, t]
+                part = None if not masked else partial_ref[mb, meta_h(g), kv_tile, t]
+
+                def scores(acc_refs):
+                    s_acc, dp_acc = acc_refs
+                    plgpu.wgmma(s_acc, k_smem.at[wg], q_smem.at[slot].T)
+                    plgpu.wgmma(dp_acc, v_smem.at[wg], do_smem.at[slot].T)
+                    return s_acc[...], dp_acc[...]
+
+                qk, dp = pl.run_scoped(
+                    scores,
+                    (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32)),
+                )
+                lse2 = lax.broadcast_in_dim(
+                    plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+                delta = lax.broadcast_in_dim(
+                    plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+                q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
+                q_seg = None
+                if params.has_segments:
+                    q_seg = lax.broadcast_in_dim(
+                        plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+                slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
+                p, ds = probs_and_dlogits(
+                    params, qk, dp, lse2, delta, q_pos, k_pos,
+                    slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
+                if cfg.register_operands:
+                    p_op, ds_op = p.astype(dtype), ds.astype(dtype)
+                else:
+                    p_smem.at[wg][...] = p.astype(dtype)
+                    ds_smem.at[wg][...] = ds.astype(dtype)
+                    plgpu.commit_smem()
+                    p_op, ds_op = p_smem.at[wg], ds_smem.at[wg]
+                plgpu.wgmma(dv_acc, p_op, do_smem.at[slot])
+                plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
+                plgpu.wgmma_wait(0)
+                plgpu.barrier_arrive(consumed_bar.at[slot])
+                return 0
+
+            walk(step_body, 0)
+            dk = dk_acc[...] * params.softmax_scale
+            dv = dv_acc[...]
+            # K/V tiles are no longer read: reuse them to stage the results.
+            k_smem.at[wg][...] = dk.astype(dtype)
+            v_smem.at[wg][...] = dv.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, kv_rows, h_kv])
+            plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, kv_rows, h_kv])
+            plgpu.wait_smem_to_gmem(0)
+
+        pl.run_scoped(
+            lambda dk_acc, dv_acc: accumulate(dk_acc, dv_acc),
+            plgpu.ACC((bk, shp.head_dim), jnp.float32),
+            plgpu.ACC((bk, shp.head_dim), jnp.float32),
+        )
+
+
+def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
+                     cfg: BackwardConfig, slopes=None, segments=None, interpret=None):
+    """Runs the dK/dV kernel on padded inputs.
+
+    Args:
+      q, do: ``[B, Sq_pad, Hq, D]`` fp16/bf16, ``Sq_pad % block_q_dkv == 0``.
+      k, v: ``[B, Sk_pad, Hkv, D]``, ``Sk_pad % (compute_wgs * block_kv_dkv) == 0``.
+      lse2, delta: f32 ``[B, Hq, Sq_pad]`` (see ``prepare_lse``).
+      meta: transposed :class:`~fa3_jax.masks.TileMetadata` with
+        ``tile_q == block_q_dkv`` and ``tile_k == compute_wgs * block_kv_dkv``.
+      slopes: f32 ``[B or 1, Hq]`` when ``params.has_alibi``.
+      segments: int32 ``([B, Sq_pad], [B, Sk_pad])`` when ``params.has_segments``.
+
+    Returns:
+      ``(dk, dv)`` in ``[B, Sk_pad, Hkv, D]`` and q's dtype (dK summed over the group).
+    """
+    batch, seq_q, heads_q, head_dim = q.shape
+    _, seq_k, heads_kv, _ = k.shape
+    dtype = q.dtype
+    bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
+    shp = _Shapes(batch, seq_q, seq_k, heads_q, heads_kv, head_dim,
+                  meta.index.shape[0], meta.index.shape[1],
+                  1 if slopes is None else slopes.shape[0])
+    tr = smem_transforms(jnp.dtype(dtype).itemsize)
+    n_copies = 5 if params.has_segments else 4
+    scratch = (
+        plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr),  # K
+        plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr),  # V
+        plgpu.SMEM((stages, bq, head_dim), dtype, transforms=tr),  # Q ring
+        plgpu.SMEM((stages, bq, head_dim), dtype, transforms=tr),  # dO ring
+        plgpu.SMEM((stages, bq), jnp.float32),  # lse ring
+        plgpu.SMEM((stages, bq), jnp.float32),  # delta ring
+        plgpu.SMEM((stages, bq), jnp.int32) if params.has_segments else None,
+        plgpu.SMEM((wgs, bk), jnp.int32) if params.has_segments else None,
+        None if cfg.register_operands else plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr),
+        None if cfg.register_operands else plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr),
+    )
+    barriers = (
+        plgpu.Barrier(num_arrivals=3 if params.has_segments else 2, num_barriers=wgs),
+        plgpu.Barrier(num_arrivals=n_copies, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+    )
+    out_shape = jax.ShapeDtypeStruct((batch, seq_k, heads_kv, head_dim), dtype)
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, params=params, cfg=cfg, shp=shp, dtype=dtype,
+                          masked=needs_element_masks(params.spec, tile_k=cfg.tile_kv_dkv,
+                                                     has_segments=params.has_segments)),
+        out_type=(out_shape, out_shape),
+        scratch_types=(scratch, barriers),
+        grid=(seq_k // (wgs * bk), heads_kv, batch),
+        grid_names=("kv", "head", "batch"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        interpret=interpret,
+    )
+    operands = [q, k, v, do, lse2, delta, meta.index, meta.count, meta.partial]
+    if params.has_alibi:
+        operands.append(slopes)
+    if params.has_segments:
+        operands.extend(segments)
+    return kernel(*operands)

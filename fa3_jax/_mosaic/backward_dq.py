@@ -1,0 +1,212 @@
+"""dQ kernel: each CTA owns a q tile and walks the kv tiles it sees.
+
+Grid: (q tiles, q heads, batch). A producer warpgroup streams K and V (and kv
+segment ids) of every visited kv tile through a ring of SMEM slots with TMA;
+``compute_wgs`` consumer warpgroups each own ``block_q_dq`` q rows and
+accumulate dQ in fp32 registers (deterministic: no atomics).
+
+Per visited kv tile:  S = Q K^T,  dP = dO V^T,  P = exp2(S - lse),
+dS = P (dP - delta),  dQ += dS K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from fa3_jax._mosaic.backward_config import BackwardConfig
+from fa3_jax._mosaic.backward_dkdv import smem_transforms
+from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
+from fa3_jax._mosaic.common import needs_element_masks
+
+__all__ = ["dq_kernel_call"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shapes:
+    head_dim: int
+    group: int
+    meta_b: int
+    meta_h: int
+    slope_b: int
+
+
+def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, index_ref, count_ref, partial_ref = refs[:9]
+    rest = list(refs[9:])
+    slope_ref = rest.pop(0) if params.has_alibi else None
+    qseg_ref, kseg_ref = (rest.pop(0), rest.pop(0)) if params.has_segments else (None, None)
+    dq_ref, scratch, barriers = rest
+
+    q_smem, do_smem, lse_smem, delta_smem, qseg_smem, k_smem, v_smem, kseg_smem, ds_smem = scratch
+    q_bar, full_bar, consumed_bar = barriers
+
+    bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
+    q_tile = lax.axis_index("q")
+    hq = lax.axis_index("head")
+    b = lax.axis_index("batch")
+    wg = lax.axis_index("wg")
+    h_kv = lax.div(hq, shp.group)
+    mb = b if shp.meta_b > 1 else 0
+    mh = hq if shp.meta_h > 1 else 0
+    n_steps = count_ref[mb, mh, q_tile]
+
+    @pl.when(wg == wgs)
+    def _producer():
+        plgpu.set_max_registers(40, action="decrease")
+
+        @pl.loop(0, n_steps)
+        def _(step):
+            slot = lax.rem(step, stages)
+
+            @pl.when(step >= stages)
+            def _():
+                plgpu.barrier_wait(consumed_bar.at[slot])
+
+            rows = pl.ds(index_ref[mb, mh, q_tile, step] * bk, bk)
+            bar = full_bar.at[slot]
+            plgpu.copy_gmem_to_smem(k_ref.at[b, rows, h_kv], k_smem.at[slot], bar)
+            plgpu.copy_gmem_to_smem(v_ref.at[b, rows, h_kv], v_smem.at[slot], bar)
+            if params.has_segments:
+                plgpu.copy_gmem_to_smem(kseg_ref.at[b, rows], kseg_smem.at[slot], bar)
+
+        # Observe the consumers' last release of every slot before exiting.
+        @pl.loop(jnp.maximum(n_steps - stages, 0), n_steps)
+        def _(step):
+            plgpu.barrier_wait(consumed_bar.at[lax.rem(step, stages)])
+
+    @pl.when(wg < wgs)
+    def _consumer():
+        plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+        q_base = (q_tile * wgs + wg) * bq
+        q_rows = pl.ds(q_base, bq)
+        bar = q_bar.at[wg]
+        plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, hq], q_smem.at[wg], bar)
+        plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, hq], do_smem.at[wg], bar)
+        plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, q_rows], lse_smem.at[wg], bar)
+        plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, q_rows], delta_smem.at[wg], bar)
+        if params.has_segments:
+            plgpu.copy_gmem_to_smem(qseg_ref.at[b, q_rows], qseg_smem.at[wg], bar)
+        plgpu.barrier_wait(bar)
+
+        layout = plgpu.Layout.WGMMA
+        row = layout.reduce(1)
+        lse2 = lax.broadcast_in_dim(plgpu.load(lse_smem.at[wg], layout=row), (bq, bk), [0])
+        delta = lax.broadcast_in_dim(plgpu.load(delta_smem.at[wg], layout=row), (bq, bk), [0])
+        q_pos = q_base + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 0, layout=layout)
+        q_seg = None
+        if params.has_segments:
+            q_seg = lax.broadcast_in_dim(plgpu.load(qseg_smem.at[wg], layout=row), (bq, bk), [0])
+        slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
+
+        def accumulate(dq_acc):
+            @pl.loop(0, n_steps)
+            def _(step):
+                slot = lax.rem(step, stages)
+                plgpu.barrier_wait(full_bar.at[slot])
+                kj = index_ref[mb, mh, q_tile, step]
+                part = None if not masked else partial_ref[mb, mh, q_tile, step]
+
+                def scores(acc_refs):
+                    s_acc, dp_acc = acc_refs
+                    plgpu.wgmma(s_acc, q_smem.at[wg], k_smem.at[slot].T)
+                    plgpu.wgmma(dp_acc, do_smem.at[wg], v_smem.at[slot].T)
+                    return s_acc[...], dp_acc[...]
+
+                qk, dp = pl.run_scoped(
+                    scores,
+                    (plgpu.ACC((bq, bk), jnp.float32), plgpu.ACC((bq, bk), jnp.float32)),
+                )
+                k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
+                k_seg = None
+                if params.has_segments:
+                    k_seg = lax.broadcast_in_dim(
+                        plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1])
+                _, ds = probs_and_dlogits(
+                    params, qk, dp, lse2, delta, q_pos, k_pos,
+                    slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
+                if cfg.register_operands:
+                    ds_op = ds.astype(dtype)
+                else:
+                    ds_smem.at[wg][...] = ds.astype(dtype)
+                    plgpu.commit_smem()
+                    ds_op = ds_smem.at[wg]
+                plgpu.wgmma(dq_acc, ds_op, k_smem.at[slot])
+                plgpu.wgmma_wait(0)
+                plgpu.barrier_arrive(consumed_bar.at[slot])
+
+            dq = dq_acc[...] * params.softmax_scale
+            # Q is no longer read: reuse its tile to stage the result.
+            q_smem.at[wg][...] = dq.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(q_smem.at[wg], dq_ref.at[b, q_rows, hq])
+            plgpu.wait_smem_to_gmem(0)
+
+        pl.run_scoped(accumulate, plgpu.ACC((bq, shp.head_dim), jnp.float32))
+
+
+def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
+                   cfg: BackwardConfig, slopes=None, segments=None, interpret=None):
+    """Runs the dQ kernel on padded inputs.
+
+    Args:
+      q, do: ``[B, Sq_pad, Hq, D]`` fp16/bf16, ``Sq_pad % (compute_wgs * block_q_dq) == 0``.
+      k, v: ``[B, Sk_pad, Hkv, D]``, ``Sk_pad % block_kv_dq == 0``.
+      lse2, delta: f32 ``[B, Hq, Sq_pad]`` (see ``prepare_lse``).
+      meta: forward :class:`~fa3_jax.masks.TileMetadata` with
+        ``tile_q == compute_wgs * block_q_dq`` and ``tile_k == block_kv_dq``.
+      slopes: f32 ``[B or 1, Hq]`` when ``params.has_alibi``.
+      segments: int32 ``([B, Sq_pad], [B, Sk_pad])`` when ``params.has_segments``.
+
+    Returns:
+      dq ``[B, Sq_pad, Hq, D]`` in q's dtype.
+    """
+    batch, seq_q, heads_q, head_dim = q.shape
+    heads_kv = k.shape[2]
+    dtype = q.dtype
+    bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
+    shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
+                  1 if slopes is None else slopes.shape[0])
+    tr = smem_transforms(jnp.dtype(dtype).itemsize)
+    seg = params.has_segments
+    scratch = (
+        plgpu.SMEM((wgs, bq, head_dim), dtype, transforms=tr),  # Q
+        plgpu.SMEM((wgs, bq, head_dim), dtype, transforms=tr),  # dO
+        plgpu.SMEM((wgs, bq), jnp.float32),  # lse
+        plgpu.SMEM((wgs, bq), jnp.float32),  # delta
+        plgpu.SMEM((wgs, bq), jnp.int32) if seg else None,  # q segment ids
+        plgpu.SMEM((stages, bk, head_dim), dtype, transforms=tr),  # K ring
+        plgpu.SMEM((stages, bk, head_dim), dtype, transforms=tr),  # V ring
+        plgpu.SMEM((stages, bk), jnp.int32) if seg else None,  # kv segment ids ring
+        None if cfg.register_operands else plgpu.SMEM((wgs, bq, bk), dtype, transforms=tr),
+    )
+    barriers = (
+        plgpu.Barrier(num_arrivals=5 if seg else 4, num_barriers=wgs),
+        plgpu.Barrier(num_arrivals=3 if seg else 2, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+    )
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, params=params, cfg=cfg, shp=shp, dtype=dtype,
+                          masked=needs_element_masks(params.spec, tile_k=cfg.block_kv_dq,
+                                                     has_segments=params.has_segments)),
+        out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+        scratch_types=(scratch, barriers),
+        grid=(seq_q // (wgs * bq), heads_q, batch),
+        grid_names=("q", "head", "batch"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        interpret=interpret,
+    )
+    operands = [q, k, v, do, lse2, delta, meta.index, meta.count, meta.partial]
+    if params.has_alibi:
+        operands.append(slopes)
+    if params.has_segments:
+        operands.extend(segments)
+    return kernel(*operands)
