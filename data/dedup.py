@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import re
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from data import slimpajama
+from data import _mp, slimpajama
 
 NGRAM = 13
 NUM_PERM = 128
@@ -286,7 +285,7 @@ def dedup(
     t0 = time.perf_counter()
     pool = None
     if workers > 1 and len(files) > 1:
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(files)))
+        pool = _mp.context().Pool(min(workers, len(files)))
     try:
         return _dedup(corpus_dir, out_dir, mode, split, workers, on_error, files, pool, t0)
     finally:

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from data import slimpajama
+from data import _mp, slimpajama
 from data.tokenizer import eos_id, load_tokenizer, train_bpe
 
 MANIFEST = "manifest.json"
@@ -167,10 +166,11 @@ def _is_done(out: Path, task: _Task, sha: str) -> bool:
     )
 
 
-def _training_texts(corpus_dir: Path, max_bytes: int):
+def _training_texts(corpus_dir: Path, max_bytes: int, on_error: str):
+    """Train-split texts for the BPE (its skips are counted again, per file, by the tasks)."""
     seen = 0
     for doc in slimpajama.iter_documents(
-        corpus_dir, "train", on_error="skip", report=slimpajama.SkipReport()
+        corpus_dir, "train", on_error=on_error, report=slimpajama.SkipReport()
     ):
         yield doc.text
         seen += len(doc.text)
@@ -232,7 +232,7 @@ def prepare(
             shutil.copyfile(src, tok_path.with_name(TOKENIZER + ".tmp"))
             os.replace(tok_path.with_name(TOKENIZER + ".tmp"), tok_path)
     elif not tok_path.is_file():
-        train_bpe(_training_texts(corpus_dir, bpe_sample_bytes), vocab_size, tok_path)
+        train_bpe(_training_texts(corpus_dir, bpe_sample_bytes, on_error), vocab_size, tok_path)
     sha = _sha256(tok_path)
     tok = load_tokenizer(tok_path)
     n_vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -255,9 +255,7 @@ def prepare(
         _init_worker(*init)
         results = map(_run_task, todo)
     else:
-        pool = multiprocessing.get_context("spawn").Pool(
-            min(workers, len(todo)), _init_worker, (*init, False)
-        )
+        pool = _mp.context().Pool(min(workers, len(todo)), _init_worker, (*init, False))
         results = pool.imap_unordered(_run_task, todo)
     try:
         for marker in results:
