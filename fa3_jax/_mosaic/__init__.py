@@ -1,0 +1,16 @@
+"""Pallas Mosaic GPU (Hopper) attention kernels; see docs/kernel_interface in notes.
+
+``forward_unsupported_reason`` says why the forward kernel cannot serve some
+inputs (None when it can); ``mha_forward`` runs it. ``backward_unsupported_reason``
+and ``mha_backward`` are the same pair for the dQ/dK/dV kernels.
+"""
+
+from fa3_jax._mosaic.api_forward import forward_unsupported_reason, mha_forward
+from fa3_jax._mosaic.backward import backward_unsupported_reason, mha_backward
+
+__all__ = [
+    "backward_unsupported_reason",
+    "forward_unsupported_reason",
+    "mha_backward",
+    "mha_forward",
+]

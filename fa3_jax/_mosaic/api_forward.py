@@ -1,0 +1,123 @@
+"""Entry points of the forward kernel: what it supports, and the call itself."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from fa3_jax import _platform
+from fa3_jax._mosaic.forward import ForwardStatic, forward_kernel_call
+from fa3_jax.config import ForwardConfig, check_forward_fits, forward_config
+from fa3_jax.masks import BlockMask, MaskSpec, tile_metadata
+
+__all__ = ["forward_unsupported_reason", "mha_forward", "SUPPORTED_HEAD_DIMS"]
+
+SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
+
+
+def _block_kv_for(config: ForwardConfig, block_mask: BlockMask | None) -> ForwardConfig:
+    """Shrinks block_kv so a block mask's key blocks cover whole kv tiles."""
+    if block_mask is not None and block_mask.block_k % config.block_kv:
+        return dataclasses.replace(config, block_kv=64)
+    return config
+
+
+def forward_unsupported_reason(
+    q, k, v, *, spec: MaskSpec, softcap, has_alibi, has_segments, block_mask
+) -> str | None:
+    """Why the Mosaic forward kernel cannot serve these inputs, or None."""
+    del spec, softcap, has_alibi, has_segments
+    if q.dtype not in (jnp.float16, jnp.bfloat16):
+        return f"mosaic kernels take fp16/bf16, got {q.dtype}"
+    head_dim = q.shape[-1]
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"mosaic forward supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}"
+    if v.shape[-1] != head_dim:
+        return f"mosaic forward needs v's head_dim ({v.shape[-1]}) equal to q's ({head_dim})"
+    config = _block_kv_for(forward_config(head_dim, q.dtype), block_mask)
+    if block_mask is not None and (block_mask.block_q % 64 or block_mask.block_k % 64):
+        return (
+            "mosaic forward needs block masks with block_q and block_k multiples of 64, got "
+            f"({block_mask.block_q}, {block_mask.block_k})"
+        )
+    try:
+        check_forward_fits(config, head_dim, q.dtype.itemsize)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def mha_forward(
+    q_BSHD,
+    k_BSHD,
+    v_BSHD,
+    *,
+    spec: MaskSpec,
+    softmax_scale: float,
+    softcap: float | None,
+    alibi_slopes_BH,
+    segment_ids,
+    block_mask: BlockMask | None,
+    config: ForwardConfig | None = None,
+):
+    """Mosaic GPU forward: ``(out_BSHD in q.dtype, lse_BHS float32, natural log)``.
+
+    Args:
+      q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16.
+      k_BSHD, v_BSHD: ``[batch, seq_k, heads_kv, head_dim]``.
+      spec: positional masks; softmax_scale, softcap: logit transform.
+      alibi_slopes_BH: float32 ``[batch or 1, heads_q]`` (or ``[heads_q]``) or None.
+      segment_ids: ``(q_BS, kv_BS)`` int32 or None.
+      block_mask: :class:`BlockMask` with block sizes multiples of 64, or None.
+      config: kernel config; None picks the tuned/heuristic one.
+    """
+    head_dim = q_BSHD.shape[-1]
+    interpret = _platform.interpret_mode_active()
+    if config is None:
+        config = forward_config(
+            head_dim,
+            q_BSHD.dtype,
+            causal=spec.causal,
+            masked=spec.is_positional or segment_ids is not None or block_mask is not None,
+            interpret=interpret,
+        )
+        config = _block_kv_for(config, block_mask)
+    elif interpret and not config.p_in_smem:
+        raise ValueError("GPU interpret mode needs a ForwardConfig with p_in_smem=True")
+    slopes = None
+    if alibi_slopes_BH is not None:
+        slopes = jnp.asarray(alibi_slopes_BH, jnp.float32)
+        if slopes.ndim == 1:
+            slopes = slopes[None]
+    block_mask_int, element_block_mask = None, None
+    if block_mask is not None and block_mask.block_q % config.tile_q:
+        # Tiles then straddle q blocks: each warpgroup checks its own block's bit.
+        mask = block_mask.mask if block_mask.mask.ndim == 4 else block_mask.mask[None]
+        block_mask_int = mask.astype(jnp.int32)
+        element_block_mask = (block_mask.block_q, block_mask.block_k)
+    if segment_ids is not None and not isinstance(segment_ids, (tuple, list)):
+        segment_ids = (segment_ids, segment_ids)
+    meta = tile_metadata(
+        spec, config.tile_q, config.block_kv, segment_ids=segment_ids, block_mask=block_mask
+    )
+    static = ForwardStatic(
+        spec=spec,
+        softmax_scale=float(softmax_scale),
+        softcap=None if softcap is None else float(softcap),
+        has_alibi=slopes is not None,
+        alibi_per_batch=slopes is not None and slopes.shape[0] > 1,
+        has_segments=segment_ids is not None,
+        config=config,
+        element_block_mask=element_block_mask,
+    )
+    return forward_kernel_call(
+        static,
+        q_BSHD,
+        k_BSHD,
+        v_BSHD,
+        meta,
+        segment_ids=segment_ids,
+        alibi_slopes_BH=slopes,
+        block_mask_int=block_mask_int,
+    )

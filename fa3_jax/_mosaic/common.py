@@ -1,0 +1,65 @@
+"""Register-level helpers shared by the forward and backward Mosaic GPU kernels.
+
+All functions work on arrays of one shape and layout (e.g. ``plgpu.Layout.WGMMA``
+tiles of logits, either ``[q, k]`` or transposed ``[k, q]``): positions are passed
+as same-shaped int32 arrays, so the helpers do not care about orientation.
+Logits are kept in base 2 (``log2(e)`` folded into the scale) so the softmax
+uses ``exp2`` and one FMA per element.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from fa3_jax.masks import MaskSpec
+
+__all__ = [
+    "LOG2E",
+    "LN2",
+    "logits_base2",
+    "alibi_base2",
+    "positional_visible",
+    "needs_element_masks",
+]
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+
+def logits_base2(s, *, softmax_scale: float, softcap: float | None):
+    """``log2(e) * softcap(scale * s)`` for float32 scores ``s``."""
+    if softcap is None:
+        return s * (softmax_scale * LOG2E)
+    return jnp.tanh(s * (softmax_scale / softcap)) * (softcap * LOG2E)
+
+
+def alibi_base2(q_pos, k_pos, slope, *, spec: MaskSpec):
+    """ALiBi term in base 2: ``-slope * log2(e) * |q_pos + offset - k_pos|``.
+
+    ``slope`` is a float32 scalar; positions are int32 arrays of one shape.
+    """
+    distance = jnp.abs(q_pos + spec.offset - k_pos).astype(jnp.float32)
+    return distance * (slope * -LOG2E)
+
+
+def positional_visible(q_pos, k_pos, *, spec: MaskSpec):
+    """Bool array: causal/window masks and the key tail (``k_pos < seq_k``).
+
+    Query rows past ``seq_q`` are not masked: their outputs are never stored.
+    """
+    visible = k_pos < spec.seq_k
+    lo, hi = spec.diagonal_bounds
+    if math.isfinite(lo) or math.isfinite(hi):
+        diff = k_pos - q_pos
+        if math.isfinite(lo):
+            visible = visible & (diff >= int(lo))
+        if math.isfinite(hi):
+            visible = visible & (diff <= int(hi))
+    return visible
+
+
+def needs_element_masks(spec: MaskSpec, *, tile_k: int, has_segments: bool) -> bool:
+    """Whether any tile can be partial (else element masks are compiled out)."""
+    return spec.is_positional or has_segments or spec.seq_k % tile_k != 0

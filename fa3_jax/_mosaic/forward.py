@@ -1,0 +1,422 @@
+"""FlashAttention-3 forward kernel in Pallas Mosaic GPU (Hopper).
+
+One CTA computes ``tile_q = 2 * block_q`` query rows of one (batch, head):
+
+* warpgroup 2, the producer, gives up registers and streams the K/V tiles the
+  tile metadata lists for this q tile into a ``num_stages`` shared-memory ring
+  with TMA, each slot guarded by a "loaded" barrier (TMA) and a "free" barrier
+  (both consumers arrive when done with it);
+* warpgroups 0 and 1, the consumers, each own ``block_q`` rows: S = Q K^T
+  (wgmma), online softmax in base 2, O += P V (wgmma). With ``pingpong`` a
+  two-arrival barrier alternates them so one's softmax overlaps the other's
+  GEMMs; with ``overlap`` the next tile's Q K^T is issued before this tile's
+  softmax finishes its exponentials, and P V runs under the next softmax.
+
+Element masks (causal/window edges, segment boundaries, key tail) are applied
+only on tiles the metadata marks partial; ALiBi and softcap are fused. Output
+rows past ``seq_q`` are dropped by the TMA store; K/V rows past ``seq_k`` are
+zero-filled by TMA and masked. Rows that see no key give 0 and lse ``-inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+from jax import lax
+
+from fa3_jax.config import ForwardConfig, check_forward_fits
+from fa3_jax.masks import MaskSpec, TileMetadata
+from fa3_jax._mosaic.common import (
+    LN2,
+    alibi_base2,
+    logits_base2,
+    needs_element_masks,
+    positional_visible,
+)
+
+__all__ = ["ForwardStatic", "forward_kernel_call"]
+
+_ROW = plgpu.Layout.WGMMA.reduce(1)
+_COL = plgpu.Layout.WGMMA.reduce(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardStatic:
+    """Everything static about one forward call (hashable, jit-static)."""
+
+    spec: MaskSpec
+    softmax_scale: float
+    softcap: float | None
+    has_alibi: bool
+    alibi_per_batch: bool
+    has_segments: bool
+    config: ForwardConfig
+    #: (block_q, block_k) of a block mask evaluated per element on partial
+    #: tiles (block_q not a multiple of the q tile); None when the tile
+    #: metadata alone is exact.
+    element_block_mask: tuple[int, int] | None = None
+
+
+def _smem_transforms(cols: int, dtype):
+    swizzle = plgpu.find_swizzle(cols * jnp.dtype(dtype).itemsize * 8)
+    elems = swizzle // jnp.dtype(dtype).itemsize
+    return (plgpu.TilingTransform((8, elems)), plgpu.SwizzleTransform(swizzle))
+
+
+def _kernel(st: ForwardStatic, dims, *refs):
+    batch_m, heads_m, n_q_tiles, group = dims
+    cfg = st.config
+    bq, bkv = cfg.block_q, cfg.block_kv
+    q_ref, k_ref, v_ref, index_ref, count_ref, partial_ref, *rest = refs
+    if st.has_segments:
+        q_seg_ref, kv_seg_ref, *rest = rest
+    if st.has_alibi:
+        slope_ref, *rest = rest
+    if st.element_block_mask is not None:
+        block_ref, *rest = rest
+    out_ref, lse_ref, scratch, barriers = rest
+    q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem = scratch
+    q_bar, k_bar, v_bar, k_free, v_free, sched, seg_bar = barriers
+    dtype = q_ref.dtype
+    head_dim = q_ref.shape[-1]
+
+    wg = lax.axis_index("wg")
+    h = lax.axis_index("h")
+    b = lax.axis_index("b")
+    # Longest q tiles first: with a causal mask the last q tiles see the most keys.
+    qt = n_q_tiles - 1 - lax.axis_index("qt")
+    bm = b if batch_m > 1 else 0
+    hm = h if heads_m > 1 else 0
+    n_tiles = count_ref[bm, hm, qt]
+    masked = st.element_block_mask is not None or needs_element_masks(
+        st.spec, tile_k=bkv, has_segments=st.has_segments
+    )
+
+    @pl.when(wg < 2)
+    def _consumer():
+        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+        row0 = qt * cfg.tile_q + wg * bq
+        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row0, bq), h], q_smem.at[wg], q_bar.at[wg])
+        q_pos = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 0, layout=plgpu.Layout.WGMMA) + row0
+        col_iota = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 1, layout=plgpu.Layout.WGMMA)
+        if st.has_segments:
+            plgpu.copy_gmem_to_smem(
+                q_seg_ref.at[b, pl.ds(row0, bq)], q_seg_smem.at[wg], seg_bar.at[wg]
+            )
+            plgpu.barrier_wait(seg_bar.at[wg])
+            q_seg = plgpu.load(q_seg_smem.at[wg], layout=_ROW)
+            q_seg = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
+        if st.has_alibi:
+            slope = slope_ref[b if st.alibi_per_batch else 0, h]
+
+        def rendezvous():
+            plgpu.barrier_arrive(sched)
+            plgpu.barrier_wait(sched)
+
+        def kv_segments(slot):
+            """Segment ids of the kv tile in ``slot`` (read before the slot is freed)."""
+            if not st.has_segments:
+                return None
+            kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
+            return lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
+
+        def tile_logits(s, j, kv_seg):
+            """Base-2 logits of kv tile number ``j`` of this q tile."""
+            kv_tile = index_ref[bm, hm, qt, j]
+            s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
+            k_pos = col_iota + kv_tile * bkv
+            if st.has_alibi:
+                s = s + alibi_base2(q_pos, k_pos, slope, spec=st.spec)
+            if not masked:
+                return s
+
+            def apply_masks(s):
+                visible = positional_visible(q_pos, k_pos, spec=st.spec)
+                if st.has_segments:
+                    visible = visible & (q_seg == kv_seg)
+                if st.element_block_mask is not None:
+                    # This warpgroup's rows lie in one q block and the kv tile in
+                    # one k block (both checked by the caller): one bit.
+                    mask_bq, mask_bk = st.element_block_mask
+                    bit = block_ref[
+                        b if block_ref.shape[0] > 1 else 0,
+                        h if block_ref.shape[1] > 1 else 0,
+                        # Rows past seq_q (dropped at the store) clamp to the last block.
+                        jnp.minimum(row0 // mask_bq, block_ref.shape[2] - 1),
+                        kv_tile * bkv // mask_bk,
+                    ]
+                    visible = visible & (bit != 0)
+                return jnp.where(visible, s, -jnp.inf)
+
+            return lax.cond(partial_ref[bm, hm, qt, j] != 0, apply_masks, lambda s: s, s)
+
+        def softmax(s, m_i, l_i):
+            """Online softmax step: returns (p, alpha, m_new, l_new) (l not yet rescaled)."""
+            m_new = jnp.maximum(m_i, s.max(axis=1))
+            # A row with no visible key so far keeps m = -inf; shift by 0 instead.
+            m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+            alpha = jnp.exp2(m_i - m_use)
+            p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
+            l_new = l_i * alpha + p.sum(axis=1)
+            return p, alpha, m_new, l_new
+
+        def qk(slot, sync):
+            def body(acc_ref):
+                plgpu.wgmma(acc_ref, q_smem.at[wg], k_smem.at[slot].transpose((1, 0)))
+                sync()
+                return acc_ref[...]
+
+            return pl.run_scoped(body, plgpu.ACC((bq, bkv), jnp.float32))
+
+        def pv(acc, p, slot):
+            """acc + P @ V[slot] (acc already rescaled)."""
+            p16 = p.astype(dtype)
+            if cfg.p_in_smem:
+                p_smem.at[wg][...] = p16
+                plgpu.commit_smem()
+
+                def body(acc_ref):
+                    plgpu.wgmma(acc_ref, p_smem.at[wg], v_smem.at[slot])
+                    return acc_ref[...]
+
+                return acc + pl.run_scoped(body, plgpu.ACC((bq, head_dim), jnp.float32))
+
+            def body(acc_ref):
+                plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+
+            return pl.run_state(body)(plgpu.ACC.init(acc))
+
+        sync = rendezvous if cfg.pingpong else (lambda: None)
+        stages = cfg.num_stages
+
+        def plain_step(j, carry):
+            acc, m_i, l_i = carry
+            slot = lax.rem(j, stages)
+            plgpu.barrier_wait(k_bar.at[slot])
+            s = qk(slot, sync)
+            kv_seg = kv_segments(slot)
+            plgpu.barrier_arrive(k_free.at[slot])
+            p, alpha, m_i, l_i = softmax(tile_logits(s, j, kv_seg), m_i, l_i)
+            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+            plgpu.barrier_wait(v_bar.at[slot])
+            sync()
+            acc = pv(acc, p, slot)
+            plgpu.barrier_arrive(v_free.at[slot])
+            return acc, m_i, l_i
+
+        def overlap_step(j, carry):
+            # carry: P of tile j (from the previous step) and the accumulator
+            # already rescaled for it. Issue Q K^T of tile j + 1 and P V of tile
+            # j together, then run the softmax of tile j + 1 under P V.
+            acc, p, m_i, l_i = carry
+            slot = lax.rem(j, stages)
+            nxt = lax.rem(j + 1, stages)
+            plgpu.barrier_wait(k_bar.at[nxt])
+            plgpu.barrier_wait(v_bar.at[slot])
+            sync()
+            p16 = p.astype(dtype)
+            if cfg.p_in_smem:
+                p_smem.at[wg][...] = p16
+                plgpu.commit_smem()
+
+            def body(s_ref, o_ref):
+                if not cfg.p_in_smem:
+                    o_ref[...] = acc
+                plgpu.wgmma(s_ref, q_smem.at[wg], k_smem.at[nxt].transpose((1, 0)))
+                plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
+                sync()
+                s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
+                kv_seg = kv_segments(nxt)
+                plgpu.barrier_arrive(k_free.at[nxt])
+                p, alpha, m_new, l_new = softmax(tile_logits(s, j + 1, kv_seg), m_i, l_i)
+                return o_ref[...], p, alpha, m_new, l_new
+
+            o, p, alpha, m_i, l_i = pl.run_scoped(
+                body,
+                plgpu.ACC((bq, bkv), jnp.float32),
+                plgpu.ACC((bq, head_dim), jnp.float32),
+            )
+            plgpu.barrier_arrive(v_free.at[slot])
+            if cfg.p_in_smem:
+                o = o + acc
+            acc = o * lax.broadcast_in_dim(alpha, o.shape, [0])
+            return acc, p, m_i, l_i
+
+        m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
+        l_i = plgpu.layout_cast(jnp.full((bq,), 0.0, jnp.float32), _ROW)
+        acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+        plgpu.barrier_wait(q_bar.at[wg])
+        if cfg.pingpong:
+            pl.when(wg == 1)(rendezvous)
+        if cfg.overlap:
+
+            def run_tiles(carry):
+                acc, m_i, l_i = carry
+                plgpu.barrier_wait(k_bar.at[0])
+                s = qk(0, sync)
+                kv_seg = kv_segments(0)
+                plgpu.barrier_arrive(k_free.at[0])
+                p, _, m_i, l_i = softmax(tile_logits(s, 0, kv_seg), m_i, l_i)
+                acc, p, m_i, l_i = lax.fori_loop(
+                    0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
+                )
+                last = lax.rem(n_tiles - 1, stages)
+                plgpu.barrier_wait(v_bar.at[last])
+                sync()
+                acc = pv(acc, p, last)
+                sync()
+                plgpu.barrier_arrive(v_free.at[last])
+                return acc, m_i, l_i
+
+            acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, lambda c: c, (acc, m_i, l_i))
+        else:
+            acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
+        if cfg.pingpong:
+            pl.when(wg == 0)(rendezvous)
+
+        empty = l_i == 0.0
+        inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
+        out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
+        q_smem.at[wg][...] = out.astype(dtype)
+        lse = jnp.where(empty, -jnp.inf, (m_i + jnp.log2(jnp.where(empty, 1.0, l_i))) * LN2)
+        lse_smem.at[wg][...] = lse
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem.at[wg], out_ref.at[b, pl.ds(row0, bq), h])
+        plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == 2)
+    def _producer():
+        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+        kv_head = lax.div(h, group)
+        stages = cfg.num_stages
+
+        @pl.loop(0, n_tiles)
+        def _load(j):
+            slot = lax.rem(j, stages)
+            rows = pl.ds(index_ref[bm, hm, qt, j] * cfg.block_kv, cfg.block_kv)
+
+            @pl.when(j >= stages)
+            def _():
+                plgpu.barrier_wait(k_free.at[slot])
+
+            plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_head], k_smem.at[slot], k_bar.at[slot])
+            if st.has_segments:
+                plgpu.copy_gmem_to_smem(
+                    kv_seg_ref.at[b, rows], kv_seg_smem.at[slot], k_bar.at[slot]
+                )
+
+            @pl.when(j >= stages)
+            def _():
+                plgpu.barrier_wait(v_free.at[slot])
+
+            plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_bar.at[slot])
+
+        # Observe the releases of the last slots so every barrier phase is
+        # consumed before the CTA exits.
+        @pl.loop(jnp.maximum(n_tiles - stages, 0), n_tiles)
+        def _drain(j):
+            slot = lax.rem(j, stages)
+            plgpu.barrier_wait(k_free.at[slot])
+            plgpu.barrier_wait(v_free.at[slot])
+
+
+def forward_kernel_call(
+    st: ForwardStatic,
+    q_BSHD,
+    k_BSHD,
+    v_BSHD,
+    meta: TileMetadata,
+    segment_ids=None,
+    alibi_slopes_BH=None,
+    block_mask_int=None,
+):
+    """Runs the kernel: ``(out_BSHD in q.dtype, lse_BHS float32 natural log)``.
+
+    Args:
+      st: static description (mask spec, scale, softcap, config, ...).
+      q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16.
+      k_BSHD, v_BSHD: ``[batch, seq_k, heads_kv, head_dim]``.
+      meta: tile metadata with ``tile_q == config.tile_q`` and
+        ``tile_k == config.block_kv``.
+      segment_ids: ``(q_BS, kv_BS)`` int32 or None.
+      alibi_slopes_BH: float32 ``[batch or 1, heads_q]`` or None.
+      block_mask_int: int32 ``[B or 1, H or 1, n_q_blocks, n_k_blocks]`` when
+        ``st.element_block_mask`` is set.
+    """
+    cfg = st.config
+    batch, seq_q, heads_q, head_dim = q_BSHD.shape
+    seq_k, heads_kv = k_BSHD.shape[1], k_BSHD.shape[2]
+    dtype = q_BSHD.dtype
+    check_forward_fits(cfg, head_dim, jnp.dtype(dtype).itemsize)
+    if (meta.tile_q, meta.tile_k) != (cfg.tile_q, cfg.block_kv) or meta.transposed:
+        raise ValueError(
+            f"tile metadata tiles ({meta.tile_q}, {meta.tile_k}) do not match the config's "
+            f"({cfg.tile_q}, {cfg.block_kv})"
+        )
+    n_q_tiles = pl.cdiv(seq_q, cfg.tile_q)
+    padded_q = n_q_tiles * cfg.tile_q
+    inputs = [q_BSHD, k_BSHD, v_BSHD, meta.index, meta.count, meta.partial]
+    if st.has_segments:
+        # Ids are read straight into registers: pad them (not q/k/v) to whole tiles.
+        q_seg, kv_seg = segment_ids
+        padded_k = pl.cdiv(seq_k, cfg.block_kv) * cfg.block_kv
+        inputs.append(jnp.pad(q_seg.astype(jnp.int32), ((0, 0), (0, padded_q - seq_q))))
+        inputs.append(jnp.pad(kv_seg.astype(jnp.int32), ((0, 0), (0, padded_k - seq_k))))
+    if st.has_alibi:
+        inputs.append(jnp.asarray(alibi_slopes_BH, jnp.float32))
+    if st.element_block_mask is not None:
+        mask_bq, mask_bk = st.element_block_mask
+        if mask_bq % cfg.block_q or mask_bk % cfg.block_kv:
+            raise ValueError(
+                f"element block masks need block_q % {cfg.block_q} == 0 and block_k % "
+                f"{cfg.block_kv} == 0, got {st.element_block_mask}"
+            )
+        inputs.append(block_mask_int)
+
+    bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
+    scratch = (
+        plgpu.SMEM((2, bq, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
+        plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
+        plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
+        plgpu.SMEM((2, bq), jnp.float32),
+        plgpu.SMEM((2, bq, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
+        if cfg.p_in_smem
+        else None,
+        plgpu.SMEM((2, bq), jnp.int32) if st.has_segments else None,
+        plgpu.SMEM((stages, bkv), jnp.int32) if st.has_segments else None,
+    )
+    # With segment ids the producer's K copy and kv-id copy both arrive on k_bar.
+    k_arrivals = 2 if st.has_segments else 1
+    barriers = (
+        plgpu.Barrier(num_barriers=2),
+        plgpu.Barrier(num_arrivals=k_arrivals, num_barriers=stages),
+        plgpu.Barrier(num_barriers=stages),
+        plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=2),
+        plgpu.Barrier(num_barriers=2) if st.has_segments else None,
+    )
+    dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, heads_q // heads_kv)
+    out_types = (
+        jax.ShapeDtypeStruct(q_BSHD.shape, dtype),
+        # LSE rows padded to whole q tiles keep every TMA store aligned.
+        jax.ShapeDtypeStruct((batch, heads_q, padded_q), jnp.float32),
+    )
+    call = plgpu.kernel(
+        functools.partial(_kernel, st, dims),
+        out_type=out_types,
+        scratch_types=(scratch, barriers),
+        grid=(heads_q, batch, n_q_tiles),
+        grid_names=("h", "b", "qt"),
+        num_threads=3,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )
+    out, lse = call(*inputs)
+    return out, lse[:, :, :seq_q]

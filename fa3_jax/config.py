@@ -1,0 +1,164 @@
+"""Tuning configurations of the Mosaic GPU attention kernels.
+
+A config is a frozen dataclass validated on construction; :func:`forward_config`
+picks one per (head_dim, dtype, mask kind) from the tuned table, else from a
+heuristic. Configs whose shared-memory footprint exceeds what a Hopper block may
+use are rejected by :func:`check_forward_fits` before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+__all__ = [
+    "SMEM_LIMIT_BYTES",
+    "REGISTER_FILE",
+    "ForwardConfig",
+    "forward_smem_bytes",
+    "check_forward_fits",
+    "forward_config",
+    "forward_search_space",
+    "TUNED_FORWARD",
+]
+
+#: Dynamic shared memory one block may use on H100/H200 (227 KiB), minus a
+#: little for barriers and the compiler's own scratch.
+SMEM_LIMIT_BYTES = 227 * 1024 - 1024
+#: 32-bit registers per SM.
+REGISTER_FILE = 65536
+#: Threads in a warpgroup.
+WARPGROUP = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardConfig:
+    """Forward kernel configuration.
+
+    A CTA runs two consumer warpgroups and one producer warpgroup; each consumer
+    owns ``block_q`` query rows, so a CTA covers ``2 * block_q`` rows (the q tile
+    of the tile metadata) and walks kv tiles of ``block_kv`` keys.
+
+    Attributes:
+      block_q: query rows per consumer warpgroup (wgmma M: 64).
+      block_kv: keys per kv tile (multiple of 64).
+      num_stages: depth of the K/V shared-memory ring filled by the producer.
+      pingpong: order the two consumers' GEMMs and softmaxes so one's softmax
+        overlaps the other's GEMMs (FA3 technique 2).
+      overlap: issue the next tile's Q.K^T before this tile's P.V and softmax
+        (FA3 technique 3, intra-warpgroup overlap).
+      p_in_smem: stage P through shared memory for the P.V wgmma and accumulate
+        P.V into a fresh accumulator added in registers (needed by GPU interpret
+        mode, which reads wgmma operand A only from shared memory); False keeps
+        P in registers and accumulates in place (the fast GPU path).
+      consumer_registers: registers per thread of each consumer warpgroup.
+      producer_registers: registers per thread of the producer warpgroup.
+    """
+
+    block_q: int = 64
+    block_kv: int = 128
+    num_stages: int = 2
+    pingpong: bool = True
+    overlap: bool = True
+    p_in_smem: bool = False
+    consumer_registers: int = 240
+    producer_registers: int = 24
+
+    def __post_init__(self):
+        if self.block_q != 64:
+            raise ValueError(f"ForwardConfig.block_q must be 64 (wgmma M), got {self.block_q}")
+        if self.block_kv < 64 or self.block_kv % 64:
+            raise ValueError(
+                f"ForwardConfig.block_kv must be a positive multiple of 64, got {self.block_kv}"
+            )
+        if not 2 <= self.num_stages <= 8:
+            raise ValueError(f"ForwardConfig.num_stages must be in [2, 8], got {self.num_stages}")
+        for name in ("consumer_registers", "producer_registers"):
+            value = getattr(self, name)
+            if value % 8 or not 24 <= value <= 256:
+                raise ValueError(
+                    f"ForwardConfig.{name} must be a multiple of 8 in [24, 256], got {value}"
+                )
+        used = WARPGROUP * (2 * self.consumer_registers + self.producer_registers)
+        if used > REGISTER_FILE:
+            raise ValueError(
+                f"ForwardConfig registers {self.consumer_registers}x2 + "
+                f"{self.producer_registers} per thread need {used} > {REGISTER_FILE}"
+            )
+
+    @property
+    def tile_q(self) -> int:
+        """Query rows per CTA (the q tile of the tile metadata)."""
+        return 2 * self.block_q
+
+
+def forward_smem_bytes(config: ForwardConfig, head_dim: int, itemsize: int) -> int:
+    """Shared memory the forward kernel allocates for ``config``."""
+    q_o = 2 * config.block_q * head_dim * itemsize  # Q, reused for O
+    kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
+    p = 2 * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
+    lse = 2 * config.block_q * 4
+    barriers = 8 * (4 * config.num_stages + 3)
+    return q_o + kv + p + lse + barriers
+
+
+def check_forward_fits(config: ForwardConfig, head_dim: int, itemsize: int) -> None:
+    """Raises ValueError when ``config`` needs more shared memory than a block has."""
+    need = forward_smem_bytes(config, head_dim, itemsize)
+    if need > SMEM_LIMIT_BYTES:
+        raise ValueError(
+            f"{config} needs {need} bytes of shared memory at head_dim={head_dim}, "
+            f"more than the {SMEM_LIMIT_BYTES} available"
+        )
+
+
+def _mask_kind(causal: bool, masked: bool) -> str:
+    return "causal" if causal else ("masked" if masked else "dense")
+
+
+#: Tuned configs: (head_dim, dtype name, mask kind) -> config. Filled from GPU
+#: sweeps (benchmarks/NOTES.md); missing keys fall back to the heuristic.
+TUNED_FORWARD: dict[tuple[int, str, str], ForwardConfig] = {}
+
+
+def _heuristic(head_dim: int) -> ForwardConfig:
+    if head_dim <= 64:
+        return ForwardConfig(block_kv=128, num_stages=3)
+    if head_dim <= 128:
+        return ForwardConfig(block_kv=128, num_stages=2)
+    return ForwardConfig(block_kv=64, num_stages=2)
+
+
+def forward_config(
+    head_dim: int, dtype, *, causal: bool = False, masked: bool = False, interpret: bool = False
+) -> ForwardConfig:
+    """The config for these inputs: tuned if known, else the heuristic.
+
+    ``interpret`` selects the shared-memory P path GPU interpret mode needs.
+    """
+    name = np.dtype(dtype).name
+    config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked)))
+    if config is None:
+        config = _heuristic(head_dim)
+    if interpret:
+        config = dataclasses.replace(config, p_in_smem=True)
+    return config
+
+
+def forward_search_space(head_dim: int, itemsize: int = 2) -> list[ForwardConfig]:
+    """Configs worth timing at ``head_dim`` (only those that fit shared memory)."""
+    space = []
+    for block_kv, stages, pingpong, overlap in itertools.product(
+        (64, 128, 192), (2, 3, 4), (True, False), (True, False)
+    ):
+        config = ForwardConfig(
+            block_kv=block_kv, num_stages=stages, pingpong=pingpong, overlap=overlap
+        )
+        try:
+            check_forward_fits(config, head_dim, itemsize)
+        except ValueError:
+            continue
+        space.append(config)
+    return space
