@@ -38,6 +38,18 @@ def _device() -> str:
     return f"CPU {model} x {os.cpu_count()} cores"
 
 
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("grain", "array-record", "tokenizers", "numpy", "datasketch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
 def _pipeline_rate(
     prepared: Path, workers: int, seconds: float, seq_len: int, batch_size: int
 ) -> float:
@@ -67,6 +79,7 @@ def run(
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python -m data.benchmark " + " ".join(sys.argv[1:]),
         "load_avg_1min_at_start": os.getloadavg()[0],
+        "versions": _versions(),
     }
     records = []
     tmp = Path(tempfile.mkdtemp(prefix="data_bench_"))
@@ -159,6 +172,8 @@ def markdown(records: list[dict]) -> str:
         "",
         f"{r0['device']}, {r0['date']}, `{r0['command']}` (1-min load average at start: "
         f"{r0['load_avg_1min_at_start']:.2f}; the machine is shared, so numbers are noisy).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r0.get("versions", {}).items()),
         "",
         "| stage | impl | workers | rate | notes |",
         "|---|---|---:|---:|---|",

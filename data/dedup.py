@@ -9,8 +9,9 @@ components of the candidate pairs (union-find); keep the first document (corpus 
 component. ``global`` links documents across all sources, ``local`` only within a source.
 
 Writes the kept corpus in the input's layout (same relative file paths), ``dedup_stats.json`` and a
-per-source ``dedup_table.md`` (documents and bytes before/after, byte duplication rate). MinHash
-runs in ``workers`` processes, one input file per task.
+per-source ``dedup_table.md`` (documents and bytes before/after, short documents dropped, byte
+duplication rate among the documents of >= 200 characters). MinHash runs in ``workers``
+processes, one input file per task.
 """
 
 from __future__ import annotations
@@ -339,13 +340,16 @@ def _dedup(corpus_dir, out_dir, mode, split, workers, on_error, files, pool, t0)
         if not m.any():
             continue
         before, after = int(nbytes[m].sum()), int(nbytes[m & keep].sum())
+        short = int(nbytes[m & ~eligible].sum())
         table[s] = {
             "docs_before": int(m.sum()),
             "docs_after": int((m & keep).sum()),
             "bytes_before": before,
             "bytes_after": after,
             "short_docs": int((m & ~eligible).sum()),
-            "dup_rate": 1.0 - after / before if before else 0.0,
+            "short_bytes": short,
+            # Bytes removed as duplicates over bytes of the documents long enough to compare.
+            "dup_rate": 1.0 - after / (before - short) if before > short else 0.0,
         }
     skips: dict = {}
     for r in results:

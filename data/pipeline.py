@@ -107,7 +107,8 @@ class MixIterDataset(grain.IterDataset):
     document of ``n`` tokens, then every source ``s`` gains ``p_s * n`` and the chosen one loses
     ``n``. Credits sum to zero and stay within a document length of zero, so token shares converge
     at rate O(max doc length / tokens seen). Yields ``(doc_int32, source_id)`` with ``source_id``
-    the index in :data:`data.SOURCES`.
+    the index in :data:`data.SOURCES`. (``grain.IterDataset.mix`` balances element counts, not
+    tokens, and keys its state by position; this one keys it by source name.)
     """
 
     def __init__(self, parents: dict[str, grain.IterDataset], proportions: dict[str, float]):
