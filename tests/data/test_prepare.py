@@ -58,7 +58,7 @@ def test_resumes_after_interruption(corpus_dir, prepared_dir, tmp_path):
     (out / next(iter(other["sources"].values()))["shard"]).unlink()
     m, stats = prepare(corpus_dir, out, vocab_size=1024, workers=2, progress=False)
     assert stats.tasks_run == 2 and stats.tasks_skipped == len(list(out.rglob("_done/*.json"))) - 2
-    assert _shard_bytes(out) == reference
+    assert _shard_bytes(out) == reference and not list(out.rglob("*.tmp"))
     assert m == load_manifest(prepared_dir)
     m2, stats2 = prepare(corpus_dir, out, vocab_size=1024, workers=1, progress=False)
     assert stats2.tasks_run == 0 and m2 == m
@@ -113,3 +113,32 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "--tokenizer" in capsys.readouterr().out
+
+
+def test_resumes_after_crash_inside_a_shard_write(corpus_dir, prepared_dir, tmp_path, monkeypatch):
+    import data.prepare as prep
+
+    calls = {"n": 0}
+    real = prep._write_shard
+
+    def crashing(path, records):
+        calls["n"] += 1
+        if calls["n"] == 9:  # crash after the .tmp file of the 9th shard is written, before rename
+            writer = prep.ArrayRecordWriter(str(path) + ".tmp", prep._WRITER_OPTIONS)
+            writer.write(records[0])
+            writer.close()
+            raise KeyboardInterrupt("simulated kill")
+        real(path, records)
+
+    monkeypatch.setattr(prep, "_write_shard", crashing)
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "tokenizer.json").write_bytes((prepared_dir / "tokenizer.json").read_bytes())
+    with pytest.raises(KeyboardInterrupt):
+        prepare(corpus_dir, out, workers=1, progress=False)
+    assert not (out / "manifest.json").exists() and list(out.rglob("*.tmp"))
+    monkeypatch.setattr(prep, "_write_shard", real)
+    m, stats = prepare(corpus_dir, out, workers=1, progress=False)
+    assert stats.tasks_skipped == 1 and stats.tasks_run > 1  # the first file had finished
+    assert _shard_bytes(out) == _shard_bytes(prepared_dir) and m == load_manifest(prepared_dir)
+    assert not list(out.rglob("*.tmp"))
