@@ -12,6 +12,13 @@ Never imports JAX. The entry used by pretraining::
 (-1) carries no loss; ``segment_ids`` start at 1 in every row; ``source_ids`` index :data:`SOURCES`.
 ``make_demo_data(root, seed)`` generates and prepares the demo corpus and returns the prepared dir.
 
+Command line (each with ``--help``)::
+
+    python -m data.synthetic --out CORPUS --seed 0              # demo corpus, seconds
+    python -m data.prepare --corpus CORPUS --out PREP [--tokenizer tokenizer.json]
+    python -m data.dedup --corpus CORPUS --out DEDUP --mode global|local
+    python -m data.benchmark                                    # -> benchmarks/results/
+
 Names load on first use, so the command-line tools (``python -m data.prepare`` ...) start without
 Grain.
 """

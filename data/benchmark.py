@@ -1,5 +1,4 @@
-"""``python -m data.benchmark``: pipeline tokens/s, prepare tokens/s, dedup docs/s (ours vs
-datasketch).
+"""``python -m data.benchmark``: pipeline and prepare tokens/s, dedup docs/s vs datasketch.
 
 Generates a demo corpus (``--train-docs`` documents), prepares it with 1 and ``--workers``
 processes, times the Grain pipeline from the prepared shards (bar: >= 500k tokens/s per host, 10x

@@ -131,8 +131,7 @@ def _signatures_of_file(args: tuple[str, str]) -> _FileResult:
 
 
 class UnionFind:
-    """Disjoint sets over ``0..n-1`` with path halving and union by index (smallest index is the
-    root)."""
+    """Disjoint sets over ``0..n-1``, path halving; the smallest index of a set is its root."""
 
     def __init__(self, n: int):
         self.parent = np.arange(n, dtype=np.int64)
@@ -156,8 +155,7 @@ class UnionFind:
 def lsh_candidate_groups(
     signatures: np.ndarray, groups: np.ndarray | None = None
 ) -> list[np.ndarray]:
-    """Indices of documents sharing an LSH bucket (BANDS x ROWS), one array per bucket with >= 2
-    docs.
+    """Documents sharing an LSH bucket (BANDS x ROWS): one index array per bucket of >= 2 docs.
 
     ``groups`` (int [n]) restricts buckets to documents of the same group (local mode).
     """
@@ -208,8 +206,7 @@ def components(signatures: np.ndarray, groups: np.ndarray | None = None) -> np.n
 
 @dataclasses.dataclass(frozen=True)
 class DedupResult:
-    """Per-source table (``table[source]`` = docs/bytes before and after, short docs, dup rate) and
-    timing."""
+    """Per-source table (docs/bytes before and after, short docs, dup rate) and timing."""
 
     mode: str
     table: dict
@@ -267,8 +264,7 @@ def dedup(
     workers: int | None = None,
     on_error: str = "raise",
 ) -> DedupResult:
-    """Deduplicates ``split`` of ``corpus_dir``; writes the kept corpus to ``out_dir`` (None: only
-    count).
+    """Deduplicates ``split`` of ``corpus_dir`` into ``out_dir`` (``None``: only count).
 
     Args:
       mode: ``"global"`` (across sources) or ``"local"`` (within each source).

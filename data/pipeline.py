@@ -48,9 +48,9 @@ class PipelineConfig:
     process_index: int = 0
     process_count: int = 1
     worker_count: int = 0
-    read_threads: int = (
-        0  # Grain ReadOptions.num_threads per source (0: read in the calling thread)
-    )
+    # Grain ReadOptions.num_threads per source (0: read in the calling thread; local shards are
+    # read fastest that way).
+    read_threads: int = 0
 
     def __post_init__(self):
         for name in ("seq_len", "batch_size", "process_count"):
@@ -158,8 +158,7 @@ class _MixIterator(grain.DatasetIterator):
 
 
 class PackIterDataset(grain.IterDataset):
-    """Packs ``(doc, source_id)`` into batches of :data:`BATCH_KEYS`, each ``int32 [batch_size,
-    seq_len]``.
+    """Packs ``(doc, source_id)`` into batches: :data:`BATCH_KEYS` -> ``int32 [batch, seq_len]``.
 
     Documents (EOS already appended) are concatenated into one stream; row ``r`` of the stream holds
     tokens ``[r*L, (r+1)*L)`` and targets ``[r*L+1, (r+1)*L+1)``, so a document cut at a row end
@@ -261,13 +260,15 @@ def make_pipeline(
     Args:
       prepared_dir: output of ``python -m data.prepare``.
       mixture: preset name, ``"Source=w,..."``, YAML path or :class:`data.Mixture` (token
-      proportions). seq_len: tokens per row.
+        proportions).
+      seq_len: tokens per row.
       batch_size: rows per batch on this process.
       seed: shuffling seed; same arguments -> same batches.
       split: ``"train"``, ``"validation"`` or ``"test"``.
       process_index, process_count: this host's shard of every source (e.g.
-      ``jax.process_index()``). worker_count: Grain prefetch processes (0: in this process). Changes
-      the batch order.
+        ``jax.process_index()``, ``jax.process_count()``).
+      worker_count: Grain prefetch processes (0: in this process); changes the batch order, and a
+        checkpoint restores only with the same value. Close such an iterator with ``it.close()``.
 
     Returns:
       A ``grain.DatasetIterator``; ``next(it)`` is a dict of :data:`BATCH_KEYS` -> ``np.int32

@@ -4,11 +4,10 @@
 
 Output layout (``out_dir``)::
 
-    tokenizer.json                              the tokenizer used (copied, or trained here)
-    <split>/<source>/<file_key>.array_record    one record per document: token ids, little-endian
-    ``dtype`` <split>/_done/<file_key>.json               marker of a finished input file (written
-    last, atomically) manifest.json                               docs/tokens/shards per split and
-    source (see Manifest)
+    tokenizer.json                            the tokenizer used (copied, or trained here)
+    <split>/<source>/<file_key>.array_record  a record per document: token ids (manifest dtype)
+    <split>/_done/<file_key>.json             marker of a finished input file (written last)
+    manifest.json                             docs/tokens/shards per split and source
 
 One task per input file, run in parallel by ``workers`` processes. Resumable: a task is finished iff
 its marker exists and names the same tokenizer; shards are written to ``*.tmp`` and renamed before
@@ -42,8 +41,11 @@ _ENCODE_BATCH = 256
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """What ``prepare`` wrote. ``splits[split][source]`` = ``{"docs": int, "tokens": int, "shards":
-    [rel paths]}``."""
+    """What ``prepare`` wrote.
+
+    ``splits[split][source]`` = ``{"docs": int, "tokens": int, "shards": [paths relative to the
+    prepared directory]}``; token ids are stored little-endian as ``dtype``.
+    """
 
     vocab_size: int
     eos_id: int
@@ -203,8 +205,7 @@ def prepare(
     progress: bool = True,
     bpe_sample_bytes: int = 64 << 20,
 ) -> tuple[Manifest, PrepareStats]:
-    """Tokenizes ``corpus_dir`` into ``out_dir`` (resumable); returns the manifest and this call's
-    stats.
+    """Tokenizes ``corpus_dir`` into ``out_dir`` (resumable); returns (manifest, this call's stats).
 
     Args:
       corpus_dir: a SlimPajama-format corpus (see :mod:`data.slimpajama`).
@@ -213,8 +214,8 @@ def prepare(
         ``bpe_sample_bytes`` of) the train split, or reuses the one already in ``out_dir``.
       splits: splits to prepare (those missing in the corpus are skipped).
       workers: processes; ``None`` = ``os.cpu_count()``; 1 = in this process.
-      on_error: ``"raise"`` or ``"skip"`` (see :func:`data.slimpajama.iter_file`); skips land in the
-      manifest.
+      on_error: ``"raise"`` or ``"skip"`` (see :func:`data.slimpajama.iter_file`); skips land in
+        the manifest.
     """
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():

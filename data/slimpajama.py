@@ -105,8 +105,7 @@ def _check_on_error(on_error: str) -> None:
 
 
 def split_dir(root: Path | str, split: str) -> Path:
-    """The folder holding ``split`` under ``root`` (``root`` itself when it has no split
-    folders)."""
+    """The folder of ``split`` under ``root`` (``root`` itself when it has no split folders)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
@@ -125,8 +124,7 @@ def list_files(root: Path | str, split: str) -> list[Path]:
 
 
 def _zstd_chunks(path: Path) -> Iterator[bytes]:
-    """Decompressed bytes of a (possibly multi-frame) zstd file; raises on corrupt or truncated
-    data."""
+    """Decompressed bytes of a (multi-frame) zstd file; raises on corrupt or truncated data."""
     with open(path, "rb") as f:
         dobj = zstandard.ZstdDecompressor().decompressobj()
         in_frame = False

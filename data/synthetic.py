@@ -270,8 +270,7 @@ def _write_jsonl_zst(path: Path, rows: list[dict]) -> None:
 
 
 def generate(out_dir: Path | str, seed: int = 0, **config) -> Path:
-    """Writes the demo corpus under ``out_dir`` and returns it. ``config``: fields of
-    :class:`SyntheticConfig`."""
+    """Writes the demo corpus to ``out_dir``, returns it; ``config``: :class:`SyntheticConfig`."""
     cfg = SyntheticConfig(seed=seed, **config)
     out = Path(out_dir)
     rng = np.random.default_rng(cfg.seed)

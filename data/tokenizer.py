@@ -1,5 +1,4 @@
-"""Hugging Face ``tokenizers`` helpers: load a ``tokenizer.json`` or train a small byte-level
-BPE."""
+"""Hugging Face ``tokenizers``: load a ``tokenizer.json`` or train a small byte-level BPE."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ def eos_id(tokenizer: Tokenizer) -> int:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_path: Path | str) -> Tokenizer:
-    """Trains a byte-level BPE (GPT-2 style pre-tokenization) on ``texts``; saves it to
-    ``out_path``.
+    """Trains a byte-level BPE (GPT-2 pre-tokenization) on ``texts`` and saves it to ``out_path``.
 
     The vocabulary holds :data:`DEFAULT_EOS` as id 0, like GPT-NeoX-20B.
     """

@@ -1,5 +1,4 @@
-"""Shared fixtures: one small demo corpus and its prepared shards per test session (per xdist
-worker)."""
+"""Shared fixtures: one small demo corpus and its prepared shards per session (xdist worker)."""
 
 import pytest
 

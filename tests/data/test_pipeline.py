@@ -54,8 +54,7 @@ def test_shapes_and_packing(prepared_dir, seq_len, batch_size):
 
 
 def test_token_proportions_chi_square(prepared_dir):
-    """Token shares over 100k tokens: a chi-square test on document units, and the mixer's hard
-    bound."""
+    """Token shares over 100k tokens: chi-square on document units, and the mixer's hard bound."""
     mixture = get_mixture(
         "RedPajamaCommonCrawl=0.5,RedPajamaC4=0.3,RedPajamaGithub=0.15,RedPajamaBook=0.05"
     )
