@@ -212,7 +212,8 @@ def prepare(
       out_dir: the prepared directory.
       tokenizer: a ``tokenizer.json``; ``None`` trains a byte-level BPE of ``vocab_size`` on (up to
         ``bpe_sample_bytes`` of) the train split, or reuses the one already in ``out_dir``.
-      splits: splits to prepare (those missing in the corpus are skipped).
+      splits: splits to prepare (those missing are skipped; a corpus without split folders is
+        all "train").
       workers: processes; ``None`` = ``os.cpu_count()``; 1 = in this process.
       on_error: ``"raise"`` or ``"skip"`` (see :func:`data.slimpajama.iter_file`); skips land in
         the manifest.
@@ -241,11 +242,14 @@ def prepare(
 
     tasks = []
     for split in splits:
-        root_split = corpus_dir / split
-        if not root_split.is_dir():
+        try:
+            base = slimpajama.split_dir(corpus_dir, split)
+        except FileNotFoundError:  # this split is absent
+            continue
+        if base == corpus_dir and split != "train":  # no split folders: everything is train
             continue
         for path in slimpajama.list_files(corpus_dir, split):
-            tasks.append(_Task(split, str(path), _file_key(root_split, path)))
+            tasks.append(_Task(split, str(path), _file_key(base, path)))
     if not tasks:
         raise FileNotFoundError(f"no corpus files for splits {splits} under {corpus_dir}")
     todo = [t for t in tasks if not _is_done(out, t, sha)]

@@ -111,7 +111,11 @@ def split_dir(root: Path | str, split: str) -> Path:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"corpus root {root} does not exist")
-    return root / split if (root / split).is_dir() else root
+    if (root / split).is_dir():
+        return root / split
+    if any((root / s).is_dir() for s in SPLITS):
+        raise FileNotFoundError(f"corpus root {root} has split folders but no {split!r}")
+    return root
 
 
 def list_files(root: Path | str, split: str) -> list[Path]:

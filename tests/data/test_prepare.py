@@ -142,3 +142,21 @@ def test_resumes_after_crash_inside_a_shard_write(corpus_dir, prepared_dir, tmp_
     assert stats.tasks_skipped == 1 and stats.tasks_run > 1  # the first file had finished
     assert _shard_bytes(out) == _shard_bytes(prepared_dir) and m == load_manifest(prepared_dir)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_flat_jsonl_corpus_is_the_train_split(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "eps"]
+    rows = [
+        {"text": " ".join(rng.choice(words, 30)), "meta": {"redpajama_set_name": src}}
+        for src in ("RedPajamaC4", "RedPajamaArXiv")
+        for _ in range(5)
+    ]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c/all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m, stats = prepare(tmp_path / "c", tmp_path / "o", vocab_size=300, workers=1, progress=False)
+    assert list(m.splits) == ["train"] and stats.tasks_run == 1
+    assert {s: v["docs"] for s, v in m.splits["train"].items()} == {
+        "RedPajamaC4": 5,
+        "RedPajamaArXiv": 5,
+    }

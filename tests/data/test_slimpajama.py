@@ -146,3 +146,6 @@ def test_skip_needs_report_and_valid_mode(tmp_path):
         slimpajama.list_files(tmp_path, "dev")
     with pytest.raises(FileNotFoundError):
         list(iter_documents(tmp_path / "missing", "train"))
+    _write(tmp_path / "train/a.jsonl", [_row()], compress=False)
+    with pytest.raises(FileNotFoundError, match="no 'test'"):
+        slimpajama.list_files(tmp_path, "test")
