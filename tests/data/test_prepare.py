@@ -160,3 +160,29 @@ def test_flat_jsonl_corpus_is_the_train_split(tmp_path):
         "RedPajamaC4": 5,
         "RedPajamaArXiv": 5,
     }
+
+
+def test_large_vocab_is_stored_as_uint32(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from data.pipeline import make_pipeline
+
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1} | {f"w{i}": i for i in range(2, 70_000)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "big.json"))
+    ids = np.random.default_rng(1).integers(60_000, 70_000, size=(4, 50))
+    (tmp_path / "c/train").mkdir(parents=True)
+    rows = [
+        {"text": " ".join(f"w{i}" for i in r), "meta": {"redpajama_set_name": "RedPajamaBook"}}
+        for r in ids
+    ]
+    (tmp_path / "c/train/a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m, _ = prepare(
+        tmp_path / "c", tmp_path / "o", tokenizer=tmp_path / "big.json", workers=1, progress=False
+    )
+    assert m.dtype == "uint32" and m.vocab_size == 70_000 and m.eos_id == 0
+    batch = next(make_pipeline(tmp_path / "o", "RedPajamaBook=1", 51, 4, seed=0))
+    # Documents of 50 ids + EOS fill rows of 51 exactly: every row is one whole document.
+    assert {tuple(r[:50]) for r in batch["tokens"].tolist()} <= {tuple(r) for r in ids.tolist()}
+    assert batch["tokens"].max() >= 65_536 and set(batch["tokens"][:, 50].tolist()) == {0}
