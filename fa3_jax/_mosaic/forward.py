@@ -15,7 +15,8 @@ One CTA computes ``tile_q = 2 * block_q`` query rows of one (batch, head):
 Element masks (causal/window edges, segment boundaries, key tail) are applied
 only on tiles the metadata marks partial; ALiBi and softcap are fused. Output
 rows past ``seq_q`` are dropped by the TMA store; K/V rows past ``seq_k`` are
-zero-filled by TMA and masked. Rows that see no key give 0 and lse ``-inf``.
+zero-filled by TMA and masked. (Lengths that are not multiples of 8 are padded
+by up to 7 rows first: Mosaic's tiled TMA views need whole 8-row tiles.) Rows that see no key give 0 and lse ``-inf``.
 """
 
 from __future__ import annotations
@@ -326,6 +327,14 @@ def _kernel(st: ForwardStatic, dims, *refs):
             plgpu.barrier_wait(v_free.at[slot])
 
 
+def _pad_seq(x_BSHD, multiple: int = 8):
+    """Pads the sequence axis to a multiple of ``multiple`` (no copy when it is one)."""
+    pad = -x_BSHD.shape[1] % multiple
+    if not pad:
+        return x_BSHD
+    return jnp.pad(x_BSHD, ((0, 0), (0, pad), (0, 0), (0, 0)))
+
+
 def forward_kernel_call(
     st: ForwardStatic,
     q_BSHD,
@@ -361,7 +370,10 @@ def forward_kernel_call(
         )
     n_q_tiles = pl.cdiv(seq_q, cfg.tile_q)
     padded_q = n_q_tiles * cfg.tile_q
-    inputs = [q_BSHD, k_BSHD, v_BSHD, meta.index, meta.count, meta.partial]
+    # Mosaic's tiled TMA views need sequence lengths that are multiples of the
+    # 8-row tile; other lengths are padded by at most 7 rows (masked / dropped).
+    q_in, k_in, v_in = _pad_seq(q_BSHD), _pad_seq(k_BSHD), _pad_seq(v_BSHD)
+    inputs = [q_in, k_in, v_in, meta.index, meta.count, meta.partial]
     if st.has_segments:
         # Ids are read straight into registers: pad them (not q/k/v) to whole tiles.
         q_seg, kv_seg = segment_ids
@@ -404,7 +416,7 @@ def forward_kernel_call(
     )
     dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, heads_q // heads_kv)
     out_types = (
-        jax.ShapeDtypeStruct(q_BSHD.shape, dtype),
+        jax.ShapeDtypeStruct(q_in.shape, dtype),
         # LSE rows padded to whole q tiles keep every TMA store aligned.
         jax.ShapeDtypeStruct((batch, heads_q, padded_q), jnp.float32),
     )
@@ -419,4 +431,4 @@ def forward_kernel_call(
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )
     out, lse = call(*inputs)
-    return out, lse[:, :, :seq_q]
+    return out[:, :seq_q], lse[:, :, :seq_q]

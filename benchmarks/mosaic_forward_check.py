@@ -1,0 +1,220 @@
+"""One GPU call: compile, check and time the Mosaic forward kernel against its peers.
+
+Run on a Hopper machine from the repo root:
+``PYTHONPATH=. python3 benchmarks/mosaic_forward_check.py --out DIR [--quick]``.
+Sections, each item guarded so one failure does not stop the rest:
+1. correctness of every feature against the reference (fresh random inputs,
+   allocator poisoned with NaN first, every output element checked finite);
+2. timings (median of 3 x 20 back-to-back calls after warm-up) of ours in the
+   four scheduling variants (ping-pong x intra-warpgroup overlap), cuDNN and
+   JAX's attention_mgpu on the FA3 grid (batch * seq = 16384, heads * D = 2048);
+a short table is printed last and everything is written as JSON to DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fa3_jax import _mosaic
+from fa3_jax.alibi import alibi_slopes
+from fa3_jax.config import ForwardConfig, forward_config
+from fa3_jax.masks import BlockMask, MaskSpec
+from fa3_jax.reference import attention_reference
+
+
+def _inputs(key, b, sq, sk, hq, hkv, d, dtype):
+    kq, kk, kv = jax.random.split(key, 3)
+    return (
+        jax.random.normal(kq, (b, sq, hq, d), dtype),
+        jax.random.normal(kk, (b, sk, hkv, d), dtype),
+        jax.random.normal(kv, (b, sk, hkv, d), dtype),
+    )
+
+
+def _poison(shapes):
+    bufs = [jnp.full(s, jnp.nan, dt) for s, dt in shapes]
+    jax.block_until_ready(bufs)
+    del bufs
+
+
+def check(name, *, b, sq, sk, hq, hkv, d, dtype, causal=False, window=(None, None),
+          softcap=None, alibi=False, segments=False, block=None, config=None):
+    spec = MaskSpec(sq, sk, causal, *window)
+    q, k, v = _inputs(jax.random.key(hash(name) % 2**31), b, sq, sk, hq, hkv, d, dtype)
+    kw = dict(spec=spec, softmax_scale=d**-0.5, softcap=softcap)
+    slopes = jnp.asarray(alibi_slopes(hq))[None] if alibi else None
+    segs = None
+    if segments:
+        ids = jnp.cumsum(jax.random.uniform(jax.random.key(1), (b, sq)) < 8.0 / sq, axis=1)
+        segs = (ids.astype(jnp.int32), ids.astype(jnp.int32))
+    bm = None
+    if block is not None:
+        bq, bk, density = block
+        mask = jax.random.uniform(jax.random.key(2), (hq, -(-sq // bq), -(-sk // bk))) < density
+        bm = BlockMask(mask[None], bq, bk)
+    fn = jax.jit(lambda q, k, v: _mosaic.mha_forward(
+        q, k, v, alibi_slopes_BH=slopes, segment_ids=segs, block_mask=bm, config=config, **kw))
+    t0 = time.time()
+    fn(q, k, v)[0].block_until_ready()
+    compile_s = time.time() - t0
+    _poison([((b, sq, hq, d), dtype), ((b, hq, sq + 128), jnp.float32)])
+    out, lse = fn(q, k, v)
+    ref_out, ref_lse = jax.jit(lambda q, k, v: attention_reference(
+        q, k, v, alibi_slopes=slopes, segment_ids=segs, block_mask=bm, **kw))(q, k, v)
+    out, ref_out = np.asarray(out, np.float32), np.asarray(ref_out, np.float32)
+    lse, ref_lse = np.asarray(lse), np.asarray(ref_lse)
+    nan_out = int(np.isnan(out).sum())
+    err = float(np.abs(out - ref_out).max())
+    finite = np.isfinite(ref_lse)
+    lse_err = float(np.abs(lse[finite] - ref_lse[finite]).max(initial=0.0))
+    inf_ok = bool((np.isneginf(lse) == ~finite).all())
+    tol = 2e-2 if dtype == jnp.bfloat16 else 4e-3
+    ok = nan_out == 0 and err < tol and lse_err < 1e-2 and inf_ok
+    return dict(name=name, ok=ok, out_err=err, lse_err=lse_err, nan_out=nan_out,
+                inf_ok=inf_ok, compile_s=round(compile_s, 1))
+
+
+def _time(fn, *args, reps=20, rounds=3):
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            r = fn(*args)
+        jax.block_until_ready(r)
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
+def bench(d, s, causal, dtype, variants, peers=True):
+    b, h = 16384 // s, 2048 // d
+    q, k, v = _inputs(jax.random.key(0), b, s, s, h, h, d, dtype)
+    flops = 4 * b * s * s * h * d / (2 if causal else 1)
+    spec = MaskSpec(s, s, causal)
+    rows = []
+    for label, cfg in variants:
+        fn = jax.jit(lambda q, k, v, cfg=cfg: _mosaic.mha_forward(
+            q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None, alibi_slopes_BH=None,
+            segment_ids=None, block_mask=None, config=cfg)[0])
+        rows.append((label, fn))
+    if peers:
+        rows.append(("cudnn", jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation="cudnn"))))
+        if dtype == jnp.float16:
+            from jax.experimental.pallas.ops.gpu import attention_mgpu as am
+
+            cfg = am.TuningConfig(block_q=64, block_kv=64 if d == 256 else 128,
+                                  max_concurrent_steps=2, causal=causal)
+            rows.append(("jax_mgpu", jax.jit(
+                lambda q, k, v: am.attention(q * (d**-0.5), k, v, cfg))))
+    results = {}
+    for label, fn in rows:
+        try:
+            sec = _time(fn, q, k, v)
+            results[label] = round(flops / sec / 1e12, 1)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            results[label] = f"ERR {type(e).__name__}: {str(e)[:200]}"
+    return dict(d=d, s=s, causal=causal, dtype=jnp.dtype(dtype).name, tflops=results)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-checks", action="store_true")
+    args = ap.parse_args()
+    print(jax.__version__, jax.devices(), flush=True)
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,power.draw",
+                          "--format=csv"], capture_output=True, text=True).stdout, flush=True)
+    report = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+                  checks=[], bench=[])
+    f16, b16 = jnp.float16, jnp.bfloat16
+    checks = [
+        ("d64-f16", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=64, dtype=f16)),
+        ("d128-bf16-causal", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=b16, causal=True)),
+        ("d256-f16-causal", dict(b=1, sq=1000, sk=1000, hq=4, hkv=4, d=256, dtype=f16, causal=True)),
+        ("d128-odd-gqa", dict(b=2, sq=777, sk=1501, hq=8, hkv=2, d=128, dtype=b16, causal=True)),
+        ("d128-nopp-noov", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=f16, causal=True,
+                                config=ForwardConfig(pingpong=False, overlap=False))),
+        ("d128-pp-noov", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=f16, causal=True,
+                              config=ForwardConfig(pingpong=True, overlap=False))),
+        ("d128-nopp-ov", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=f16, causal=True,
+                              config=ForwardConfig(pingpong=False, overlap=True))),
+        ("window-alibi-softcap", dict(b=1, sq=2048, sk=2048, hq=4, hkv=2, d=128, dtype=b16,
+                                      causal=True, window=(256, 0), alibi=True, softcap=30.0)),
+        ("segments", dict(b=2, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
+                          segments=True)),
+        ("block64", dict(b=1, sq=1024, sk=1024, hq=4, hkv=4, d=64, dtype=f16, block=(64, 64, 0.5))),
+        ("block128", dict(b=1, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=b16,
+                          block=(128, 128, 0.3))),
+        ("d192-tail", dict(b=1, sq=100, sk=50, hq=2, hkv=1, d=192, dtype=b16)),
+        ("d96", dict(b=1, sq=513, sk=513, hq=2, hkv=2, d=96, dtype=f16, causal=True)),
+        ("q-longer-than-k", dict(b=1, sq=300, sk=17, hq=2, hkv=2, d=64, dtype=f16, causal=True)),
+    ]
+    if args.quick:
+        checks = checks[:4]
+    if not args.skip_checks:
+        for name, kw in checks:
+            try:
+                r = check(name, **kw)
+            except Exception as e:  # noqa: BLE001
+                r = dict(name=name, ok=False, error=f"{type(e).__name__}: {str(e)[:1500]}")
+                traceback.print_exc()
+            print(r, flush=True)
+            report["checks"].append(r)
+    variants = [
+        ("ours", None),
+        ("pp_only", "pp"),
+        ("ov_only", "ov"),
+        ("neither", "none"),
+    ]
+    grid = [(64, 4096, False), (128, 4096, False), (128, 4096, True), (256, 4096, False),
+            (128, 1024, False), (128, 16384, True), (64, 1024, True), (256, 1024, True)]
+    if args.quick:
+        grid = grid[:3]
+    for d, s, causal in grid:
+        base = forward_config(d, f16, causal=causal)
+        vs = []
+        for label, mode in variants:
+            if mode is None:
+                vs.append((label, base))
+            elif d == 128 and s == 4096:
+                vs.append((label, dataclasses.replace(
+                    base, pingpong=mode in ("pp",), overlap=mode in ("ov",))))
+        try:
+            r = bench(d, s, causal, f16, vs)
+        except Exception as e:  # noqa: BLE001
+            r = dict(d=d, s=s, causal=causal, error=f"{type(e).__name__}: {str(e)[:500]}")
+        print(r, flush=True)
+        report["bench"].append(r)
+        with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
+            json.dump(report, f, indent=1)
+    with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
+        json.dump(report, f, indent=1)
+    print("\n== checks ==")
+    for r in report["checks"]:
+        print(f"{r['name']:24s} {'OK ' if r['ok'] else 'BAD'} "
+              + (r.get("error", "")[:300] or f"err={r['out_err']:.2e} lse={r['lse_err']:.2e} "
+                 f"nan={r['nan_out']} compile={r['compile_s']}s"))
+    print("== TFLOP/s (fp16) ==")
+    for r in report["bench"]:
+        print(r)
+    return 0 if all(r["ok"] for r in report["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
