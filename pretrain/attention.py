@@ -45,7 +45,9 @@ def causal_alibi_attention(
     """
     if implementation in ("auto", "reference"):
         return fa3_jax.attention(
-            q_BSHD, k_BSHD, v_BSHD,
+            q_BSHD,
+            k_BSHD,
+            v_BSHD,
             causal=True,
             softmax_scale=softmax_scale,
             alibi_slopes=slopes_H,
@@ -55,9 +57,11 @@ def causal_alibi_attention(
     if implementation in ("cudnn", "xla"):
         seq_len = q_BSHD.shape[1]
         bias_1HSS = alibi_bias_HSS(slopes_H, seq_len)[None].astype(q_BSHD.dtype)
-        same_doc_B1SS = (segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :])
+        same_doc_B1SS = segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :]
         return jax.nn.dot_product_attention(
-            q_BSHD, k_BSHD, v_BSHD,
+            q_BSHD,
+            k_BSHD,
+            v_BSHD,
             bias=bias_1HSS,
             mask=same_doc_B1SS,
             scale=softmax_scale,

@@ -32,7 +32,7 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state, data_iter) -> None:
-        """Saves `state` (a pytree of jax arrays) and `data_iter`'s position as checkpoint `step`."""
+        """Saves `state` (a pytree of jax arrays) and `data_iter`'s position as `step`."""
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -59,16 +59,18 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         meta = self._manager.item_metadata(step)["state"]
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta["params"]
-        )
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta["params"])
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                {"params": abstract},
-                restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(), {"params": abstract}),
-                partial_restore=True,
-            )),
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    {"params": abstract},
+                    restore_args=jax.tree.map(
+                        lambda _: ocp.ArrayRestoreArgs(), {"params": abstract}
+                    ),
+                    partial_restore=True,
+                )
+            ),
         )
         return restored["state"]["params"]
 

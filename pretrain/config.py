@@ -1,4 +1,4 @@
-"""Configuration: frozen, validated model and training configs, named presets, `--key=value` overrides.
+"""Configuration: frozen, validated model/training configs, named presets, `--key=value` overrides.
 
 A run is described by one `RunConfig` (a `ModelConfig` plus a `TrainConfig`). It is built from a
 preset and command-line overrides, printed at the start of a run and saved as `config.json` in the
@@ -51,7 +51,10 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+            _check(
+                isinstance(value, int) and value > 0,
+                f"{name} must be a positive int, got {value!r}",
+            )
         _check(
             self.d_model % self.n_heads == 0,
             f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
@@ -67,8 +70,12 @@ class ModelConfig:
             self.attention in ATTENTION_CHOICES,
             f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}",
         )
-        _check(self.dtype in DTYPE_CHOICES, f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
-        _check(self.remat in REMAT_CHOICES, f"remat must be one of {REMAT_CHOICES}, got {self.remat!r}")
+        _check(
+            self.dtype in DTYPE_CHOICES, f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}"
+        )
+        _check(
+            self.remat in REMAT_CHOICES, f"remat must be one of {REMAT_CHOICES}, got {self.remat!r}"
+        )
 
     @property
     def head_dim(self) -> int:
@@ -83,7 +90,7 @@ class ModelConfig:
         return 1.0 / self.head_dim if self.attention_scale == "inverse" else self.head_dim**-0.5
 
     def num_params(self) -> int:
-        """Exact parameter count (embedding table tied to the output layer, padded rows included)."""
+        """Exact parameter count (embedding tied to the output layer, padded rows included)."""
         d, f = self.d_model, self.d_ff
         bias = self.use_bias
         attn = 4 * d * d + (4 * d if bias else 0)
@@ -137,24 +144,42 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("global_batch", "microbatches", "steps", "eval_batches", "keep_checkpoints"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
-        for name in ("seq_len", "warmup_steps", "data_workers", "mesh_fsdp", "log_every",
-                     "eval_every", "checkpoint_every"):
+            _check(
+                isinstance(value, int) and value > 0,
+                f"{name} must be a positive int, got {value!r}",
+            )
+        for name in (
+            "seq_len",
+            "warmup_steps",
+            "data_workers",
+            "mesh_fsdp",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+        ):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 0, f"{name} must be an int >= 0, got {value!r}")
+            _check(
+                isinstance(value, int) and value >= 0, f"{name} must be an int >= 0, got {value!r}"
+            )
         _check(self.mesh_data >= 1, f"mesh_data must be >= 1, got {self.mesh_data!r}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
         _check(
             self.global_batch % self.microbatches == 0,
-            f"global_batch ({self.global_batch}) must be divisible by microbatches ({self.microbatches})",
+            f"global_batch ({self.global_batch}) must be divisible by "
+            f"microbatches ({self.microbatches})",
         )
         _check(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _check(
+            0 <= self.min_lr_ratio <= 1,
+            f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}",
+        )
         _check(
             self.warmup_steps < self.steps,
             f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})",
         )
-        _check(self.decay in DECAY_CHOICES, f"decay must be one of {DECAY_CHOICES}, got {self.decay!r}")
+        _check(
+            self.decay in DECAY_CHOICES, f"decay must be one of {DECAY_CHOICES}, got {self.decay!r}"
+        )
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
         _check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps!r}")
@@ -175,12 +200,17 @@ class RunConfig:
         return self.train.seq_len or self.model.max_seq_len
 
     def to_dict(self) -> dict:
-        return {"preset": self.preset, "model": dataclasses.asdict(self.model),
-                "train": dataclasses.asdict(self.train)}
+        return {
+            "preset": self.preset,
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RunConfig:
-        return cls(preset=d["preset"], model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]))
+        return cls(
+            preset=d["preset"], model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"])
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -205,30 +235,74 @@ def _ffn(d_model: int) -> int:
 # Presets: (model, training defaults). Sizes follow SlimPajama-DC/BTLM; 7b is LLaMA-7B-shaped.
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "tiny": (
-        ModelConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, d_ff=352,
-                    max_seq_len=256, dtype="float32", remat="none"),
-        TrainConfig(global_batch=16, steps=300, lr=3e-3, warmup_steps=30, log_every=10,
-                    eval_every=100, checkpoint_every=100, run_dir="runs/tiny"),
+        ModelConfig(
+            vocab_size=4096,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            d_ff=352,
+            max_seq_len=256,
+            dtype="float32",
+            remat="none",
+        ),
+        TrainConfig(
+            global_batch=16,
+            steps=300,
+            lr=3e-3,
+            warmup_steps=30,
+            log_every=10,
+            eval_every=100,
+            checkpoint_every=100,
+            run_dir="runs/tiny",
+        ),
     ),
     "125m": (
         ModelConfig(d_model=768, n_layers=12, n_heads=12, d_ff=_ffn(768)),
-        TrainConfig(global_batch=256, steps=50_000, lr=6e-4, warmup_steps=2000, run_dir="runs/125m",
-                    eval_every=1000, checkpoint_every=1000),
+        TrainConfig(
+            global_batch=256,
+            steps=50_000,
+            lr=6e-4,
+            warmup_steps=2000,
+            run_dir="runs/125m",
+            eval_every=1000,
+            checkpoint_every=1000,
+        ),
     ),
     "350m": (
         ModelConfig(d_model=1024, n_layers=24, n_heads=16, d_ff=_ffn(1024)),
-        TrainConfig(global_batch=256, steps=100_000, lr=3e-4, warmup_steps=2000, run_dir="runs/350m",
-                    eval_every=1000, checkpoint_every=1000),
+        TrainConfig(
+            global_batch=256,
+            steps=100_000,
+            lr=3e-4,
+            warmup_steps=2000,
+            run_dir="runs/350m",
+            eval_every=1000,
+            checkpoint_every=1000,
+        ),
     ),
     "1.3b": (
         ModelConfig(d_model=2048, n_layers=24, n_heads=16, d_ff=5461),
-        TrainConfig(global_batch=512, steps=150_000, lr=2e-4, warmup_steps=2000, run_dir="runs/1.3b",
-                    eval_every=1000, checkpoint_every=1000),
+        TrainConfig(
+            global_batch=512,
+            steps=150_000,
+            lr=2e-4,
+            warmup_steps=2000,
+            run_dir="runs/1.3b",
+            eval_every=1000,
+            checkpoint_every=1000,
+        ),
     ),
     "7b": (
         ModelConfig(d_model=4096, n_layers=32, n_heads=32, d_ff=11008),
-        TrainConfig(global_batch=1024, steps=250_000, lr=1.2e-4, warmup_steps=2000,
-                    run_dir="runs/7b", eval_every=1000, checkpoint_every=1000),
+        TrainConfig(
+            global_batch=1024,
+            steps=250_000,
+            lr=1.2e-4,
+            warmup_steps=2000,
+            run_dir="runs/7b",
+            eval_every=1000,
+            checkpoint_every=1000,
+        ),
     ),
 }
 
@@ -309,8 +383,10 @@ def apply_overrides(config: RunConfig, overrides: Mapping[str, str | object]) ->
     )
 
 
-def make_config(preset: str = "tiny", overrides: Mapping[str, str | object] | None = None) -> RunConfig:
-    """The preset's configuration with `overrides` applied (strings are parsed, others used as-is)."""
+def make_config(
+    preset: str = "tiny", overrides: Mapping[str, str | object] | None = None
+) -> RunConfig:
+    """The preset's configuration with `overrides` applied (strings are parsed by field type)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     model, train = PRESETS[preset]

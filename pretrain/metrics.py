@@ -57,7 +57,8 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         scalars = {
-            f"{record['kind']}/{k}": v for k, v in record.items()
+            f"{record['kind']}/{k}": v
+            for k, v in record.items()
             if k not in ("step", "kind") and isinstance(v, int | float) and math.isfinite(v)
         }
         self._tb.scalars(record["step"], scalars)

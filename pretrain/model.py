@@ -26,7 +26,8 @@ REMAT_POLICIES = {
 
 def _dense(cfg: ModelConfig, d_in: int, d_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(
-        d_in, d_out,
+        d_in,
+        d_out,
         use_bias=cfg.use_bias,
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.float32,
@@ -36,8 +37,13 @@ def _dense(cfg: ModelConfig, d_in: int, d_out: int, std: float, rngs: nnx.Rngs) 
 
 
 def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
-                         param_dtype=jnp.float32, rngs=rngs)
+    return nnx.LayerNorm(
+        cfg.d_model,
+        epsilon=cfg.norm_eps,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
 
 
 class Attention(nnx.Module):
@@ -45,7 +51,9 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2: residual writes shrink with depth
+        out_std = cfg.init_std / math.sqrt(
+            2 * cfg.n_layers
+        )  # GPT-2: residual writes shrink with depth
         self.qkv = _dense(cfg, cfg.d_model, 3 * cfg.d_model, cfg.init_std, rngs)
         self.out = _dense(cfg, cfg.d_model, cfg.d_model, out_std, rngs)
 
@@ -55,7 +63,9 @@ class Attention(nnx.Module):
         qkv_BS3HK = self.qkv(x_BSD).reshape(batch, seq, 3, cfg.n_heads, cfg.head_dim)
         q_BSHK, k_BSHK, v_BSHK = (qkv_BS3HK[:, :, i] for i in range(3))
         out_BSHK = causal_alibi_attention(
-            q_BSHK, k_BSHK, v_BSHK,
+            q_BSHK,
+            k_BSHK,
+            v_BSHK,
             segment_ids_BS=segment_ids_BS,
             slopes_H=jnp.asarray(fa3_jax.alibi_slopes(cfg.n_heads)),
             softmax_scale=cfg.softmax_scale,
@@ -102,7 +112,8 @@ class LM(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = nnx.Embed(
-            cfg.padded_vocab_size, cfg.d_model,
+            cfg.padded_vocab_size,
+            cfg.d_model,
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.float32,
             embedding_init=nnx.initializers.normal(cfg.init_std),
@@ -112,7 +123,7 @@ class LM(nnx.Module):
         self.ln_final = _norm(cfg, rngs)
 
     def embed_tokens(self, tokens_BS: jax.Array) -> jax.Array:
-        """int32 [batch, seq] ids -> [batch, seq, d_model] scaled embeddings in the compute dtype."""
+        """int32 [batch, seq] ids -> [batch, seq, d_model] scaled embeddings (compute dtype)."""
         if tokens_BS.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens_BS.shape}")
         scale = jnp.asarray(self.cfg.embedding_multiplier, jnp.dtype(self.cfg.dtype))

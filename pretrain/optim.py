@@ -30,8 +30,12 @@ def decay_mask(params):
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     adamw = optax.adamw(
-        make_schedule(tc), b1=tc.beta1, b2=tc.beta2, eps=tc.adam_eps,
-        weight_decay=tc.weight_decay, mask=decay_mask,
+        make_schedule(tc),
+        b1=tc.beta1,
+        b2=tc.beta2,
+        eps=tc.adam_eps,
+        weight_decay=tc.weight_decay,
+        mask=decay_mask,
     )
     if tc.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)

@@ -53,7 +53,9 @@ def make_mesh(data: int = 1, fsdp: int = 0, devices=None) -> Mesh:
     """A ('data', 'fsdp') mesh over `devices` (default: all); fsdp=0 takes what data leaves."""
     devices = list(jax.devices() if devices is None else devices)
     if data < 1 or len(devices) % data:
-        raise ValueError(f"mesh_data ({data}) must be >= 1 and divide the device count ({len(devices)})")
+        raise ValueError(
+            f"mesh_data ({data}) must be >= 1 and divide the device count ({len(devices)})"
+        )
     fsdp = fsdp or len(devices) // data
     if data * fsdp != len(devices):
         raise ValueError(
@@ -71,7 +73,9 @@ def logical_axes(path: str, ndim: int) -> tuple[str, ...]:
     for pattern, axes in PARAM_RULES:
         if re.fullmatch(pattern, path):
             if len(axes) != ndim:
-                raise ValueError(f"sharding rule {pattern!r} has {len(axes)} axes; {path} has {ndim}")
+                raise ValueError(
+                    f"sharding rule {pattern!r} has {len(axes)} axes; {path} has {ndim}"
+                )
             return axes
     raise ValueError(f"no sharding rule matches parameter {path!r}; add one to PARAM_RULES")
 

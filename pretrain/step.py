@@ -36,10 +36,14 @@ def loss_terms(graphdef, params, batch, activation_sharding=None):
       (loss_sum f32 [], token_count f32 [], per_source_sum f32 [7], per_source_count f32 [7]).
     """
     model = nnx.merge(graphdef, params)
-    logits_BSV = model(batch["tokens"], batch["segment_ids"], activation_sharding=activation_sharding)
+    logits_BSV = model(
+        batch["tokens"], batch["segment_ids"], activation_sharding=activation_sharding
+    )
     targets_BS = batch["targets"]
     valid_BS = targets_BS >= 0
-    nll_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, jnp.where(valid_BS, targets_BS, 0))
+    nll_BS = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BSV, jnp.where(valid_BS, targets_BS, 0)
+    )
     nll_BS = jnp.where(valid_BS, nll_BS, 0.0)
     weight_BS = valid_BS.astype(jnp.float32)
     source_BS = batch["source_ids"]
@@ -75,7 +79,8 @@ def make_train_step(
 
     The loss is the mean over all valid target tokens of the global batch (accumulating
     summed gradients over microbatches and dividing once gives the same result as one big batch).
-    metrics: loss, grad_norm (before clipping), lr, tokens, per_source_sum [7], per_source_count [7].
+    metrics: loss, grad_norm (before clipping), lr, tokens, per_source_sum [7],
+    per_source_count [7].
     """
 
     def grads_of(params, mb):
@@ -97,7 +102,10 @@ def make_train_step(
                 return jax.tree.map(jnp.add, carry, (grads, totals)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            init = (zeros, (jnp.zeros(()), jnp.zeros(()), jnp.zeros(NUM_SOURCES), jnp.zeros(NUM_SOURCES)))
+            init = (
+                zeros,
+                (jnp.zeros(()), jnp.zeros(()), jnp.zeros(NUM_SOURCES), jnp.zeros(NUM_SOURCES)),
+            )
             (grads, (loss_sum, count, ps_sum, ps_count)), _ = jax.lax.scan(body, init, mbs)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)

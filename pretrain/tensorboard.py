@@ -57,16 +57,25 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           scalars: dict[str, float] | None = None) -> bytes:
+def _event(
+    wall_time: float,
+    step: int,
+    *,
+    file_version: str | None = None,
+    scalars: dict[str, float] | None = None,
+) -> bytes:
     out = bytearray(_varint(1 << 3 | 1) + struct.pack("<d", wall_time))
     out += _varint(2 << 3 | 0) + _varint(step & 0xFFFFFFFFFFFFFFFF)
     if file_version is not None:
         out += _field_bytes(3, file_version.encode())
     if scalars:
         summary = b"".join(
-            _field_bytes(1, _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5)
-                         + struct.pack("<f", float(value)))
+            _field_bytes(
+                1,
+                _field_bytes(1, tag.encode())
+                + _varint(2 << 3 | 5)
+                + struct.pack("<f", float(value)),
+            )
             for tag, value in scalars.items()
         )
         out += _field_bytes(5, summary)
@@ -74,7 +83,7 @@ def _event(wall_time: float, step: int, *, file_version: str | None = None,
 
 
 class SummaryWriter:
-    """Appends scalar summaries to `logdir/events.out.tfevents.<time>.<host>` (TensorBoard reads it)."""
+    """Appends scalar summaries to `logdir/events.out.tfevents.<time>.<host>`."""
 
     def __init__(self, logdir: str | Path):
         logdir = Path(logdir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def build_state(cfg: RunConfig, mesh) -> _Built:
     shardings = TrainState(
         replicated(mesh),
         p_shardings,
-        jax.tree.map(opt_sharding, shapes.opt_state,
-                     is_leaf=lambda n: jax.tree.structure(n) == params_def),
+        jax.tree.map(
+            opt_sharding, shapes.opt_state, is_leaf=lambda n: jax.tree.structure(n) == params_def
+        ),
     )
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
@@ -91,7 +93,9 @@ def _check_batch_layout(cfg: RunConfig, mesh) -> None:
     tc, n_dev, n_proc = cfg.train, mesh.devices.size, jax.process_count()
     micro = tc.global_batch // tc.microbatches
     if tc.global_batch % n_proc:
-        raise ValueError(f"global_batch ({tc.global_batch}) must be divisible by the process count ({n_proc})")
+        raise ValueError(
+            f"global_batch ({tc.global_batch}) must be divisible by the process count ({n_proc})"
+        )
     if micro % n_dev:
         raise ValueError(
             f"global_batch / microbatches ({micro}) must be divisible by the device count ({n_dev})"
@@ -120,7 +124,8 @@ class _Interval:
 def _per_source(sums, counts) -> dict[str, float]:
     return {
         f"loss/{source_label(s)}": float(sums[i] / counts[i])
-        for i, s in enumerate(data.SOURCES) if counts[i] > 0
+        for i, s in enumerate(data.SOURCES)
+        if counts[i] > 0
     }
 
 
@@ -147,8 +152,14 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
 
     def pipeline(mixture, split, batch_size):
         return data.make_pipeline(
-            tc.data_dir, mixture, seq_len, batch_size, tc.seed, split=split,
-            process_index=jax.process_index(), process_count=n_proc,
+            tc.data_dir,
+            mixture,
+            seq_len,
+            batch_size,
+            tc.seed,
+            split=split,
+            process_index=jax.process_index(),
+            process_count=n_proc,
             worker_count=tc.data_workers if split == "train" else 0,
         )
 
@@ -171,15 +182,19 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
         print(cfg.describe())
-        print(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].device_kind} "
-              f"device(s), {n_proc} process(es); run dir {run_dir.absolute()}")
+        print(
+            f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].device_kind} "
+            f"device(s), {n_proc} process(es); run dir {run_dir.absolute()}"
+        )
 
     batch_shard = batch_sharding(mesh)
     act_shard = batch_sharding(mesh, ndim=3)
     schedule = make_schedule(tc)
     step_fn = jax.jit(
         make_train_step(
-            built.graphdef, make_optimizer(tc), schedule,
+            built.graphdef,
+            make_optimizer(tc),
+            schedule,
             microbatches=tc.microbatches,
             activation_sharding=act_shard,
             microbatch_sharding=batch_sharding(mesh, ndim=3, batch_axis=1),
@@ -191,13 +206,17 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
 
     def to_global(host_batch):
         return {
-            k: jax.make_array_from_process_local_data(batch_shard, host_batch[k]) for k in MODEL_INPUTS
+            k: jax.make_array_from_process_local_data(batch_shard, host_batch[k])
+            for k in MODEL_INPUTS
         }
 
     eval_iters = {}
     if tc.eval_every:
-        sources = [s for s in data.get_mixture(tc.mixture).proportions
-                   if manifest.tokens("validation").get(s, 0) > 0]
+        sources = [
+            s
+            for s in data.get_mixture(tc.mixture).proportions
+            if manifest.tokens("validation").get(s, 0) > 0
+        ]
         for s in sources:
             it = pipeline(f"{s}=1", "validation", tc.global_batch // tc.microbatches // n_proc)
             eval_iters[s] = (it, it.get_state())
@@ -248,7 +267,8 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
         elapsed = time.perf_counter() - clock["t"] if clock["t"] is not None else 0.0
         tps = clock["tokens"] / elapsed if elapsed > 0 and clock["tokens"] else None
         rec = {
-            "step": step, "kind": "train",
+            "step": step,
+            "kind": "train",
             "loss": interval.loss_sum / max(interval.tokens, 1),
             **_per_source(interval.source_sum, interval.source_count),
             "grad_norm": interval.grad_norm_sum / max(interval.steps, 1),
@@ -267,9 +287,15 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
         return rec
 
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and is_main),
-               desc="train", dynamic_ncols=True)
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    bar = tqdm(
+        total=tc.steps,
+        initial=start,
+        disable=not (tc.progress and is_main),
+        desc="train",
+        dynamic_ncols=True,
+    )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     step = start
     try:
         while step < end and not stop_requested:
@@ -295,10 +321,12 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
                 ckpt.save(step, state, train_iter)
             bar.update(1)
         if stop_requested and is_main:
-            bar.write(f"interrupted: saved checkpoint {step} in {ckpt.directory}; "
-                      "continue with --resume")
+            bar.write(
+                f"interrupted: saved checkpoint {step} in {ckpt.directory}; continue with --resume"
+            )
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         ckpt.wait()
         ckpt.close()

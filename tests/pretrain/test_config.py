@@ -17,8 +17,13 @@ from pretrain.model import LM
 from pretrain.sharding import make_mesh, param_shardings
 
 # Parameter count each preset's name promises, as (low, high) bounds.
-NAMED_SIZE = {"tiny": (1e6, 2e6), "125m": (115e6, 135e6), "350m": (330e6, 370e6),
-              "1.3b": (1.25e9, 1.35e9), "7b": (6.5e9, 7.0e9)}
+NAMED_SIZE = {
+    "tiny": (1e6, 2e6),
+    "125m": (115e6, 135e6),
+    "350m": (330e6, 370e6),
+    "1.3b": (1.25e9, 1.35e9),
+    "7b": (6.5e9, 7.0e9),
+}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -37,15 +42,33 @@ def test_preset_builds_abstractly_with_its_parameter_count(preset):
 
 def test_1p3b_preset_is_the_slimpajama_dc_model():
     cfg = make_config("1.3b").model
-    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.max_seq_len) == (24, 2048, 16, 5461, 2048)
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.max_seq_len) == (
+        24,
+        2048,
+        16,
+        5461,
+        2048,
+    )
     assert cfg.vocab_size == 50277 and cfg.padded_vocab_size == 50304
 
 
 def test_overrides_are_parsed_by_field_type_and_saved(tmp_path):
-    cfg = config_from_args(["--preset=125m", "--lr=1e-3", "--n_layers=3", "--use_bias=true",
-                            "--attention=xla", "--run_dir=x"])
+    cfg = config_from_args(
+        [
+            "--preset=125m",
+            "--lr=1e-3",
+            "--n_layers=3",
+            "--use_bias=true",
+            "--attention=xla",
+            "--run_dir=x",
+        ]
+    )
     assert (cfg.train.lr, cfg.model.n_layers, cfg.model.use_bias, cfg.model.attention) == (
-        1e-3, 3, True, "xla")
+        1e-3,
+        3,
+        True,
+        "xla",
+    )
     cfg.save(tmp_path / "config.json")
     assert RunConfig.load(tmp_path / "config.json") == cfg
 

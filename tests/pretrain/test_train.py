@@ -32,11 +32,13 @@ def _tensorboard_tags(run_dir) -> set[str]:
     (path,) = (Path(run_dir) / "tensorboard").glob("events.out.tfevents.*")
     blob, tags, pos = path.read_bytes(), set(), 0
     while pos < len(blob):
-        header = blob[pos:pos + 8]
+        header = blob[pos : pos + 8]
         (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", blob[pos + 8:pos + 12])[0] == _masked_crc(header)
-        record = blob[pos + 12:pos + 12 + length]
-        assert struct.unpack("<I", blob[pos + 12 + length:pos + 16 + length])[0] == _masked_crc(record)
+        assert struct.unpack("<I", blob[pos + 8 : pos + 12])[0] == _masked_crc(header)
+        record = blob[pos + 12 : pos + 12 + length]
+        assert struct.unpack("<I", blob[pos + 12 + length : pos + 16 + length])[0] == _masked_crc(
+            record
+        )
         tags.update(t.decode() for t in _strings_after(record, b"train/"))
         pos += 16 + length
     return tags
@@ -46,7 +48,7 @@ def _strings_after(record: bytes, prefix: bytes):
     start = record.find(prefix)
     while start >= 0:
         length = record[start - 1]
-        yield record[start:start + length]
+        yield record[start : start + length]
         start = record.find(prefix, start + 1)
 
 
@@ -93,8 +95,14 @@ def test_gradient_accumulation_matches_one_big_batch():
     }
     results = []
     for microbatches in (1, 4):
-        step = jax.jit(make_train_step(built.graphdef, make_optimizer(cfg.train),
-                                       make_schedule(cfg.train), microbatches=microbatches))
+        step = jax.jit(
+            make_train_step(
+                built.graphdef,
+                make_optimizer(cfg.train),
+                make_schedule(cfg.train),
+                microbatches=microbatches,
+            )
+        )
         results.append(step(built.init(), batch))
     (state1, m1), (state4, m4) = results
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
@@ -146,10 +154,20 @@ _FSDP_SCRIPT = textwrap.dedent(
 
 
 def test_same_loss_on_one_and_eight_fake_devices_with_fsdp():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", _FSDP_SCRIPT], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _FSDP_SCRIPT],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["fsdp8"]["shards"] == 8 and out["fsdp8"]["shard_shape"] == [4, 128]  # d_model 32 / 8
@@ -159,9 +177,18 @@ def test_same_loss_on_one_and_eight_fake_devices_with_fsdp():
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_data):
-    cfg = small_config(tmp_path / "run", demo_data, steps=5, lr=1e35, grad_clip=0.0,
-                       checkpoint_every=1, warmup_steps=0)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2.*Last good checkpoint: step 1"):
+    cfg = small_config(
+        tmp_path / "run",
+        demo_data,
+        steps=5,
+        lr=1e35,
+        grad_clip=0.0,
+        checkpoint_every=1,
+        warmup_steps=0,
+    )
+    with pytest.raises(
+        NonFiniteLossError, match="non-finite loss at step 2.*Last good checkpoint: step 1"
+    ):
         train(cfg)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1"]
 

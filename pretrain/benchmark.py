@@ -1,0 +1,223 @@
+"""`python -m pretrain.benchmark`: training throughput and MFU of a preset, per attention backend.
+
+Runs full training steps (forward, backward, AdamW update) on synthetic packed batches for every
+(attention implementation, device count) pair in one process, and writes one JSON record each:
+preset, attention, devices, seq_len, global_batch, tokens_per_s, mfu (fraction of --peak_tflops
+per device, FLOPs from ModelConfig.flops_per_token incl. causal attention), step_ms, device, date,
+jax_version, command (plus remat, microbatches, params; `error` instead of timings on failure).
+
+  python -m pretrain.benchmark                                   # 1.3b, ctx 2048, auto/cudnn/xla
+  python -m pretrain.benchmark --devices 1,2                     # scaling over 1 and 2 GPUs
+  python -m pretrain.benchmark --preset tiny --steps 3 --seq_len 64 --batch_per_device 2   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from pretrain.config import ATTENTION_CHOICES, REMAT_CHOICES, make_config
+from pretrain.optim import make_optimizer, make_schedule
+from pretrain.sharding import batch_sharding, make_mesh
+from pretrain.step import make_train_step
+from pretrain.train import build_state
+
+__all__ = ["run_benchmark", "synthetic_batch"]
+
+
+def synthetic_batch(key, batch: int, seq_len: int, vocab: int, mean_doc_len: int = 512) -> dict:
+    """Random tokens packed into documents of random length (so attention masks documents)."""
+    k_tok, k_doc, k_src = jax.random.split(key, 3)
+    tokens = jax.random.randint(k_tok, (batch, seq_len + 1), 0, vocab, jnp.int32)
+    starts = jax.random.bernoulli(k_doc, 1.0 / mean_doc_len, (batch, seq_len)).at[:, 0].set(True)
+    segments = jnp.cumsum(starts, axis=1, dtype=jnp.int32)
+    return {
+        "tokens": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "segment_ids": segments,
+        "source_ids": jax.random.randint(k_src, (batch, seq_len), 0, 7, jnp.int32),
+    }
+
+
+def _measure(cfg, n_devices: int, steps: int, warmup: int) -> dict:
+    mesh = make_mesh(1, n_devices, devices=jax.devices()[:n_devices])
+    built = build_state(cfg, mesh)
+    state_sh = jax.tree.map(lambda a: a.sharding, built.abstract_state)
+    step_fn = jax.jit(
+        make_train_step(
+            built.graphdef,
+            make_optimizer(cfg.train),
+            make_schedule(cfg.train),
+            microbatches=cfg.train.microbatches,
+            activation_sharding=batch_sharding(mesh, ndim=3),
+            microbatch_sharding=batch_sharding(mesh, ndim=3, batch_axis=1),
+        ),
+        in_shardings=(state_sh, batch_sharding(mesh)),
+        donate_argnums=0,
+    )
+    batch = jax.device_put(
+        synthetic_batch(
+            jax.random.key(0), cfg.train.global_batch, cfg.seq_len, cfg.model.vocab_size
+        ),
+        batch_sharding(mesh),
+    )
+    state = built.init()
+    for _ in range(warmup):
+        state, metrics = step_fn(state, batch)
+    float(metrics["loss"])
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step_fn(state, batch)
+    loss = float(metrics["loss"])  # waits for the last step
+    seconds = (time.perf_counter() - start) / steps
+    del state
+    return {"step_ms": 1000 * seconds, "loss": loss}
+
+
+def run_benchmark(args) -> list[dict]:
+    records = []
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    device = jax.devices()[0].device_kind
+    variants = [(n, a, r) for n in args.devices for r in args.remat for a in args.attention]
+    for n_devices, attention, remat in variants:
+        global_batch = args.batch_per_device * n_devices * args.microbatches
+        overrides = {
+            "attention": attention,
+            "global_batch": global_batch,
+            "microbatches": args.microbatches,
+            "steps": 1000,
+            "warmup_steps": 10,
+            "dtype": "bfloat16",
+            "progress": False,
+        }
+        if remat:
+            overrides["remat"] = remat
+        if args.seq_len:
+            overrides["seq_len"] = args.seq_len
+        cfg = make_config(args.preset, overrides)
+        record = {
+            "preset": args.preset,
+            "attention": attention,
+            "devices": n_devices,
+            "seq_len": cfg.seq_len,
+            "global_batch": global_batch,
+            "microbatches": args.microbatches,
+            "remat": cfg.model.remat,
+            "params": cfg.model.num_params(),
+            "device": device,
+            "date": date,
+            "jax_version": jax.__version__,
+            "command": args.command,
+        }
+        try:
+            timing = _measure(cfg, n_devices, args.steps, args.warmup)
+        except Exception as e:  # noqa: BLE001 - a failing variant is recorded, the rest still run
+            record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        else:
+            tokens_per_s = global_batch * cfg.seq_len / (timing["step_ms"] / 1000)
+            flops = cfg.model.flops_per_token(cfg.seq_len)
+            record.update(
+                step_ms=timing["step_ms"],
+                tokens_per_s=tokens_per_s,
+                final_loss=timing["loss"],
+                mfu=tokens_per_s * flops / (args.peak_tflops * 1e12 * n_devices),
+            )
+        records.append(record)
+        print(json.dumps(record), flush=True)
+    return records
+
+
+def _table(records: list[dict]) -> str:
+    lines = [
+        "| preset | attention | remat | devices | seq | batch | tokens/s | MFU | step ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        head = (
+            f"| {r['preset']} | {r['attention']} | {r['remat']} | {r['devices']} | "
+            f"{r['seq_len']} | {r['global_batch']} |"
+        )
+        if "error" in r:
+            lines.append(f"{head} error: {r['error'][:60]} | | |")
+        else:
+            lines.append(
+                f"{head} {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", default="1.3b")
+    parser.add_argument(
+        "--attention",
+        default="auto,cudnn,xla",
+        help=f"comma-separated subset of {ATTENTION_CHOICES}",
+    )
+    parser.add_argument(
+        "--devices", default=None, help="comma-separated device counts (default: all devices)"
+    )
+    parser.add_argument("--seq_len", type=int, default=0, help="0 = the preset's context")
+    parser.add_argument("--batch_per_device", type=int, default=8, help="sequences per device")
+    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument(
+        "--remat",
+        default="",
+        help=f"comma-separated subset of {REMAT_CHOICES} (default: the preset's)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=989.0,
+        help="per-device peak for MFU (H100 SXM dense bf16: 989)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default benchmarks/results/pretrain_<preset>_<date>.json)",
+    )
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.command = "python -m pretrain.benchmark " + shlex.join(argv)
+    args.attention = args.attention.split(",")
+    bad = [a for a in args.attention if a not in ATTENTION_CHOICES]
+    if bad:
+        parser.error(f"--attention: unknown {bad}; choose from {ATTENTION_CHOICES}")
+    args.remat = args.remat.split(",")
+    bad = [r for r in args.remat if r and r not in REMAT_CHOICES]
+    if bad:
+        parser.error(f"--remat: unknown {bad}; choose from {REMAT_CHOICES}")
+    args.devices = (
+        [int(n) for n in args.devices.split(",")] if args.devices else [len(jax.devices())]
+    )
+    if any(n < 1 or n > len(jax.devices()) for n in args.devices):
+        parser.error(f"--devices must be within 1..{len(jax.devices())}")
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be >= 1")
+    records = run_benchmark(args)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"benchmarks/results/pretrain_{args.preset}_{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    out.with_suffix(".md").write_text(_table(records) + "\n")
+    print(_table(records))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0 if any("error" not in r for r in records) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
