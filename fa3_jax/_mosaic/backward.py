@@ -12,6 +12,7 @@ backward (their cotangents are not computed).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from fa3_jax._mosaic.backward_dkdv import dkdv_kernel_call
 from fa3_jax._mosaic.backward_dq import dq_kernel_call
 from fa3_jax._mosaic.backward_preprocess import backward_residuals, pad_seq
 from fa3_jax._mosaic.backward_scores import ScoreParams
+from fa3_jax._platform import interpret_mode_active
 from fa3_jax.masks import BlockMask, MaskSpec, tile_metadata
 
 __all__ = ["backward_unsupported_reason", "mha_backward"]
@@ -84,7 +86,8 @@ def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: 
       softmax_scale, softcap, alibi_slopes_BH (f32 ``[B or 1, Hq]``),
       segment_ids (int32 ``(q [B, Sq], kv [B, Sk])``), block_mask: as in the forward.
       deterministic: accepted for the API; these kernels are always deterministic.
-      config: tiling (default: :func:`default_backward_config`).
+      config: tiling (default: :func:`default_backward_config`); under GPU
+        interpret mode P/dS are always staged through SMEM.
 
     Returns:
       ``(dq, dk, dv)`` shaped and typed like ``q, k, v``.
@@ -99,7 +102,11 @@ def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: 
     seq_k = k.shape[1]
     if (spec.seq_q, spec.seq_k) != (seq_q, seq_k):
         raise ValueError(f"spec lengths {(spec.seq_q, spec.seq_k)} != inputs {(seq_q, seq_k)}")
-    cfg = config or default_backward_config(head_dim, block_mask)
+    interpret = interpret_mode_active()
+    cfg = config or default_backward_config(head_dim, block_mask, interpret=interpret)
+    if interpret and cfg.register_operands:
+        # Interpret mode reads wgmma operand A only from SMEM.
+        cfg = dataclasses.replace(cfg, register_operands=False)
     seq_q_pad = _round_up(seq_q, math.lcm(cfg.block_q_dkv, cfg.tile_q_dq))
     seq_k_pad = _round_up(seq_k, math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq))
 

@@ -24,6 +24,9 @@ class BackwardConfig:
       compute_wgs: consumer warpgroups per CTA (1 or 2).
       register_operands: feed P/dS to wgmma from registers (fast path on the
         GPU); False stages them through SMEM, which interpret mode requires.
+      defer_release: release a ring slot one step late, after the next step's
+        score wgmmas (which wait for the earlier ones) instead of waiting for the
+        dV/dK (dQ) wgmmas right away, so the tensor cores run them back to back.
     """
 
     block_q_dkv: int = 64
@@ -33,6 +36,7 @@ class BackwardConfig:
     stages: int = 2
     compute_wgs: int = 2
     register_operands: bool = False
+    defer_release: bool = True
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):
@@ -74,13 +78,15 @@ class BackwardConfig:
         return {"dkdv": dkdv, "dq": dq}
 
 
-def default_backward_config(head_dim: int, block_mask=None) -> BackwardConfig:
+def default_backward_config(head_dim: int, block_mask=None, *,
+                            interpret: bool = False) -> BackwardConfig:
     """Heuristic choice: two consumer warpgroups per CTA (128-row tiles).
 
     A block mask with 64-row/64-column blocks gets one consumer warpgroup per CTA,
-    so both walks use 64-aligned tiles and stay exact at tile level.
+    so both walks use 64-aligned tiles and stay exact at tile level. On the GPU
+    P/dS feed wgmma from registers; interpret mode stages them through SMEM.
     """
     del head_dim
-    if block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128):
-        return BackwardConfig(compute_wgs=1)
-    return BackwardConfig()
+    small_blocks = block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128)
+    wgs = 1 if small_blocks else 2
+    return BackwardConfig(compute_wgs=wgs, register_operands=not interpret)

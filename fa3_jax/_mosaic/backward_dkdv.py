@@ -140,7 +140,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
 
         def accumulate(dk_acc, dv_acc):
-            def step_body(g, t, step, _):
+            def step_body(g, t, step, prev_slot):
                 slot = lax.rem(step, stages)
                 hq = head_q(g)
                 plgpu.barrier_wait(full_bar.at[slot])
@@ -157,6 +157,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     scores,
                     (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32)),
                 )
+                if cfg.defer_release:
+                    # Reading S^T waited for every earlier wgmma, including the
+                    # previous step's dV/dK: its slot can be released now.
+                    @pl.when(step > 0)
+                    def _():
+                        plgpu.barrier_arrive(consumed_bar.at[prev_slot])
+
                 lse2 = lax.broadcast_in_dim(
                     plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
                 delta = lax.broadcast_in_dim(
@@ -179,13 +186,19 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     p_op, ds_op = p_smem.at[wg], ds_smem.at[wg]
                 plgpu.wgmma(dv_acc, p_op, do_smem.at[slot])
                 plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
-                plgpu.wgmma_wait(0)
-                plgpu.barrier_arrive(consumed_bar.at[slot])
-                return 0
+                if not cfg.defer_release:
+                    plgpu.wgmma_wait(0)
+                    plgpu.barrier_arrive(consumed_bar.at[slot])
+                return slot
 
-            walk(step_body, 0)
+            steps, last_slot = walk(step_body, jnp.int32(0))
             dk = dk_acc[...] * params.softmax_scale
             dv = dv_acc[...]
+            if cfg.defer_release:
+                @pl.when(steps > 0)
+                def _():
+                    plgpu.barrier_arrive(consumed_bar.at[last_slot])
+
             # K/V tiles are no longer read: reuse them to stage the results.
             k_smem.at[wg][...] = dk.astype(dtype)
             v_smem.at[wg][...] = dv.astype(dtype)

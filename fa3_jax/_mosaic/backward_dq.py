@@ -35,6 +35,7 @@ class _Shapes:
     meta_b: int
     meta_h: int
     slope_b: int
+    n_q_tiles: int
 
 
 def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
@@ -48,7 +49,9 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
     q_bar, full_bar, consumed_bar = barriers
 
     bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
-    q_tile = lax.axis_index("q")
+    # Launch the last q tiles first: under a causal mask they see the most kv
+    # tiles, so the longest CTAs start early and the tail is short.
+    q_tile = shp.n_q_tiles - 1 - lax.axis_index("q")
     hq = lax.axis_index("head")
     b = lax.axis_index("batch")
     wg = lax.axis_index("wg")
@@ -106,8 +109,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
 
         def accumulate(dq_acc):
-            @pl.loop(0, n_steps)
-            def _(step):
+            def step_body(step, prev_slot):
                 slot = lax.rem(step, stages)
                 plgpu.barrier_wait(full_bar.at[slot])
                 kj = index_ref[mb, mh, q_tile, step]
@@ -123,6 +125,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     scores,
                     (plgpu.ACC((bq, bk), jnp.float32), plgpu.ACC((bq, bk), jnp.float32)),
                 )
+                if cfg.defer_release:
+                    # Reading S waited for every earlier wgmma, including the
+                    # previous step's dQ: its slot can be released now.
+                    @pl.when(step > 0)
+                    def _():
+                        plgpu.barrier_arrive(consumed_bar.at[prev_slot])
+
                 k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
                 k_seg = None
                 if params.has_segments:
@@ -138,10 +147,18 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     plgpu.commit_smem()
                     ds_op = ds_smem.at[wg]
                 plgpu.wgmma(dq_acc, ds_op, k_smem.at[slot])
-                plgpu.wgmma_wait(0)
-                plgpu.barrier_arrive(consumed_bar.at[slot])
+                if not cfg.defer_release:
+                    plgpu.wgmma_wait(0)
+                    plgpu.barrier_arrive(consumed_bar.at[slot])
+                return slot
 
+            last_slot = lax.fori_loop(0, n_steps, step_body, jnp.int32(0))
             dq = dq_acc[...] * params.softmax_scale
+            if cfg.defer_release:
+                @pl.when(n_steps > 0)
+                def _():
+                    plgpu.barrier_arrive(consumed_bar.at[last_slot])
+
             # Q is no longer read: reuse its tile to stage the result.
             q_smem.at[wg][...] = dq.astype(dtype)
             plgpu.commit_smem()
@@ -172,7 +189,7 @@ def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
     dtype = q.dtype
     bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
     shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
-                  1 if slopes is None else slopes.shape[0])
+                  1 if slopes is None else slopes.shape[0], seq_q // (wgs * bq))
     tr = smem_transforms(jnp.dtype(dtype).itemsize)
     seg = params.has_segments
     scratch = (

@@ -41,17 +41,17 @@ F16, BF16 = jnp.float16, jnp.bfloat16
 INTERPRET_GRAD_CASES = [
     Case(dtype=F16, batch=1, heads_q=2, heads_kv=2, seq_q=17, seq_k=300),
     Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, head_dim=128, causal=True),
-    Case(dtype=F16, batch=1, heads_q=4, heads_kv=2, seq_q=300, seq_k=128, causal=True),
+    Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=128, causal=True),
     Case(dtype=F16, batch=1, heads_q=2, heads_kv=2, window=(16, 4), alibi="head"),
     Case(dtype=BF16, batch=2, heads_q=2, heads_kv=2, softcap=3.0, causal=True, alibi="batch"),
-    Case(dtype=F16, batch=2, heads_q=2, heads_kv=1, segments="shared", causal=True,
+    Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, segments="shared", causal=True,
          masked_rows=True),
     Case(dtype=F16, batch=1, heads_q=2, heads_kv=2, block_sparse=(128, 128, 0.6),
          segments="pair", seq_q=128, seq_k=300),
     Case(dtype=BF16, batch=1, heads_q=2, heads_kv=2, block_sparse=(64, 64, 0.5),
          masked_rows=True, seq_q=128, seq_k=192),
     Case(dtype=F16, batch=1, heads_q=2, heads_kv=2, causal=True, seq_q=300, seq_k=17),
-    Case(dtype=F16, batch=2, heads_q=4, heads_kv=1, causal=True, softcap=6.0, alibi="head",
+    Case(dtype=F16, batch=1, heads_q=4, heads_kv=1, causal=True, softcap=6.0, alibi="head",
          segments="shared", block_sparse=(128, 128, 0.7), window=(64, 0), seq_q=200, seq_k=200),
 ]
 

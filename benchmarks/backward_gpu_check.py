@@ -1,0 +1,175 @@
+"""One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
+
+``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick]``
+
+1. Correctness: ``mha_backward`` (jitted) against float32 reference gradients on
+   fresh random inputs, per kernel variant; determinism (two runs bit-identical).
+2. Timings (FA3 grid: batch * seq = 16384, heads * head_dim = 2048): our
+   backward alone (residuals given) and cuDNN's backward as
+   ``(fwd + bwd) - fwd`` under ``jax.grad``; FLOPs = 2.5 x forward (halved when
+   causal). Median of 3 x 10 back-to-back calls. Table last, JSON in OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+
+from fa3_jax._mosaic.backward import mha_backward
+from fa3_jax._mosaic.backward_config import BackwardConfig
+from fa3_jax.masks import MaskSpec
+from fa3_jax.reference import attention_reference
+
+
+def timeit(fn, args, iters=10, repeats=3):
+    jax.block_until_ready(fn(*args))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        samples.append((time.perf_counter() - t0) / iters)
+    return statistics.median(samples) * 1e3
+
+
+def inputs(batch, seq, heads, heads_kv, d, dtype, seed):
+    ks = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(ks[0], (batch, seq, heads, d), dtype)
+    k = jax.random.normal(ks[1], (batch, seq, heads_kv, d), dtype)
+    v = jax.random.normal(ks[2], (batch, seq, heads_kv, d), dtype)
+    do = jax.random.normal(ks[3], (batch, seq, heads, d), dtype)
+    return q, k, v, do
+
+
+def check(name, cfg, batch, seq, heads, heads_kv, d, dtype, causal, *, window=(None, None),
+          softcap=None, alibi=False, segments=False):
+    spec = MaskSpec(seq, seq, causal, *window)
+    scale = d**-0.5
+    q, k, v, do = inputs(batch, seq, heads, heads_kv, d, dtype, 0)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    slopes = jnp.linspace(0.02, 0.3, heads, dtype=jnp.float32)[None] if alibi else None
+    seg = None
+    if segments:
+        ids = jnp.cumsum(jax.random.uniform(jax.random.key(9), (batch, seq)) < 4.0 / seq, axis=1)
+        seg = (ids.astype(jnp.int32), ids.astype(jnp.int32))
+    kw = dict(spec=spec, softmax_scale=scale, softcap=softcap)
+    ref = jax.jit(lambda q, k, v: attention_reference(
+        q, k, v, **kw, alibi_slopes=slopes, segment_ids=seg))
+    out, lse = ref(*f32)
+    _, vjp = jax.vjp(lambda q, k, v: ref(q, k, v)[0], *f32)
+    truth = vjp(do.astype(jnp.float32))
+    bwd = jax.jit(lambda *a: mha_backward(*a, **kw, alibi_slopes_BH=slopes, segment_ids=seg,
+                                          config=cfg))
+    args = (q, k, v, out.astype(dtype), lse, do)
+    first = bwd(*args)
+    second = bwd(*args)
+    errs = [float(jnp.linalg.norm(g.astype(jnp.float32) - t) / jnp.linalg.norm(t))
+            for g, t in zip(first, truth, strict=True)]
+    same = all(bool(jnp.array_equal(a, b)) for a, b in zip(first, second, strict=True))
+    nan = any(bool(jnp.isnan(g).any()) for g in first)
+    ok = max(errs) < (2e-2 if dtype == jnp.bfloat16 else 5e-3) and same and not nan
+    print(f"CHECK {name}: errs dq/dk/dv {[f'{e:.2e}' for e in errs]} deterministic={same} "
+          f"nan={nan} -> {'OK' if ok else 'FAIL'}", flush=True)
+    return dict(name=name, errs=errs, deterministic=same, nan=nan, ok=ok)
+
+
+def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True):
+    batch, heads = 16384 // seq, 2048 // d
+    spec = MaskSpec(seq, seq, causal)
+    scale = d**-0.5
+    q, k, v, do = inputs(batch, seq, heads, heads, d, dtype, 1)
+    fl = 4 * batch * seq * seq * heads * d * (0.5 if causal else 1.0) * 2.5
+    rec = dict(cfg=cfg_name, d=d, seq=seq, causal=causal, dtype=jnp.dtype(dtype).name)
+    kw = dict(spec=spec, softmax_scale=scale)
+    # Timing only: residual values need to be plausible, not exact (the
+    # reference's S x S matrices would not fit at 16k).
+    out = do * 0.5
+    lse = jnp.full((batch, heads, seq), 6.0, jnp.float32)
+    bwd = jax.jit(lambda *a: mha_backward(*a, **kw, config=cfg))
+    try:
+        rec["ours_ms"] = timeit(bwd, (q, k, v, out, lse, do))
+        rec["ours_tflops"] = fl / rec["ours_ms"] / 1e9
+    except Exception as e:  # noqa: BLE001 - report and go on
+        rec["ours_error"] = repr(e)[:300]
+    if peers:
+        def loss(q, k, v):
+            o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+            return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+
+        fwd = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation="cudnn"))
+        fb = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        try:
+            rec["cudnn_ms"] = timeit(fb, (q, k, v)) - timeit(fwd, (q, k, v))
+            rec["cudnn_tflops"] = fl / rec["cudnn_ms"] / 1e9
+        except Exception as e:  # noqa: BLE001
+            rec["cudnn_error"] = repr(e)[:300]
+    print("BENCH", json.dumps(rec), flush=True)
+    return rec
+
+
+def main():
+    out_dir = pathlib.Path(sys.argv[1])
+    quick = "--quick" in sys.argv
+    print(jax.__version__, jax.devices(), flush=True)
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,power.draw",
+                          "--format=csv"], capture_output=True, text=True).stdout, flush=True)
+    base = BackwardConfig(register_operands=True, defer_release=False)
+    variants = {
+        "regs": base,
+        "defer": dataclasses.replace(base, defer_release=True),
+        "defer-kv128": dataclasses.replace(base, defer_release=True, block_kv_dq=128),
+        "defer-q128": dataclasses.replace(base, defer_release=True, block_q_dkv=128),  # D=64
+    }
+    masked = dict(window=(300, 0), softcap=20.0, alibi=True, segments=True)
+    checks = [
+        ("defer", (2, 1000, 4, 2, 128, jnp.bfloat16, True), {}),
+        ("defer", (1, 2048, 4, 4, 64, jnp.float16, False), {}),
+        ("defer", (2, 1000, 4, 2, 128, jnp.float16, True), masked),
+        ("defer", (1, 777, 4, 1, 64, jnp.bfloat16, False), masked),
+        ("defer-kv128", (2, 1000, 4, 2, 128, jnp.bfloat16, True), masked),
+        ("defer-kv128", (1, 2048, 4, 4, 64, jnp.float16, False), {}),
+        ("defer-q128", (1, 2048, 4, 4, 64, jnp.float16, True), masked),
+        ("wgs1", (1, 1000, 4, 2, 128, jnp.float16, True), masked),
+    ]
+    cfgs = dict(variants, wgs1=dataclasses.replace(base, compute_wgs=1, defer_release=True))
+    results = dict(checks=[], bench=[])
+    for name, args, extra in checks:
+        try:
+            results["checks"].append(check(f"{name}-{args}-{sorted(extra)}", cfgs[name], *args,
+                                           **extra))
+        except Exception:  # noqa: BLE001
+            print(f"CHECK {name}-{args} raised:\n{traceback.format_exc()[-3000:]}", flush=True)
+            results["checks"].append(dict(name=f"{name}-{args}", ok=False))
+    ok_variants = {n: c for n, c in variants.items()
+                   if all(r["ok"] for r in results["checks"] if r["name"].startswith(n + "-"))}
+    print("variants passing:", list(ok_variants), flush=True)
+    sizes = [(128, 4096, False), (128, 4096, True), (64, 4096, False), (128, 16384, True)]
+    if not quick:
+        sizes += [(64, 4096, True), (128, 1024, False), (128, 1024, True), (128, 16384, False),
+                  (64, 16384, True)]
+    for d, seq, causal in sizes:
+        for i, (name, cfg) in enumerate(ok_variants.items()):
+            if cfg.block_q_dkv > 64 and d > 64:
+                continue  # fp32 dK+dV plus 64x128 score tiles exceed the registers
+            results["bench"].append(bench(name, cfg, d, seq, causal, peers=i == 0))
+    (out_dir / "backward_gpu.json").write_text(json.dumps(results, indent=1))
+    print("\n| cfg | D | S | causal | ours ms | ours TF/s | cuDNN ms | cuDNN TF/s |")
+    for r in results["bench"]:
+        print(f"| {r['cfg']} | {r['d']} | {r['seq']} | {r['causal']} | "
+              f"{r.get('ours_ms', float('nan')):.3f} | {r.get('ours_tflops', 0):.0f} | "
+              f"{r.get('cudnn_ms', float('nan')):.3f} | {r.get('cudnn_tflops', 0):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
