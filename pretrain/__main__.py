@@ -21,6 +21,19 @@ from pretrain.config import RunConfig, apply_overrides, config_from_args, parse_
 from pretrain.train import NonFiniteLossError, train
 
 
+def _resumed_config(argv: list[str]) -> RunConfig:
+    """The saved configuration of the run named by --run_dir, with the other overrides applied."""
+    overrides = parse_overrides(argv)
+    if "run_dir" not in overrides:
+        raise ValueError("--resume needs --run_dir=RUN_DIR (the run to continue)")
+    if "preset" in overrides:
+        raise ValueError("--resume uses the run's saved preset; drop --preset")
+    saved = Path(overrides["run_dir"]) / "config.json"
+    if not saved.is_file():
+        raise ValueError(f"--resume: {saved} does not exist")
+    return apply_overrides(RunConfig.load(saved), overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -31,21 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         if flag in argv:
             argv.remove(flag)
             resume = True
-    if resume:
-        overrides = parse_overrides(argv)
-        if "run_dir" not in overrides:
-            raise SystemExit("error: --resume needs --run_dir=RUN_DIR (the run to continue)")
-        saved = Path(overrides["run_dir"]) / "config.json"
-        if not saved.is_file():
-            raise SystemExit(f"error: --resume: {saved} does not exist")
-        if "preset" in overrides:
-            raise SystemExit("error: --resume uses the run's saved preset; drop --preset")
-        cfg = apply_overrides(RunConfig.load(saved), overrides)
-    else:
-        try:
-            cfg = config_from_args(argv)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
+    try:
+        cfg = _resumed_config(argv) if resume else config_from_args(argv)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     try:
         train(cfg, resume=resume)
     except NonFiniteLossError as e:
