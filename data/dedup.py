@@ -38,6 +38,7 @@ MIN_CHARS = 200
 _PUNCT = re.compile(r"[^\w\s]|_")
 _SPACE = re.compile(r"\s+")
 _CHUNK = 4096
+_SHINGLES_PER_FLUSH = 1 << 22
 
 
 def normalize(text: str) -> str:
@@ -115,7 +116,8 @@ class _FileResult:
 def _signatures_of_file(args: tuple[str, str]) -> _FileResult:
     path, on_error = args
     report = slimpajama.SkipReport()
-    sources, nbytes, eligible, shingles = [], [], [], []
+    sources, nbytes, eligible, shingles, sigs = [], [], [], [], []
+    pending = 0
     for doc in slimpajama.iter_file(path, on_error=on_error, report=report):
         sources.append(doc.source)
         nbytes.append(len(doc.text.encode("utf-8")))
@@ -124,7 +126,12 @@ def _signatures_of_file(args: tuple[str, str]) -> _FileResult:
         eligible.append(ok)
         if ok:
             shingles.append(shingle_hashes(norm))
-    sigs = minhash_batch(shingles) if shingles else np.zeros((0, NUM_PERM), dtype=np.uint32)
+            pending += len(shingles[-1])
+        if pending >= _SHINGLES_PER_FLUSH:  # bound memory on large files
+            sigs.append(minhash_batch(shingles))
+            shingles, pending = [], 0
+    sigs.append(minhash_batch(shingles))
+    sigs = np.concatenate(sigs)
     return _FileResult(
         path, sources, nbytes, np.array(eligible, dtype=bool), sigs, dict(report.counts)
     )

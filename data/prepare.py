@@ -9,10 +9,10 @@ Output layout (``out_dir``)::
     <split>/_done/<file_key>.json             marker of a finished input file (written last)
     manifest.json                             docs/tokens/shards per split and source
 
-One task per input file, run in parallel by ``workers`` processes. Resumable: a task is finished iff
-its marker exists and names the same tokenizer; shards are written to ``*.tmp`` and renamed before
-the marker is written, so a half-written shard is never taken as finished and is simply rewritten on
-the next run.
+One task per input file (or per ``files_per_task`` consecutive files), run in parallel by
+``workers`` processes. Resumable: a task is finished iff its marker exists and names the same
+tokenizer; shards are written to ``*.tmp`` and renamed before the marker is written, so a
+half-written shard is never taken as finished and is simply rewritten on the next run.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _file_key(corpus_split_dir: Path, path: Path) -> str:
 @dataclasses.dataclass(frozen=True)
 class _Task:
     split: str
-    path: str
+    paths: tuple[str, ...]  # input files, tokenized together into one shard per source
     key: str
 
 
@@ -117,12 +117,13 @@ def _write_shard(path: Path, records: list[bytes]) -> None:
 
 
 def _run_task(task: _Task) -> dict:
-    """Tokenizes one input file into up to 7 shards (one per source) and writes its marker."""
+    """Tokenizes the task's input files into up to 7 shards (one per source), then its marker."""
     tok, out, dtype = _STATE["tok"], _STATE["out"], _STATE["dtype"]
     report = slimpajama.SkipReport()
     texts: dict[str, list[str]] = {}
-    for doc in slimpajama.iter_file(task.path, on_error=_STATE["on_error"], report=report):
-        texts.setdefault(doc.source, []).append(doc.text)
+    for path in task.paths:
+        for doc in slimpajama.iter_file(path, on_error=_STATE["on_error"], report=report):
+            texts.setdefault(doc.source, []).append(doc.text)
     sources = {}
     for source, docs in sorted(texts.items()):
         records, n_tokens, n_empty = [], 0, 0
@@ -145,7 +146,7 @@ def _run_task(task: _Task) -> dict:
             "shard": rel,
         }
     marker = {
-        "file": task.path,
+        "files": list(task.paths),
         "tokenizer_sha256": _STATE["sha"],
         "sources": sources,
         "skips": dict(report.counts),
@@ -204,6 +205,7 @@ def prepare(
     on_error: str = "raise",
     progress: bool = True,
     bpe_sample_bytes: int = 64 << 20,
+    files_per_task: int = 1,
 ) -> tuple[Manifest, PrepareStats]:
     """Tokenizes ``corpus_dir`` into ``out_dir`` (resumable); returns (manifest, this call's stats).
 
@@ -217,6 +219,9 @@ def prepare(
       workers: processes; ``None`` = ``os.cpu_count()``; 1 = in this process.
       on_error: ``"raise"`` or ``"skip"`` (see :func:`data.slimpajama.iter_file`); skips land in
         the manifest.
+      files_per_task: consecutive input files tokenized into one shard per source (the unit of
+        work and of resumption). For the full SlimPajama-627B (59k files) use e.g. 64, so the
+        pipeline opens thousands of shards rather than ~400k.
     """
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():
@@ -226,6 +231,8 @@ def prepare(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if files_per_task < 1:
+        raise ValueError(f"files_per_task must be >= 1, got {files_per_task}")
     out.mkdir(parents=True, exist_ok=True)
     tok_path = out / TOKENIZER
     if tokenizer is not None:
@@ -248,14 +255,17 @@ def prepare(
             continue
         if base == corpus_dir and split != "train":  # no split folders: everything is train
             continue
-        for path in slimpajama.list_files(corpus_dir, split):
-            tasks.append(_Task(split, str(path), _file_key(base, path)))
+        files = slimpajama.list_files(corpus_dir, split)
+        for i in range(0, len(files), files_per_task):
+            group = files[i : i + files_per_task]
+            key = _file_key(base, group[0]) + (f"__{len(group)}files" if files_per_task > 1 else "")
+            tasks.append(_Task(split, tuple(str(f) for f in group), key))
     if not tasks:
         raise FileNotFoundError(f"no corpus files for splits {splits} under {corpus_dir}")
     todo = [t for t in tasks if not _is_done(out, t, sha)]
     init = (str(tok_path), str(out), dtype, on_error, sha)
     t0, tokens = time.perf_counter(), 0
-    bar = tqdm(total=len(todo), unit="file", desc="prepare", disable=not progress)
+    bar = tqdm(total=len(todo), unit="task", desc="prepare", disable=not progress)
     if workers == 1 or len(todo) <= 1:
         _init_worker(*init)
         results = map(_run_task, todo)
@@ -335,6 +345,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     parser.add_argument(
+        "--files-per-task",
+        type=int,
+        default=1,
+        help="input files per shard and unit of resumption (e.g. 64 for SlimPajama-627B)",
+    )
+    parser.add_argument(
         "--on-error",
         choices=("raise", "skip"),
         default="raise",
@@ -349,9 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         splits=tuple(args.splits.split(",")),
         workers=args.workers,
         on_error=args.on_error,
+        files_per_task=args.files_per_task,
     )
     print(
-        f"files: {stats.tasks_run} tokenized, {stats.tasks_skipped} already done; "
+        f"tasks: {stats.tasks_run} tokenized, {stats.tasks_skipped} already done; "
         f"{stats.tokens} tokens in {stats.seconds:.1f}s ({stats.tokens_per_s:,.0f} tokens/s)"
     )
     for split, per_source in manifest.splits.items():

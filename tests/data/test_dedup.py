@@ -118,3 +118,9 @@ def test_datasketch_comparison(corpus_dir):
         assert (
             r[name]["precision"] >= 0.9 and r[name]["recall"] >= 0.8 and r[name]["docs_per_s"] > 0
         )
+
+
+def test_memory_bounded_flushes_give_same_result(corpus_dir, dedup_runs, monkeypatch):
+    monkeypatch.setattr(dedup, "_SHINGLES_PER_FLUSH", 5000)
+    result = dedup.dedup(corpus_dir, None, mode="global", workers=1)
+    assert result.table == dedup_runs["global"][0].table

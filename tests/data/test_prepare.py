@@ -186,3 +186,28 @@ def test_large_vocab_is_stored_as_uint32(tmp_path):
     # Documents of 50 ids + EOS fill rows of 51 exactly: every row is one whole document.
     assert {tuple(r[:50]) for r in batch["tokens"].tolist()} <= {tuple(r) for r in ids.tolist()}
     assert batch["tokens"].max() >= 65_536 and set(batch["tokens"][:, 50].tolist()) == {0}
+
+
+def test_files_per_task_groups_shards(corpus_dir, prepared_dir, tmp_path):
+    shutil.copy(prepared_dir / "tokenizer.json", tmp_path / "tok.json")
+    m, stats = prepare(
+        corpus_dir,
+        tmp_path / "o",
+        tokenizer=tmp_path / "tok.json",
+        workers=1,
+        progress=False,
+        files_per_task=3,
+    )
+    ref = load_manifest(prepared_dir)
+    assert stats.tasks_run == 2 + 1 + 1  # train: 4 files -> 2 tasks; validation, test: 2 -> 1
+    for split in SPLITS:
+        for source, v in m.splits[split].items():
+            assert (v["docs"], v["tokens"]) == (
+                ref.splits[split][source]["docs"],
+                ref.splits[split][source]["tokens"],
+            )
+            assert (
+                len(v["shards"]) < len(ref.splits[split][source]["shards"]) or len(v["shards"]) == 1
+            )
+    with pytest.raises(ValueError, match="files_per_task"):
+        prepare(corpus_dir, tmp_path / "o", files_per_task=0)
