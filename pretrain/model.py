@@ -149,7 +149,14 @@ class LM(nnx.Module):
             if activation_sharding is not None:
                 x_BSD = jax.lax.with_sharding_constraint(x_BSD, activation_sharding)
             x_BSD = apply(block, x_BSD, segment_ids_BS)
-        logits_BSV = self.embed.attend(self.ln_final(x_BSD)).astype(jnp.float32)
+        dtype = jnp.dtype(cfg.dtype)
+        # tied output layer; fp32 accumulation and fp32 logits for the softmax
+        logits_BSV = jnp.einsum(
+            "bsd,vd->bsv",
+            self.ln_final(x_BSD).astype(dtype),
+            self.embed.embedding[...].astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
         logits_BSV = logits_BSV * cfg.output_multiplier
         in_vocab_V = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
         return jnp.where(in_vocab_V, logits_BSV, -jnp.inf)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "BATCH_AXES",
@@ -61,7 +60,10 @@ def make_mesh(data: int = 1, fsdp: int = 0, devices=None) -> Mesh:
         raise ValueError(
             f"mesh_data × mesh_fsdp ({data} × {fsdp}) must equal the device count ({len(devices)})"
         )
-    return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
+    # jax.make_mesh orders devices by the physical topology (NVLink/ICI neighbours share an axis)
+    return jax.make_mesh(
+        (data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices
+    )
 
 
 def _path_str(path) -> str:

@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+import data
+
 __all__ = ["TrainState", "loss_terms", "make_train_step", "make_eval_step", "NUM_SOURCES"]
 
-NUM_SOURCES = 7  # data.SOURCES: the seven SlimPajama sources, in data's fixed order
+NUM_SOURCES = len(data.SOURCES)  # the seven SlimPajama sources, in data's fixed order
 
 
 class TrainState(NamedTuple):
@@ -46,9 +48,10 @@ def loss_terms(graphdef, params, batch, activation_sharding=None):
     )
     nll_BS = jnp.where(valid_BS, nll_BS, 0.0)
     weight_BS = valid_BS.astype(jnp.float32)
-    source_BS = batch["source_ids"]
-    per_source_sum = jnp.zeros(NUM_SOURCES, jnp.float32).at[source_BS].add(nll_BS)
-    per_source_count = jnp.zeros(NUM_SOURCES, jnp.float32).at[source_BS].add(weight_BS)
+    # one-hot sums rather than a scatter: 7 bins would serialise GPU atomics
+    onehot_BSN = jax.nn.one_hot(batch["source_ids"], NUM_SOURCES, dtype=jnp.float32)
+    per_source_sum = (onehot_BSN * nll_BS[..., None]).sum((0, 1))
+    per_source_count = (onehot_BSN * weight_BS[..., None]).sum((0, 1))
     return nll_BS.sum(), weight_BS.sum(), per_source_sum, per_source_count
 
 

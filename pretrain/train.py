@@ -34,7 +34,7 @@ from pretrain.metrics import MetricsLog, device_peak_tflops, mfu
 from pretrain.model import LM
 from pretrain.optim import make_optimizer, make_schedule
 from pretrain.sharding import batch_sharding, make_mesh, param_shardings, replicated
-from pretrain.step import TrainState, make_eval_step, make_train_step
+from pretrain.step import NUM_SOURCES, TrainState, make_eval_step, make_train_step
 
 __all__ = ["train", "build_state", "NonFiniteLossError", "MODEL_INPUTS", "source_label"]
 
@@ -107,8 +107,8 @@ class _Interval:
 
     def __init__(self):
         self.loss_sum = self.tokens = self.steps = self.grad_norm_sum = 0.0
-        self.source_sum = np.zeros(7)
-        self.source_count = np.zeros(7)
+        self.source_sum = np.zeros(NUM_SOURCES)
+        self.source_count = np.zeros(NUM_SOURCES)
         self.lr = 0.0
 
     def add(self, m) -> None:
@@ -223,7 +223,7 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
 
     def evaluate(step: int) -> dict:
         record = {"step": step, "kind": "eval"}
-        sums, counts = np.zeros(7), np.zeros(7)
+        sums, counts = np.zeros(NUM_SOURCES), np.zeros(NUM_SOURCES)
         for it, initial in eval_iters.values():
             it.set_state(initial)  # the same validation batches every time
             for _ in range(tc.eval_batches):
