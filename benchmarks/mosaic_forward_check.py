@@ -135,6 +135,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="first 8 checks only")
     args = ap.parse_args()
     print(jax.__version__, jax.devices(), flush=True)
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,power.draw",
@@ -167,6 +168,8 @@ def main():
     ]
     if args.quick:
         checks = checks[:4]
+    if args.sweep:
+        checks = checks[:8]
     if not args.skip_checks:
         for name, kw in checks:
             try:
@@ -176,33 +179,58 @@ def main():
                 traceback.print_exc()
             print(r, flush=True)
             report["checks"].append(r)
-    variants = [
-        ("ours", None),
-        ("pp_only", "pp"),
-        ("ov_only", "ov"),
-        ("neither", "none"),
-    ]
-    grid = [(64, 4096, False), (128, 4096, False), (128, 4096, True), (256, 4096, False),
-            (128, 1024, False), (128, 16384, True), (64, 1024, True), (256, 1024, True)]
-    if args.quick:
-        grid = grid[:3]
-    for d, s, causal in grid:
-        base = forward_config(d, f16, causal=causal)
-        vs = []
-        for label, mode in variants:
-            if mode is None:
-                vs.append((label, base))
-            elif d == 128 and s == 4096:
-                vs.append((label, dataclasses.replace(
-                    base, pingpong=mode in ("pp",), overlap=mode in ("ov",))))
-        try:
-            r = bench(d, s, causal, f16, vs)
-        except Exception as e:  # noqa: BLE001
-            r = dict(d=d, s=s, causal=causal, error=f"{type(e).__name__}: {str(e)[:500]}")
-        print(r, flush=True)
-        report["bench"].append(r)
+    def save():
         with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
             json.dump(report, f, indent=1)
+
+    # 1) Sweep schedules and tiles at S=4096; 2) run the best per (D, causal)
+    # on the other lengths. Labels: pp = ping-pong turns, ov = intra-WG overlap.
+    def variant(d, pp, ov, block_kv=None, stages=None):
+        base = forward_config(d, f16)
+        cfg = dataclasses.replace(base, pingpong=pp, overlap=ov,
+                                  block_kv=block_kv or base.block_kv,
+                                  num_stages=stages or base.num_stages)
+        return f"pp{pp:d}ov{ov:d}kv{cfg.block_kv}st{cfg.num_stages}", cfg
+
+    sweep = {
+        64: [variant(64, *v) for v in ((1, 1), (0, 1), (1, 0), (0, 0), (1, 1, 128, 2),
+                                       (0, 1, 128, 2), (1, 1, 192, 2), (0, 1, 192, 2))],
+        128: [variant(128, *v) for v in ((1, 1), (0, 1), (1, 0), (0, 0), (1, 1, 64, 4),
+                                         (1, 1, 128, 3))],
+        256: [variant(256, *v) for v in ((1, 1), (0, 1), (1, 0), (0, 0), (1, 1, 64, 3))],
+    }
+    if args.quick:
+        sweep = {128: sweep[128][:2]}
+    best = {}
+    for d, vs in sweep.items():
+        for causal in (False, True):
+            if d != 128 and causal:
+                continue
+            r = bench(d, 4096, causal, f16, vs)
+            print(r, flush=True)
+            report["bench"].append(r)
+            save()
+            ours = {k: v for k, v in r["tflops"].items() if isinstance(v, float)
+                    and k.startswith("pp")}
+            if ours:
+                best[d, causal] = dict(vs)[max(ours, key=ours.get)]
+    grid = [(64, 1024, True), (64, 16384, False), (128, 1024, False), (128, 16384, True),
+            (256, 1024, True), (256, 16384, True), (128, 4096, True)]
+    for d, s, causal in grid:
+        cfg = best.get((d, causal), best.get((d, False)))
+        if cfg is None:
+            continue
+        r = bench(d, s, causal, f16, [("best", cfg)], peers=True)
+        r["best_config"] = str(cfg)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+    for d, s, causal in ((128, 4096, False), (128, 4096, True)):
+        if (d, causal) in best:
+            r = bench(d, s, causal, jnp.bfloat16, [("best", best[d, causal])], peers=True)
+            print(r, flush=True)
+            report["bench"].append(r)
+            save()
     with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
         json.dump(report, f, indent=1)
     print("\n== checks ==")

@@ -7,16 +7,17 @@ One CTA computes ``tile_q = 2 * block_q`` query rows of one (batch, head):
   with TMA, each slot guarded by a "loaded" barrier (TMA) and a "free" barrier
   (both consumers arrive when done with it);
 * warpgroups 0 and 1, the consumers, each own ``block_q`` rows: S = Q K^T
-  (wgmma), online softmax in base 2, O += P V (wgmma). With ``pingpong`` a
-  two-arrival barrier alternates them so one's softmax overlaps the other's
-  GEMMs; with ``overlap`` the next tile's Q K^T is issued before this tile's
-  softmax finishes its exponentials, and P V runs under the next softmax.
+  (wgmma), online softmax in base 2, O += P V (wgmma). With ``pingpong`` they
+  take turns issuing GEMMs (one turn barrier each) so one's softmax overlaps
+  the other's GEMMs; with ``overlap`` Q K^T of the next tile is issued together
+  with P V of this one, and the next softmax runs under P V.
 
 Element masks (causal/window edges, segment boundaries, key tail) are applied
 only on tiles the metadata marks partial; ALiBi and softcap are fused. Output
 rows past ``seq_q`` are dropped by the TMA store; K/V rows past ``seq_k`` are
 zero-filled by TMA and masked. (Lengths that are not multiples of 8 are padded
-by up to 7 rows first: Mosaic's tiled TMA views need whole 8-row tiles.) Rows that see no key give 0 and lse ``-inf``.
+by up to 7 rows first: Mosaic's tiled TMA views need whole 8-row tiles.)
+Rows that see no key give 0 and lse ``-inf``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata
 from fa3_jax._mosaic.common import (
     LN2,
+    LOG2E,
     alibi_base2,
     logits_base2,
     needs_element_masks,
@@ -82,7 +84,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
         block_ref, *rest = rest
     out_ref, lse_ref, scratch, barriers = rest
     q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem = scratch
-    q_bar, k_bar, v_bar, k_free, v_free, sched, seg_bar = barriers
+    q_bar, k_bar, v_bar, k_free, v_free, turn, seg_bar = barriers
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
 
@@ -115,9 +117,16 @@ def _kernel(st: ForwardStatic, dims, *refs):
         if st.has_alibi:
             slope = slope_ref[b if st.alibi_per_batch else 0, h]
 
-        def rendezvous():
-            plgpu.barrier_arrive(sched)
-            plgpu.barrier_wait(sched)
+        # Ping-pong: the consumers take turns issuing their GEMMs (a turn barrier
+        # per warpgroup, FA3's scheduler barriers); softmaxes run unordered, so
+        # one warpgroup's softmax overlaps the other's GEMMs.
+        def take_turn():
+            if cfg.pingpong:
+                plgpu.barrier_wait(turn.at[wg])
+
+        def pass_turn():
+            if cfg.pingpong:
+                plgpu.barrier_arrive(turn.at[1 - wg])
 
         def kv_segments(slot):
             """Segment ids of the kv tile in ``slot`` (read before the slot is freed)."""
@@ -126,10 +135,15 @@ def _kernel(st: ForwardStatic, dims, *refs):
             kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
             return lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
 
+        # Without softcap/ALiBi the scale is folded into the softmax's exp2 FMA:
+        # logits stay raw and are multiplied by ``fold`` there.
+        fold = st.softmax_scale * LOG2E if st.softcap is None and not st.has_alibi else None
+
         def tile_logits(s, j, kv_seg):
-            """Base-2 logits of kv tile number ``j`` of this q tile."""
+            """Logits of kv tile number ``j``: base 2, or raw when ``fold`` is set."""
             kv_tile = index_ref[bm, hm, qt, j]
-            s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
+            if fold is None:
+                s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
             k_pos = col_iota + kv_tile * bkv
             if st.has_alibi:
                 s = s + alibi_base2(q_pos, k_pos, slope, spec=st.spec)
@@ -158,18 +172,21 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         def softmax(s, m_i, l_i):
             """Online softmax step: returns (p, alpha, m_new, l_new) (l not yet rescaled)."""
-            m_new = jnp.maximum(m_i, s.max(axis=1))
+            row_max = s.max(axis=1)
+            m_new = jnp.maximum(m_i, row_max if fold is None else row_max * fold)
             # A row with no visible key so far keeps m = -inf; shift by 0 instead.
             m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             alpha = jnp.exp2(m_i - m_use)
-            p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
+            s2 = s if fold is None else s * fold  # one FMA with the subtraction below
+            p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
             l_new = l_i * alpha + p.sum(axis=1)
             return p, alpha, m_new, l_new
 
-        def qk(slot, sync):
+        def qk(slot):
             def body(acc_ref):
+                take_turn()
                 plgpu.wgmma(acc_ref, q_smem.at[wg], k_smem.at[slot].transpose((1, 0)))
-                sync()
+                pass_turn()
                 return acc_ref[...]
 
             return pl.run_scoped(body, plgpu.ACC((bq, bkv), jnp.float32))
@@ -182,30 +199,32 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 plgpu.commit_smem()
 
                 def body(acc_ref):
+                    take_turn()
                     plgpu.wgmma(acc_ref, p_smem.at[wg], v_smem.at[slot])
+                    pass_turn()
                     return acc_ref[...]
 
                 return acc + pl.run_scoped(body, plgpu.ACC((bq, head_dim), jnp.float32))
 
             def body(acc_ref):
+                take_turn()
                 plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                pass_turn()
 
             return pl.run_state(body)(plgpu.ACC.init(acc))
 
-        sync = rendezvous if cfg.pingpong else (lambda: None)
         stages = cfg.num_stages
 
         def plain_step(j, carry):
             acc, m_i, l_i = carry
             slot = lax.rem(j, stages)
             plgpu.barrier_wait(k_bar.at[slot])
-            s = qk(slot, sync)
+            s = qk(slot)
             kv_seg = kv_segments(slot)
             plgpu.barrier_arrive(k_free.at[slot])
             p, alpha, m_i, l_i = softmax(tile_logits(s, j, kv_seg), m_i, l_i)
             acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
             plgpu.barrier_wait(v_bar.at[slot])
-            sync()
             acc = pv(acc, p, slot)
             plgpu.barrier_arrive(v_free.at[slot])
             return acc, m_i, l_i
@@ -219,7 +238,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
             nxt = lax.rem(j + 1, stages)
             plgpu.barrier_wait(k_bar.at[nxt])
             plgpu.barrier_wait(v_bar.at[slot])
-            sync()
             p16 = p.astype(dtype)
             if cfg.p_in_smem:
                 p_smem.at[wg][...] = p16
@@ -228,9 +246,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
             def body(s_ref, o_ref):
                 if not cfg.p_in_smem:
                     o_ref[...] = acc
+                take_turn()
                 plgpu.wgmma(s_ref, q_smem.at[wg], k_smem.at[nxt].transpose((1, 0)))
                 plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
-                sync()
+                pass_turn()
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
                 kv_seg = kv_segments(nxt)
                 plgpu.barrier_arrive(k_free.at[nxt])
@@ -253,13 +272,14 @@ def _kernel(st: ForwardStatic, dims, *refs):
         acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
         plgpu.barrier_wait(q_bar.at[wg])
         if cfg.pingpong:
-            pl.when(wg == 1)(rendezvous)
+            # Warpgroup 0 issues first.
+            pl.when(wg == 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
         if cfg.overlap:
 
             def run_tiles(carry):
                 acc, m_i, l_i = carry
                 plgpu.barrier_wait(k_bar.at[0])
-                s = qk(0, sync)
+                s = qk(0)
                 kv_seg = kv_segments(0)
                 plgpu.barrier_arrive(k_free.at[0])
                 p, _, m_i, l_i = softmax(tile_logits(s, 0, kv_seg), m_i, l_i)
@@ -268,9 +288,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 )
                 last = lax.rem(n_tiles - 1, stages)
                 plgpu.barrier_wait(v_bar.at[last])
-                sync()
                 acc = pv(acc, p, last)
-                sync()
                 plgpu.barrier_arrive(v_free.at[last])
                 return acc, m_i, l_i
 
@@ -278,7 +296,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
         else:
             acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
         if cfg.pingpong:
-            pl.when(wg == 0)(rendezvous)
+            # Consume warpgroup 1's last hand-over (every barrier phase is observed).
+            pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
 
         empty = l_i == 0.0
         inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
@@ -411,7 +430,7 @@ def forward_kernel_call(
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_arrivals=2, num_barriers=stages),
         plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-        plgpu.Barrier(num_arrivals=2),
+        plgpu.Barrier(num_barriers=2),
         plgpu.Barrier(num_barriers=2) if st.has_segments else None,
     )
     dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, heads_q // heads_kv)
