@@ -1,13 +1,14 @@
 """`python -m pretrain.benchmark`: training throughput and MFU of a preset, per attention backend.
 
 Runs full training steps (forward, backward, AdamW update) on synthetic packed batches for every
-(attention implementation, device count) pair in one process, and writes one JSON record each:
-preset, attention, devices, seq_len, global_batch, tokens_per_s, mfu (fraction of --peak_tflops
-per device, FLOPs from ModelConfig.flops_per_token incl. causal attention), step_ms, device, date,
-jax_version, command (plus remat, microbatches, params; `error` instead of timings on failure).
+(device count, parallelism, remat policy, attention implementation) variant in one process and
+writes one JSON record each: preset, attention, devices, seq_len, global_batch, tokens_per_s, mfu
+(fraction of --peak_tflops per device; FLOPs from ModelConfig.flops_per_token, causal attention
+included, rematerialisation not), step_ms, device, date, jax_version, command (plus parallelism,
+remat, microbatches, params, final_loss; `error` instead of timings when a variant fails).
 
   python -m pretrain.benchmark                                   # 1.3b, ctx 2048, auto/cudnn/xla
-  python -m pretrain.benchmark --devices 1,2                     # scaling over 1 and 2 GPUs
+  python -m pretrain.benchmark --devices 1,2 --parallelism fsdp,data   # scaling over 2 GPUs
   python -m pretrain.benchmark --preset tiny --steps 3 --seq_len 64 --batch_per_device 2   # CPU
 """
 
@@ -47,8 +48,9 @@ def synthetic_batch(key, batch: int, seq_len: int, vocab: int, mean_doc_len: int
     }
 
 
-def _measure(cfg, n_devices: int, steps: int, warmup: int) -> dict:
-    mesh = make_mesh(1, n_devices, devices=jax.devices()[:n_devices])
+def _measure(cfg, n_devices: int, parallelism: str, steps: int, warmup: int) -> dict:
+    data_axis = n_devices if parallelism == "data" else 1
+    mesh = make_mesh(data_axis, n_devices // data_axis, devices=jax.devices()[:n_devices])
     built = build_state(cfg, mesh)
     state_sh = jax.tree.map(lambda a: a.sharding, built.abstract_state)
     step_fn = jax.jit(
@@ -86,8 +88,14 @@ def run_benchmark(args) -> list[dict]:
     records = []
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     device = jax.devices()[0].device_kind
-    variants = [(n, a, r) for n in args.devices for r in args.remat for a in args.attention]
-    for n_devices, attention, remat in variants:
+    variants = [
+        (n, p, r, a)
+        for n in args.devices
+        for p in (args.parallelism if n > 1 else args.parallelism[:1])
+        for r in args.remat
+        for a in args.attention
+    ]
+    for n_devices, parallelism, remat, attention in variants:
         global_batch = args.batch_per_device * n_devices * args.microbatches
         overrides = {
             "attention": attention,
@@ -107,6 +115,7 @@ def run_benchmark(args) -> list[dict]:
             "preset": args.preset,
             "attention": attention,
             "devices": n_devices,
+            "parallelism": parallelism,
             "seq_len": cfg.seq_len,
             "global_batch": global_batch,
             "microbatches": args.microbatches,
@@ -118,7 +127,7 @@ def run_benchmark(args) -> list[dict]:
             "command": args.command,
         }
         try:
-            timing = _measure(cfg, n_devices, args.steps, args.warmup)
+            timing = _measure(cfg, n_devices, parallelism, args.steps, args.warmup)
         except Exception as e:  # noqa: BLE001 - a failing variant is recorded, the rest still run
             record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         else:
@@ -137,13 +146,14 @@ def run_benchmark(args) -> list[dict]:
 
 def _table(records: list[dict]) -> str:
     lines = [
-        "| preset | attention | remat | devices | seq | batch | tokens/s | MFU | step ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| preset | attention | remat | devices | parallelism | seq | batch | tokens/s | MFU "
+        "| step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         head = (
             f"| {r['preset']} | {r['attention']} | {r['remat']} | {r['devices']} | "
-            f"{r['seq_len']} | {r['global_batch']} |"
+            f"{r['parallelism']} | {r['seq_len']} | {r['global_batch']} |"
         )
         if "error" in r:
             lines.append(f"{head} error: {r['error'][:60]} | | |")
@@ -177,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help=f"comma-separated subset of {REMAT_CHOICES} (default: the preset's)",
     )
+    parser.add_argument(
+        "--parallelism",
+        default="fsdp",
+        help="comma-separated subset of fsdp (params sharded over devices), data (replicated)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
     parser.add_argument(
@@ -201,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in args.remat if r and r not in REMAT_CHOICES]
     if bad:
         parser.error(f"--remat: unknown {bad}; choose from {REMAT_CHOICES}")
+    args.parallelism = args.parallelism.split(",")
+    bad = [p for p in args.parallelism if p not in ("fsdp", "data")]
+    if bad:
+        parser.error(f"--parallelism: unknown {bad}; choose from fsdp, data")
     args.devices = (
         [int(n) for n in args.devices.split(",")] if args.devices else [len(jax.devices())]
     )
