@@ -139,9 +139,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
         # logits stay raw and are multiplied by ``fold`` there.
         fold = st.softmax_scale * LOG2E if st.softcap is None and not st.has_alibi else None
 
-        def tile_logits(s, j, kv_seg):
-            """Logits of kv tile number ``j``: base 2, or raw when ``fold`` is set."""
-            kv_tile = index_ref[bm, hm, qt, j]
+        def tile_info(j):
+            """(kv tile index, partial flag) of entry ``j``; loaded early to hide latency."""
+            return index_ref[bm, hm, qt, j], partial_ref[bm, hm, qt, j] if masked else None
+
+        def tile_logits(s, info, kv_seg):
+            """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
+            kv_tile, is_partial = info
             if fold is None:
                 s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
             k_pos = col_iota + kv_tile * bkv
@@ -168,7 +172,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     visible = visible & (bit != 0)
                 return jnp.where(visible, s, -jnp.inf)
 
-            return lax.cond(partial_ref[bm, hm, qt, j] != 0, apply_masks, lambda s: s, s)
+            return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
 
         def softmax(s, m_i, l_i):
             """Online softmax step: returns (p, alpha, m_new, l_new) (l not yet rescaled)."""
@@ -218,11 +222,12 @@ def _kernel(st: ForwardStatic, dims, *refs):
         def plain_step(j, carry):
             acc, m_i, l_i = carry
             slot = lax.rem(j, stages)
+            info = tile_info(j)
             plgpu.barrier_wait(k_bar.at[slot])
             s = qk(slot)
             kv_seg = kv_segments(slot)
             plgpu.barrier_arrive(k_free.at[slot])
-            p, alpha, m_i, l_i = softmax(tile_logits(s, j, kv_seg), m_i, l_i)
+            p, alpha, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
             acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
             plgpu.barrier_wait(v_bar.at[slot])
             acc = pv(acc, p, slot)
@@ -236,6 +241,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             acc, p, m_i, l_i = carry
             slot = lax.rem(j, stages)
             nxt = lax.rem(j + 1, stages)
+            info = tile_info(j + 1)
             plgpu.barrier_wait(k_bar.at[nxt])
             plgpu.barrier_wait(v_bar.at[slot])
             p16 = p.astype(dtype)
@@ -253,7 +259,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
                 kv_seg = kv_segments(nxt)
                 plgpu.barrier_arrive(k_free.at[nxt])
-                p, alpha, m_new, l_new = softmax(tile_logits(s, j + 1, kv_seg), m_i, l_i)
+                p, alpha, m_new, l_new = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
                 return o_ref[...], p, alpha, m_new, l_new
 
             o, p, alpha, m_i, l_i = pl.run_scoped(
@@ -278,11 +284,12 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             def run_tiles(carry):
                 acc, m_i, l_i = carry
+                info = tile_info(0)
                 plgpu.barrier_wait(k_bar.at[0])
                 s = qk(0)
                 kv_seg = kv_segments(0)
                 plgpu.barrier_arrive(k_free.at[0])
-                p, _, m_i, l_i = softmax(tile_logits(s, 0, kv_seg), m_i, l_i)
+                p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
                 acc, p, m_i, l_i = lax.fori_loop(
                     0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
                 )
