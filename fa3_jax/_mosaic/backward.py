@@ -17,16 +17,16 @@ import math
 
 import jax.numpy as jnp
 
-from fa3_jax._mosaic.backward_config import (
-    SMEM_LIMIT_BYTES,
-    BackwardConfig,
-    default_backward_config,
-)
 from fa3_jax._mosaic.backward_dkdv import dkdv_kernel_call
 from fa3_jax._mosaic.backward_dq import dq_kernel_call
 from fa3_jax._mosaic.backward_preprocess import backward_residuals, pad_seq
 from fa3_jax._mosaic.backward_scores import ScoreParams
 from fa3_jax._platform import interpret_mode_active
+from fa3_jax.config import (
+    SMEM_LIMIT_BYTES,
+    BackwardConfig,
+    default_backward_config,
+)
 from fa3_jax.masks import BlockMask, MaskSpec, tile_metadata
 
 __all__ = ["backward_unsupported_reason", "mha_backward"]

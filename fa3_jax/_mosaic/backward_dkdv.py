@@ -23,9 +23,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from fa3_jax._mosaic.backward_config import BackwardConfig
 from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
 from fa3_jax._mosaic.common import needs_element_masks
+from fa3_jax.config import BackwardConfig
 
 __all__ = ["dkdv_kernel_call", "smem_transforms"]
 
@@ -37,19 +37,13 @@ def smem_transforms(itemsize: int):
 
 @dataclasses.dataclass(frozen=True)
 class _Shapes:
-    batch: int
-    seq_q: int  # padded to block_q_dkv
-    seq_k: int  # padded to the CTA's kv tile
-    heads_q: int
-    heads_kv: int
+    """Static sizes the kernel body needs (meta_*/slope_b: 1 when broadcast)."""
+
     head_dim: int
+    group: int  # query heads per kv head
     meta_b: int
     meta_h: int
     slope_b: int
-
-    @property
-    def group(self) -> int:
-        return self.heads_q // self.heads_kv
 
 
 def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
@@ -230,12 +224,11 @@ def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
     Returns:
       ``(dk, dv)`` in ``[B, Sk_pad, Hkv, D]`` and q's dtype (dK summed over the group).
     """
-    batch, seq_q, heads_q, head_dim = q.shape
+    batch, _, heads_q, head_dim = q.shape
     _, seq_k, heads_kv, _ = k.shape
     dtype = q.dtype
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
-    shp = _Shapes(batch, seq_q, seq_k, heads_q, heads_kv, head_dim,
-                  meta.index.shape[0], meta.index.shape[1],
+    shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
                   1 if slopes is None else slopes.shape[0])
     tr = smem_transforms(jnp.dtype(dtype).itemsize)
     n_copies = 5 if params.has_segments else 4
@@ -263,7 +256,7 @@ def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
                                                      has_segments=params.has_segments)),
         out_type=(out_shape, out_shape),
         scratch_types=(scratch, barriers),
-        grid=(seq_k // (wgs * bk), heads_kv, batch),
+        grid=(meta.n_rows, heads_kv, batch),
         grid_names=("kv", "head", "batch"),
         num_threads=wgs + 1,
         thread_name="wg",

@@ -20,16 +20,18 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from fa3_jax._mosaic.backward_config import BackwardConfig
 from fa3_jax._mosaic.backward_dkdv import smem_transforms
 from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
 from fa3_jax._mosaic.common import needs_element_masks
+from fa3_jax.config import BackwardConfig
 
 __all__ = ["dq_kernel_call"]
 
 
 @dataclasses.dataclass(frozen=True)
 class _Shapes:
+    """Static sizes the kernel body needs (meta_*/slope_b: 1 when broadcast)."""
+
     head_dim: int
     group: int
     meta_b: int
@@ -184,12 +186,12 @@ def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
     Returns:
       dq ``[B, Sq_pad, Hq, D]`` in q's dtype.
     """
-    batch, seq_q, heads_q, head_dim = q.shape
+    batch, _, heads_q, head_dim = q.shape
     heads_kv = k.shape[2]
     dtype = q.dtype
     bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
     shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
-                  1 if slopes is None else slopes.shape[0], seq_q // (wgs * bq))
+                  1 if slopes is None else slopes.shape[0], meta.n_rows)
     tr = smem_transforms(jnp.dtype(dtype).itemsize)
     seg = params.has_segments
     scratch = (
@@ -214,7 +216,7 @@ def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
                                                      has_segments=params.has_segments)),
         out_type=jax.ShapeDtypeStruct(q.shape, dtype),
         scratch_types=(scratch, barriers),
-        grid=(seq_q // (wgs * bq), heads_q, batch),
+        grid=(meta.n_rows, heads_q, batch),
         grid_names=("q", "head", "batch"),
         num_threads=wgs + 1,
         thread_name="wg",
