@@ -3,7 +3,7 @@
 Examples:
   python -m pretrain --preset=tiny --data_dir=runs/demo_data/prepared --mixture=DC-6
   python -m pretrain --preset=1.3b --data_dir=/data/slimpajama_prepared --global_batch=512 \\
-      --microbatches=8 --run_dir=runs/1.3b-dc6
+      --run_dir=runs/1.3b-dc6   # 512 × 2048 tokens a step, 64 microbatches
   python -m pretrain --resume --run_dir=runs/1.3b-dc6          # continue from the latest checkpoint
   python -m pretrain --resume --run_dir=runs/1.3b-dc6 --steps=200000   # ... and train longer
 
@@ -17,7 +17,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pretrain.config import RunConfig, apply_overrides, config_from_args, parse_overrides
+from pretrain.config import (
+    PRESETS,
+    RunConfig,
+    apply_overrides,
+    config_from_args,
+    describe_keys,
+    parse_overrides,
+)
 from pretrain.train import NonFiniteLossError, train
 
 
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
+        print(describe_keys())
+        print(f"presets: {', '.join(PRESETS)}")
         return 0
     resume = False
     for flag in ("--resume", "--resume=true", "--resume=1"):

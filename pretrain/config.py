@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import math
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -124,9 +126,9 @@ class TrainConfig:
     warmup_steps: int = 20  # linear warm-up from 0 to the peak
     decay: Literal["cosine", "linear"] = "cosine"  # decay shape after warm-up
     weight_decay: float = 0.1  # decoupled AdamW decay (never on norms or biases)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
+    beta1: float = 0.9  # AdamW β1
+    beta2: float = 0.95  # AdamW β2
+    adam_eps: float = 1e-8  # AdamW ε
     grad_clip: float = 1.0  # global-norm clipping threshold; 0 = off
     seed: int = 0  # parameter init and data order
     data_workers: int = 0  # grain prefetch processes (0 = in the main process)
@@ -232,7 +234,8 @@ def _ffn(d_model: int) -> int:
     return int(d_model * 8 / 3)
 
 
-# Presets: (model, training defaults). Sizes follow SlimPajama-DC/BTLM; 7b is LLaMA-7B-shaped.
+# Presets: (model, training defaults). Sizes follow SlimPajama-DC/BTLM; 7b is LLaMA-7B-shaped
+# (it needs several GPUs: fp32 weights + AdamW state alone are ~80 GB).
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "tiny": (
         ModelConfig(
@@ -260,6 +263,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig(d_model=768, n_layers=12, n_heads=12, d_ff=_ffn(768)),
         TrainConfig(
             global_batch=256,
+            microbatches=8,  # 32 sequences per microbatch (one GPU)
             steps=50_000,
             lr=6e-4,
             warmup_steps=2000,
@@ -272,6 +276,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig(d_model=1024, n_layers=24, n_heads=16, d_ff=_ffn(1024)),
         TrainConfig(
             global_batch=256,
+            microbatches=16,  # 16 sequences per microbatch (one GPU)
             steps=100_000,
             lr=3e-4,
             warmup_steps=2000,
@@ -284,7 +289,8 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig(d_model=2048, n_layers=24, n_heads=16, d_ff=5461),
         TrainConfig(
             global_batch=512,
-            steps=150_000,
+            microbatches=64,  # 8 sequences per microbatch (one GPU)
+            steps=57_000,  # ≈ 60B tokens, the SlimPajama-DC 1.3B budget
             lr=2e-4,
             warmup_steps=2000,
             run_dir="runs/1.3b",
@@ -296,6 +302,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig(d_model=4096, n_layers=32, n_heads=32, d_ff=11008),
         TrainConfig(
             global_batch=1024,
+            microbatches=512,  # 2 sequences per microbatch (one GPU)
             steps=250_000,
             lr=1.2e-4,
             warmup_steps=2000,
@@ -391,6 +398,24 @@ def make_config(
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     model, train = PRESETS[preset]
     return apply_overrides(RunConfig(preset=preset, model=model, train=train), overrides or {})
+
+
+def describe_keys() -> str:
+    """Every `--key=value` override with its type, the tiny preset's value and its comment."""
+    lines = []
+    for cls in (ModelConfig, TrainConfig):
+        comments = dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
+        hints = typing.get_type_hints(cls)
+        lines.append(f"{cls.__name__}:")
+        for field in dataclasses.fields(cls):
+            hint = hints[field.name]
+            kind = (
+                "|".join(typing.get_args(hint))
+                if typing.get_origin(hint) is Literal
+                else (hint.__name__)
+            )
+            lines.append(f"  --{field.name}  ({kind}) {comments.get(field.name, '')}".rstrip())
+    return "\n".join(lines)
 
 
 def config_from_args(args: Iterable[str]) -> RunConfig:

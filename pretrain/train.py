@@ -319,6 +319,8 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
                 bar.write(f"step {step}: validation loss {eval_record['loss']:.4f}")
             if at_ckpt or stop_requested:
                 ckpt.save(step, state, train_iter)
+            if (at_eval or at_ckpt) and clock["t"] is not None:
+                clock["t"], clock["tokens"] = time.perf_counter(), 0  # throughput excludes these
             bar.update(1)
         if stop_requested and is_main:
             bar.write(
