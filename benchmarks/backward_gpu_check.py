@@ -1,6 +1,9 @@
 """One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
 
-``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick]``
+``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks]``
+
+``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
+variant (each was checked on the H100 before).
 
 1. Correctness: ``mha_backward`` (jitted) against float32 reference gradients on
    fresh random inputs, per kernel variant; determinism (two runs bit-identical).
@@ -121,6 +124,7 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True):
 def main():
     out_dir = pathlib.Path(sys.argv[1])
     quick = "--quick" in sys.argv
+    run_checks = "--no-checks" not in sys.argv
     print(jax.__version__, jax.devices(), flush=True)
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,power.draw",
                           "--format=csv"], capture_output=True, text=True).stdout, flush=True)
@@ -144,7 +148,7 @@ def main():
     ]
     cfgs = dict(variants, wgs1=dataclasses.replace(base, compute_wgs=1, defer_release=True))
     results = dict(checks=[], bench=[])
-    for name, args, extra in checks:
+    for name, args, extra in checks if run_checks else []:
         try:
             results["checks"].append(check(f"{name}-{args}-{sorted(extra)}", cfgs[name], *args,
                                            **extra))
