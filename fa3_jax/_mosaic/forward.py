@@ -457,4 +457,9 @@ def forward_kernel_call(
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )
     out, lse = call(*inputs)
-    return out[:, :seq_q], lse[:, :, :seq_q]
+    # Slices only where padding happened (a no-op otherwise: no extra copy).
+    if out.shape[1] != seq_q:
+        out = out[:, :seq_q]
+    if lse.shape[2] != seq_q:
+        lse = lse[:, :, :seq_q]
+    return out, lse
