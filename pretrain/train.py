@@ -6,16 +6,18 @@
   run_dir/tensorboard/       the same scalars as a TensorBoard event file
   run_dir/checkpoints/<step> Orbax checkpoints: params, optimiser state, step, data iterator
 
-Multi-host: set `--distributed=true` and start the same command on every host; JAX reads the
-coordinator from the cluster environment (SLURM, Open MPI, Cloud TPU/GKE) or from
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each process reads its own shard
-of every data source and feeds its local devices.
+Multi-host: start the same command with `--distributed=true` on every host (same run_dir on a
+shared filesystem). Under SLURM or Open MPI (srun/mpirun) JAX finds its peers by itself;
+elsewhere set JAX_COORDINATOR_ADDRESS=host0:port, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i.
+The mesh spans every device of every host; each process reads its own shard of every data source
+and feeds its local devices.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -43,6 +45,17 @@ MODEL_INPUTS = ("tokens", "targets", "segment_ids", "source_ids")  # batch keys 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN/inf; the run stopped without saving."""
+
+
+def _initialize_distributed() -> None:
+    """jax.distributed.initialize() from SLURM/Open MPI/Kubernetes auto-detection, or from
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    env = os.environ
+    jax.distributed.initialize(
+        coordinator_address=env.get("JAX_COORDINATOR_ADDRESS"),
+        num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
+        process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
+    )
 
 
 def source_label(source: str) -> str:
@@ -137,7 +150,7 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
     """
     tc = cfg.train
     if tc.distributed:
-        jax.distributed.initialize()
+        _initialize_distributed()
     is_main = jax.process_index() == 0
     run_dir = Path(tc.run_dir)
     mesh = make_mesh(tc.mesh_data, tc.mesh_fsdp)
@@ -316,7 +329,8 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -
             if at_eval:
                 eval_record = evaluate(step)
                 log.write(eval_record)
-                bar.write(f"step {step}: validation loss {eval_record['loss']:.4f}")
+                if is_main:
+                    bar.write(f"step {step}: validation loss {eval_record['loss']:.4f}")
             if at_ckpt or stop_requested:
                 ckpt.save(step, state, train_iter)
             if (at_eval or at_ckpt) and clock["t"] is not None:
