@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -146,8 +145,10 @@ def main():
     f16, b16 = jnp.float16, jnp.bfloat16
     checks = [
         ("d64-f16", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=64, dtype=f16)),
-        ("d128-bf16-causal", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=b16, causal=True)),
-        ("d256-f16-causal", dict(b=1, sq=1000, sk=1000, hq=4, hkv=4, d=256, dtype=f16, causal=True)),
+        ("d128-bf16-causal", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=b16,
+                                  causal=True)),
+        ("d256-f16-causal", dict(b=1, sq=1000, sk=1000, hq=4, hkv=4, d=256, dtype=f16,
+                                 causal=True)),
         ("d128-odd-gqa", dict(b=2, sq=777, sk=1501, hq=8, hkv=2, d=128, dtype=b16, causal=True)),
         ("d128-nopp-noov", dict(b=2, sq=1024, sk=1024, hq=4, hkv=4, d=128, dtype=f16, causal=True,
                                 config=ForwardConfig(pingpong=False, overlap=False))),

@@ -31,8 +31,6 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from fa3_jax.config import ForwardConfig, check_forward_fits
-from fa3_jax.masks import MaskSpec, TileMetadata
 from fa3_jax._mosaic.common import (
     LN2,
     LOG2E,
@@ -41,6 +39,8 @@ from fa3_jax._mosaic.common import (
     needs_element_masks,
     positional_visible,
 )
+from fa3_jax.config import ForwardConfig, check_forward_fits
+from fa3_jax.masks import MaskSpec, TileMetadata
 
 __all__ = ["ForwardStatic", "forward_kernel_call"]
 
