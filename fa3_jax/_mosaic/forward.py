@@ -175,7 +175,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
 
         def softmax(s, m_i, l_i):
-            """Online softmax step: returns (p, alpha, m_new, l_new) (l not yet rescaled)."""
+            """Online softmax step: (p in the input dtype, alpha, m_new, l_new)."""
             row_max = s.max(axis=1)
             m_new = jnp.maximum(m_i, row_max if fold is None else row_max * fold)
             # A row with no visible key so far keeps m = -inf; shift by 0 instead.
@@ -184,7 +184,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             s2 = s if fold is None else s * fold  # one FMA with the subtraction below
             p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
             l_new = l_i * alpha + p.sum(axis=1)
-            return p, alpha, m_new, l_new
+            return p.astype(dtype), alpha, m_new, l_new
 
         def qk(slot):
             def body(acc_ref):
@@ -196,8 +196,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
             return pl.run_scoped(body, plgpu.ACC((bq, bkv), jnp.float32))
 
         def pv(acc, p, slot):
-            """acc + P @ V[slot] (acc already rescaled)."""
-            p16 = p.astype(dtype)
+            """acc + P @ V[slot] (acc already rescaled; p in the input dtype)."""
+            p16 = p
             if cfg.p_in_smem:
                 p_smem.at[wg][...] = p16
                 plgpu.commit_smem()
@@ -235,7 +235,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             return acc, m_i, l_i
 
         def overlap_step(j, carry):
-            # carry: P of tile j (from the previous step) and the accumulator
+            # carry: P of tile j (input dtype, from the previous step) and the accumulator
             # already rescaled for it. Issue Q K^T of tile j + 1 and P V of tile
             # j together, then run the softmax of tile j + 1 under P V.
             acc, p, m_i, l_i = carry
@@ -244,7 +244,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             info = tile_info(j + 1)
             plgpu.barrier_wait(k_bar.at[nxt])
             plgpu.barrier_wait(v_bar.at[slot])
-            p16 = p.astype(dtype)
+            p16 = p
             if cfg.p_in_smem:
                 p_smem.at[wg][...] = p16
                 plgpu.commit_smem()
