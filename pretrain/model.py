@@ -36,6 +36,11 @@ def _dense(cfg: ModelConfig, d_in: int, d_out: int, std: float, rngs: nnx.Rngs) 
     )
 
 
+def _residual_std(cfg: ModelConfig) -> float:
+    """GPT-2: projections that write into the residual stream shrink with depth."""
+    return cfg.init_std / math.sqrt(2 * cfg.n_layers)
+
+
 def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
         cfg.d_model,
@@ -51,11 +56,8 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        out_std = cfg.init_std / math.sqrt(
-            2 * cfg.n_layers
-        )  # GPT-2: residual writes shrink with depth
         self.qkv = _dense(cfg, cfg.d_model, 3 * cfg.d_model, cfg.init_std, rngs)
-        self.out = _dense(cfg, cfg.d_model, cfg.d_model, out_std, rngs)
+        self.out = _dense(cfg, cfg.d_model, cfg.d_model, _residual_std(cfg), rngs)
 
     def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -79,9 +81,8 @@ class SwiGLU(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.d_ff = cfg.d_ff
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.gate_up = _dense(cfg, cfg.d_model, 2 * cfg.d_ff, cfg.init_std, rngs)
-        self.down = _dense(cfg, cfg.d_ff, cfg.d_model, out_std, rngs)
+        self.down = _dense(cfg, cfg.d_ff, cfg.d_model, _residual_std(cfg), rngs)
 
     def __call__(self, x_BSD: jax.Array) -> jax.Array:
         gate_BSF, up_BSF = jnp.split(self.gate_up(x_BSD), [self.d_ff], axis=-1)

@@ -10,6 +10,7 @@ from pretrain.config import (
     RunConfig,
     TrainConfig,
     config_from_args,
+    describe_keys,
     make_config,
     parse_overrides,
 )
@@ -104,3 +105,11 @@ def test_override_keys_are_unique_across_sections():
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     assert not model_keys & train_keys
     assert parse_overrides(["--d-model=64"]) == {"d_model": "64"}
+
+
+def test_every_key_is_documented_in_help():
+    text = describe_keys()
+    for cls in (ModelConfig, TrainConfig):
+        for field in dataclasses.fields(cls):
+            (line,) = [ln for ln in text.splitlines() if ln.startswith(f"  --{field.name} ")]
+            assert line.split(")", 1)[1].strip(), f"--{field.name} has no comment in config.py"
