@@ -27,7 +27,7 @@ def causal_alibi_attention(
     k_BSHD: jax.Array,
     v_BSHD: jax.Array,
     *,
-    segment_ids_BS: jax.Array,
+    segment_ids_BS: jax.Array | None,
     slopes_H: jax.Array,
     softmax_scale: float,
     implementation: str,
@@ -36,7 +36,8 @@ def causal_alibi_attention(
 
     Args:
       q_BSHD, k_BSHD, v_BSHD: [batch, seq, heads, head_dim], one dtype (bf16 or fp32).
-      segment_ids_BS: int32 [batch, seq], the packed document of every token.
+      segment_ids_BS: int32 [batch, seq], the packed document of every token; None = one
+        document per row.
       slopes_H: float32 [heads], ALiBi slopes.
       softmax_scale: multiplies q·k before the bias.
       implementation: 'auto' | 'reference' | 'cudnn' | 'xla'.
@@ -57,7 +58,9 @@ def causal_alibi_attention(
     if implementation in ("cudnn", "xla"):
         seq_len = q_BSHD.shape[1]
         bias_1HSS = alibi_bias_HSS(slopes_H, seq_len)[None].astype(q_BSHD.dtype)
-        same_doc_B1SS = segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :]
+        same_doc_B1SS = None
+        if segment_ids_BS is not None:
+            same_doc_B1SS = segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :]
         return jax.nn.dot_product_attention(
             q_BSHD,
             k_BSHD,

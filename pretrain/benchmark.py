@@ -1,11 +1,13 @@
 """`python -m pretrain.benchmark`: training throughput and MFU of a preset, per attention backend.
 
-Runs full training steps (forward, backward, AdamW update) on synthetic packed batches for every
-(device count, parallelism, remat policy, attention implementation) variant in one process and
-writes one JSON record each: preset, attention, devices, seq_len, global_batch, tokens_per_s, mfu
-(fraction of --peak_tflops per device; FLOPs from ModelConfig.flops_per_token, causal attention
-included, rematerialisation not), step_ms, device, date, jax_version, command (plus parallelism,
-remat, microbatches, params, final_loss; `error` instead of timings when a variant fails).
+Runs full training steps (forward, backward, AdamW update) on synthetic batches for every
+(device count, parallelism, documents, remat policy, attention implementation) variant in one
+process and writes one JSON record each: preset, attention, devices, seq_len, global_batch,
+tokens_per_s, mfu (fraction of --peak_tflops per device; FLOPs from ModelConfig.flops_per_token,
+causal attention included, rematerialisation not), step_ms, device, date, jax_version, command
+(plus parallelism, documents, remat, microbatches, params, final_loss; `error` instead of the
+timings when a variant fails, e.g. cuDNN rejecting the materialised ALiBi + document bias:
+then compare with `--documents single`, where that bias is [1, heads, seq, seq]).
 
   python -m pretrain.benchmark                                   # 1.3b, ctx 2048, auto/cudnn/xla
   python -m pretrain.benchmark --devices 1,2 --parallelism fsdp,data   # scaling over 2 GPUs
@@ -34,21 +36,25 @@ from pretrain.train import build_state
 __all__ = ["run_benchmark", "synthetic_batch"]
 
 
-def synthetic_batch(key, batch: int, seq_len: int, vocab: int, mean_doc_len: int = 512) -> dict:
-    """Random tokens packed into documents of random length (so attention masks documents)."""
+def synthetic_batch(
+    key, batch: int, seq_len: int, vocab: int, documents: str = "packed", mean_doc_len: int = 512
+) -> dict:
+    """Random tokens; `packed`: documents of random length (attention masks them) with
+    segment_ids; `single`: one document per row and no segment_ids (causal + ALiBi only)."""
     k_tok, k_doc, k_src = jax.random.split(key, 3)
     tokens = jax.random.randint(k_tok, (batch, seq_len + 1), 0, vocab, jnp.int32)
-    starts = jax.random.bernoulli(k_doc, 1.0 / mean_doc_len, (batch, seq_len)).at[:, 0].set(True)
-    segments = jnp.cumsum(starts, axis=1, dtype=jnp.int32)
-    return {
+    out = {
         "tokens": tokens[:, :-1],
         "targets": tokens[:, 1:],
-        "segment_ids": segments,
         "source_ids": jax.random.randint(k_src, (batch, seq_len), 0, 7, jnp.int32),
     }
+    if documents == "packed":
+        starts = jax.random.bernoulli(k_doc, 1.0 / mean_doc_len, (batch, seq_len))
+        out["segment_ids"] = jnp.cumsum(starts.at[:, 0].set(True), axis=1, dtype=jnp.int32)
+    return out
 
 
-def _measure(cfg, n_devices: int, parallelism: str, steps: int, warmup: int) -> dict:
+def _measure(cfg, n_devices: int, parallelism: str, documents: str, steps: int, warmup: int):
     data_axis = n_devices if parallelism == "data" else 1
     mesh = make_mesh(data_axis, n_devices // data_axis, devices=jax.devices()[:n_devices])
     built = build_state(cfg, mesh)
@@ -67,7 +73,7 @@ def _measure(cfg, n_devices: int, parallelism: str, steps: int, warmup: int) -> 
     )
     batch = jax.device_put(
         synthetic_batch(
-            jax.random.key(0), cfg.train.global_batch, cfg.seq_len, cfg.model.vocab_size
+            jax.random.key(0), cfg.train.global_batch, cfg.seq_len, cfg.model.vocab_size, documents
         ),
         batch_sharding(mesh),
     )
@@ -89,13 +95,14 @@ def run_benchmark(args) -> list[dict]:
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     device = jax.devices()[0].device_kind
     variants = [
-        (n, p, r, a)
+        (n, p, d, r, a)
         for n in args.devices
         for p in (args.parallelism if n > 1 else args.parallelism[:1])
+        for d in args.documents
         for r in args.remat
         for a in args.attention
     ]
-    for n_devices, parallelism, remat, attention in variants:
+    for n_devices, parallelism, documents, remat, attention in variants:
         global_batch = args.batch_per_device * n_devices * args.microbatches
         overrides = {
             "attention": attention,
@@ -116,6 +123,7 @@ def run_benchmark(args) -> list[dict]:
             "attention": attention,
             "devices": n_devices,
             "parallelism": parallelism,
+            "documents": documents,
             "seq_len": cfg.seq_len,
             "global_batch": global_batch,
             "microbatches": args.microbatches,
@@ -127,7 +135,7 @@ def run_benchmark(args) -> list[dict]:
             "command": args.command,
         }
         try:
-            timing = _measure(cfg, n_devices, parallelism, args.steps, args.warmup)
+            timing = _measure(cfg, n_devices, parallelism, documents, args.steps, args.warmup)
         except Exception as e:  # noqa: BLE001 - a failing variant is recorded, the rest still run
             record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         else:
@@ -146,14 +154,14 @@ def run_benchmark(args) -> list[dict]:
 
 def _table(records: list[dict]) -> str:
     lines = [
-        "| preset | attention | remat | devices | parallelism | seq | batch | tokens/s | MFU "
-        "| step ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | attention | remat | devices | parallelism | documents | seq | batch | tokens/s "
+        "| MFU | step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         head = (
             f"| {r['preset']} | {r['attention']} | {r['remat']} | {r['devices']} | "
-            f"{r['parallelism']} | {r['seq_len']} | {r['global_batch']} |"
+            f"{r['parallelism']} | {r['documents']} | {r['seq_len']} | {r['global_batch']} |"
         )
         if "error" in r:
             lines.append(f"{head} error: {r['error'][:60]} | | |")
@@ -192,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         default="fsdp",
         help="comma-separated subset of fsdp (params sharded over devices), data (replicated)",
     )
+    parser.add_argument(
+        "--documents",
+        default="packed",
+        help="comma-separated subset of packed (several documents per row, masked by segment "
+        "ids), single (one document per row: causal + ALiBi only)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
     parser.add_argument(
@@ -220,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [p for p in args.parallelism if p not in ("fsdp", "data")]
     if bad:
         parser.error(f"--parallelism: unknown {bad}; choose from fsdp, data")
+    args.documents = args.documents.split(",")
+    bad = [d for d in args.documents if d not in ("packed", "single")]
+    if bad:
+        parser.error(f"--documents: unknown {bad}; choose from packed, single")
     args.devices = (
         [int(n) for n in args.devices.split(",")] if args.devices else [len(jax.devices())]
     )

@@ -59,7 +59,7 @@ class Attention(nnx.Module):
         self.qkv = _dense(cfg, cfg.d_model, 3 * cfg.d_model, cfg.init_std, rngs)
         self.out = _dense(cfg, cfg.d_model, cfg.d_model, _residual_std(cfg), rngs)
 
-    def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
+    def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array | None) -> jax.Array:
         cfg = self.cfg
         batch, seq, _ = x_BSD.shape
         qkv_BS3HK = self.qkv(x_BSD).reshape(batch, seq, 3, cfg.n_heads, cfg.head_dim)
@@ -98,12 +98,12 @@ class Block(nnx.Module):
         self.ln_mlp = _norm(cfg, rngs)
         self.mlp = SwiGLU(cfg, rngs)
 
-    def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
+    def __call__(self, x_BSD: jax.Array, segment_ids_BS: jax.Array | None) -> jax.Array:
         x_BSD = x_BSD + self.attn(self.ln_attn(x_BSD), segment_ids_BS)
         return x_BSD + self.mlp(self.ln_mlp(x_BSD))
 
 
-def _apply_block(block: Block, x_BSD: jax.Array, segment_ids_BS: jax.Array) -> jax.Array:
+def _apply_block(block: Block, x_BSD: jax.Array, segment_ids_BS: jax.Array | None) -> jax.Array:
     return block(x_BSD, segment_ids_BS)
 
 
@@ -133,13 +133,13 @@ class LM(nnx.Module):
     def logits_from_embeddings(
         self,
         x_BSD: jax.Array,
-        segment_ids_BS: jax.Array,
+        segment_ids_BS: jax.Array | None = None,
         *,
         activation_sharding: jax.sharding.Sharding | None = None,
     ) -> jax.Array:
         """Runs the blocks and the tied output layer on [batch, seq, d_model] embeddings."""
         cfg = self.cfg
-        if segment_ids_BS.shape != x_BSD.shape[:2]:
+        if segment_ids_BS is not None and segment_ids_BS.shape != x_BSD.shape[:2]:
             raise ValueError(
                 f"segment_ids shape {segment_ids_BS.shape} must be [batch, seq] = {x_BSD.shape[:2]}"
             )
@@ -181,8 +181,6 @@ class LM(nnx.Module):
           float32 [batch, seq, padded_vocab_size]; padded vocabulary rows are -inf.
         """
         x_BSD = self.embed_tokens(tokens_BS)
-        if segment_ids_BS is None:
-            segment_ids_BS = jnp.ones(tokens_BS.shape, jnp.int32)
         return self.logits_from_embeddings(
             x_BSD, segment_ids_BS, activation_sharding=activation_sharding
         )

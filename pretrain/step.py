@@ -32,14 +32,14 @@ def loss_terms(graphdef, params, batch, activation_sharding=None):
     """Summed next-token loss of one batch and its per-source breakdown.
 
     Args:
-      batch: dict of int32 [batch, seq] arrays: tokens, targets (-1 = no loss), segment_ids,
-        source_ids (index into data.SOURCES).
+      batch: dict of int32 [batch, seq] arrays: tokens, targets (-1 = no loss), source_ids
+        (index into data.SOURCES) and segment_ids (optional: without, one document per row).
     Returns:
       (loss_sum f32 [], token_count f32 [], per_source_sum f32 [7], per_source_count f32 [7]).
     """
     model = nnx.merge(graphdef, params)
     logits_BSV = model(
-        batch["tokens"], batch["segment_ids"], activation_sharding=activation_sharding
+        batch["tokens"], batch.get("segment_ids"), activation_sharding=activation_sharding
     )
     targets_BS = batch["targets"]
     valid_BS = targets_BS >= 0

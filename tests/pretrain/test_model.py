@@ -128,3 +128,12 @@ def test_bad_inputs_are_clear_errors():
         model(jnp.zeros((4,), jnp.int32))
     with pytest.raises(ValueError, match="segment_ids shape"):
         model(jnp.ones((1, 8), jnp.int32), jnp.ones((1, 7), jnp.int32))
+
+
+@pytest.mark.parametrize("attention", ["reference", "xla"])
+def test_no_segment_ids_means_one_document_per_row(attention):
+    model = _model(attention=attention)
+    tokens = jax.random.randint(jax.random.key(6), (2, 12), 0, 4096)
+    without = _logits(model, tokens, None)
+    with_ones = _logits(model, tokens, jnp.ones((2, 12), jnp.int32))
+    np.testing.assert_allclose(np.asarray(without), np.asarray(with_ones), atol=1e-5)
