@@ -135,6 +135,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="first 8 checks only")
+    ap.add_argument("--ablation", action="store_true",
+                    help="only the ping-pong x overlap ablation at D=64/128, S=4096 (no peers)")
     args = ap.parse_args()
     print(jax.__version__, jax.devices(), flush=True)
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,power.draw",
@@ -171,7 +173,7 @@ def main():
         checks = checks[:4]
     if args.sweep:
         checks = checks[:8]
-    if not args.skip_checks:
+    if not args.skip_checks and not args.ablation:
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -202,12 +204,14 @@ def main():
     }
     if args.quick:
         sweep = {128: sweep[128][:2]}
+    if args.ablation:
+        sweep = {64: sweep[64][:4], 128: sweep[128][:4]}
     best = {}
     for d, vs in sweep.items():
         for causal in (False, True):
             if d != 128 and causal:
                 continue
-            r = bench(d, 4096, causal, f16, vs)
+            r = bench(d, 4096, causal, f16, vs, peers=not args.ablation)
             print(r, flush=True)
             report["bench"].append(r)
             save()
@@ -217,6 +221,8 @@ def main():
                 best[d, causal] = dict(vs)[max(ours, key=ours.get)]
     grid = [(64, 1024, True), (64, 16384, False), (128, 1024, False), (128, 16384, True),
             (256, 1024, True), (256, 16384, True), (128, 4096, True)]
+    if args.ablation:
+        grid, best = [], {}
     for d, s, causal in grid:
         cfg = best.get((d, causal), best.get((d, False)))
         if cfg is None:
