@@ -260,7 +260,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ),
     ),
     "125m": (
-        ModelConfig(d_model=768, n_layers=12, n_heads=12, d_ff=_ffn(768)),
+        ModelConfig(d_model=768, n_layers=12, n_heads=12, d_ff=_ffn(768), remat="dots"),
         TrainConfig(
             global_batch=256,
             microbatches=8,  # 32 sequences per microbatch (one GPU)
@@ -273,7 +273,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ),
     ),
     "350m": (
-        ModelConfig(d_model=1024, n_layers=24, n_heads=16, d_ff=_ffn(1024)),
+        ModelConfig(d_model=1024, n_layers=24, n_heads=16, d_ff=_ffn(1024), remat="dots"),
         TrainConfig(
             global_batch=256,
             microbatches=16,  # 16 sequences per microbatch (one GPU)
@@ -286,7 +286,13 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ),
     ),
     "1.3b": (
-        ModelConfig(d_model=2048, n_layers=24, n_heads=16, d_ff=5461),
+        ModelConfig(
+            d_model=2048,
+            n_layers=24,
+            n_heads=16,
+            d_ff=5461,
+            remat="dots",  # 8 × 2048-token microbatch: ~44 GB by XLA's CPU estimate (full: ~32)
+        ),
         TrainConfig(
             global_batch=512,
             microbatches=64,  # 8 sequences per microbatch (one GPU)
