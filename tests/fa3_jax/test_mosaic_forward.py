@@ -19,7 +19,12 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
 import fa3_jax
 from fa3_jax import _mosaic
-from fa3_jax.config import ForwardConfig
+from fa3_jax.config import (
+    ForwardConfig,
+    check_forward_fits,
+    forward_config,
+    forward_search_space,
+)
 from fa3_jax.masks import MaskSpec
 from tests.fa3_jax import attention_base
 from tests.fa3_jax.attention_base import ATOL, AttentionTestBase, Case, assert_close, make_inputs
@@ -143,6 +148,27 @@ def test_unsupported_reasons():
     bm = fa3_jax.BlockMask(jnp.ones((2, 1, 1), bool), 32, 32)
     kw["block_mask"] = bm
     assert "multiples of 64" in _mosaic.forward_unsupported_reason(q16, q16, q16, **kw)
+
+
+@pytest.mark.parametrize("bad", [dict(block_q=128), dict(block_kv=96), dict(num_stages=1),
+                                 dict(consumer_registers=250),
+                                 dict(consumer_registers=256, producer_registers=64)])
+def test_forward_config_validation(bad):
+    with pytest.raises(ValueError, match="ForwardConfig"):
+        ForwardConfig(**bad)
+
+
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
+def test_forward_configs_fit_shared_memory(head_dim):
+    for causal in (False, True):
+        check_forward_fits(forward_config(head_dim, jnp.bfloat16, causal=causal), head_dim, 2)
+        check_forward_fits(forward_config(head_dim, jnp.float16, interpret=True), head_dim, 2)
+    space = forward_search_space(head_dim)
+    assert space, "empty search space"
+    for config in space:
+        check_forward_fits(config, head_dim, 2)
+    with pytest.raises(ValueError, match="shared memory"):
+        check_forward_fits(ForwardConfig(block_kv=256, num_stages=8), head_dim, 2)
 
 
 # ---------------------------------------------------------------------------
