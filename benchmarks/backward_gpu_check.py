@@ -133,6 +133,8 @@ def main():
         "regs": base,
         "defer": dataclasses.replace(base, defer_release=True),
         "defer-kv128": dataclasses.replace(base, defer_release=True, block_kv_dq=128),
+        "overlap-kv128": dataclasses.replace(base, defer_release=True, block_kv_dq=128,
+                                             overlap=True),
         "defer-q128": dataclasses.replace(base, defer_release=True, block_q_dkv=128),  # D=64
     }
     masked = dict(window=(300, 0), softcap=20.0, alibi=True, segments=True)
@@ -144,6 +146,7 @@ def main():
         ("defer-kv128", (2, 1000, 4, 2, 128, jnp.bfloat16, True), masked),
         ("defer-kv128", (1, 2048, 4, 4, 64, jnp.float16, False), {}),
         ("defer-q128", (1, 2048, 4, 4, 64, jnp.float16, True), masked),
+        ("overlap-kv128", (2, 1000, 4, 2, 128, jnp.float16, True), masked),
         ("wgs1", (1, 1000, 4, 2, 128, jnp.float16, True), masked),
     ]
     cfgs = dict(variants, wgs1=dataclasses.replace(base, compute_wgs=1, defer_release=True))

@@ -191,6 +191,9 @@ class BackwardConfig:
       defer_release: release a ring slot one step late, after the next step's
         score wgmmas (which wait for the earlier ones) instead of waiting for the
         dV/dK (dQ) wgmmas right away, so the tensor cores run them back to back.
+      overlap: dQ kernel only: issue the next step's S and dP wgmmas before this
+        step's softmax (FA3's intra-warpgroup overlap; one extra kv tile per CTA
+        is loaded and its scores dropped).
     """
 
     block_q_dkv: int = 64
@@ -201,6 +204,7 @@ class BackwardConfig:
     compute_wgs: int = 2
     register_operands: bool = False
     defer_release: bool = False
+    overlap: bool = False
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):
@@ -213,6 +217,9 @@ class BackwardConfig:
             raise ValueError(f"BackwardConfig.stages must be an int >= 1, got {self.stages!r}")
         if self.compute_wgs not in (1, 2):
             raise ValueError(f"BackwardConfig.compute_wgs must be 1 or 2, got {self.compute_wgs!r}")
+        if self.overlap and self.stages < 2:
+            raise ValueError("BackwardConfig.overlap needs stages >= 2 (the next tile must be "
+                             f"in flight), got stages={self.stages}")
 
     @property
     def tile_kv_dkv(self) -> int:

@@ -38,6 +38,7 @@ class _Shapes:
     meta_h: int
     slope_b: int
     n_q_tiles: int
+    n_cols: int  # kv tiles per row of the metadata
 
 
 def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
@@ -66,7 +67,10 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
     def _producer():
         plgpu.set_max_registers(40, action="decrease")
 
-        @pl.loop(0, n_steps)
+        # With overlap the consumers read one tile past the walk (see walk_overlapped).
+        n_loads = n_steps + 1 if cfg.overlap else n_steps
+
+        @pl.loop(0, n_loads)
         def _(step):
             slot = lax.rem(step, stages)
 
@@ -74,7 +78,9 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             def _():
                 plgpu.barrier_wait(consumed_bar.at[slot])
 
-            rows = pl.ds(index_ref[mb, mh, q_tile, step] * bk, bk)
+            # Entries past count repeat the last valid index: in bounds.
+            col = jnp.minimum(step, shp.n_cols - 1)
+            rows = pl.ds(index_ref[mb, mh, q_tile, col] * bk, bk)
             bar = full_bar.at[slot]
             plgpu.copy_gmem_to_smem(k_ref.at[b, rows, h_kv], k_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(v_ref.at[b, rows, h_kv], v_smem.at[slot], bar)
@@ -82,7 +88,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 plgpu.copy_gmem_to_smem(kseg_ref.at[b, rows], kseg_smem.at[slot], bar)
 
         # Observe the consumers' last release of every slot before exiting.
-        @pl.loop(jnp.maximum(n_steps - stages, 0), n_steps)
+        @pl.loop(jnp.maximum(n_loads - stages, 0), n_loads)
         def _(step):
             plgpu.barrier_wait(consumed_bar.at[lax.rem(step, stages)])
 
@@ -110,23 +116,42 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             q_seg = lax.broadcast_in_dim(plgpu.load(qseg_smem.at[wg], layout=row), (bq, bk), [0])
         slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
 
-        def accumulate(dq_acc):
+        score_accs = (plgpu.ACC((bq, bk), jnp.float32), plgpu.ACC((bq, bk), jnp.float32))
+
+        def issue_scores(slot, s_acc, dp_acc):
+            plgpu.wgmma(s_acc, q_smem.at[wg], k_smem.at[slot].T)
+            plgpu.wgmma(dp_acc, do_smem.at[wg], v_smem.at[slot].T)
+
+        def issue_dq(dq_acc, step, slot, qk, dp):
+            """Softmax recomputation and dS of one step; issues dQ += dS K (no wait)."""
+            kj = index_ref[mb, mh, q_tile, step]
+            part = None if not masked else partial_ref[mb, mh, q_tile, step]
+            k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
+            k_seg = None
+            if params.has_segments:
+                k_seg = lax.broadcast_in_dim(
+                    plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1])
+            _, ds = probs_and_dlogits(
+                params, qk, dp, lse2, delta, q_pos, k_pos,
+                slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
+            if cfg.register_operands:
+                ds_op = ds.astype(dtype)
+            else:
+                ds_smem.at[wg][...] = ds.astype(dtype)
+                plgpu.commit_smem()
+                ds_op = ds_smem.at[wg]
+            plgpu.wgmma(dq_acc, ds_op, k_smem.at[slot])
+
+        def walk(dq_acc):
             def step_body(step, prev_slot):
                 slot = lax.rem(step, stages)
                 plgpu.barrier_wait(full_bar.at[slot])
-                kj = index_ref[mb, mh, q_tile, step]
-                part = None if not masked else partial_ref[mb, mh, q_tile, step]
 
-                def scores(acc_refs):
-                    s_acc, dp_acc = acc_refs
-                    plgpu.wgmma(s_acc, q_smem.at[wg], k_smem.at[slot].T)
-                    plgpu.wgmma(dp_acc, do_smem.at[wg], v_smem.at[slot].T)
-                    return s_acc[...], dp_acc[...]
+                def scores(accs):
+                    issue_scores(slot, *accs)
+                    return accs[0][...], accs[1][...]
 
-                qk, dp = pl.run_scoped(
-                    scores,
-                    (plgpu.ACC((bq, bk), jnp.float32), plgpu.ACC((bq, bk), jnp.float32)),
-                )
+                qk, dp = pl.run_scoped(scores, score_accs)
                 if cfg.defer_release:
                     # Reading S waited for every earlier wgmma, including the
                     # previous step's dQ: its slot can be released now.
@@ -134,33 +159,51 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     def _():
                         plgpu.barrier_arrive(consumed_bar.at[prev_slot])
 
-                k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
-                k_seg = None
-                if params.has_segments:
-                    k_seg = lax.broadcast_in_dim(
-                        plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1])
-                _, ds = probs_and_dlogits(
-                    params, qk, dp, lse2, delta, q_pos, k_pos,
-                    slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
-                if cfg.register_operands:
-                    ds_op = ds.astype(dtype)
-                else:
-                    ds_smem.at[wg][...] = ds.astype(dtype)
-                    plgpu.commit_smem()
-                    ds_op = ds_smem.at[wg]
-                plgpu.wgmma(dq_acc, ds_op, k_smem.at[slot])
+                issue_dq(dq_acc, step, slot, qk, dp)
                 if not cfg.defer_release:
                     plgpu.wgmma_wait(0)
                     plgpu.barrier_arrive(consumed_bar.at[slot])
                 return slot
 
             last_slot = lax.fori_loop(0, n_steps, step_body, jnp.int32(0))
-            dq = dq_acc[...] * params.softmax_scale
+            dq = dq_acc[...]
             if cfg.defer_release:
                 @pl.when(n_steps > 0)
                 def _():
                     plgpu.barrier_arrive(consumed_bar.at[last_slot])
+            return dq
 
+        def walk_overlapped(dq_acc):
+            """Step t's softmax runs while the tensor cores compute S, dP of step t+1.
+
+            The producer loads one extra (harmless, in-bounds) kv tile so step
+            t+1 always exists; its scores are computed and dropped.
+            """
+            plgpu.barrier_wait(full_bar.at[0])
+
+            def first(accs):
+                issue_scores(0, *accs)
+                return accs[0][...], accs[1][...]
+
+            def step_body(step, carry):
+                slot, next_slot = lax.rem(step, stages), lax.rem(step + 1, stages)
+                plgpu.barrier_wait(full_bar.at[next_slot])
+
+                def overlapped(accs):
+                    issue_scores(next_slot, *accs)
+                    issue_dq(dq_acc, step, slot, *carry)
+                    return accs[0][...], accs[1][...]  # waits for dQ of this step too
+
+                scores = pl.run_scoped(overlapped, score_accs)
+                plgpu.barrier_arrive(consumed_bar.at[slot])
+                return scores
+
+            lax.fori_loop(0, n_steps, step_body, pl.run_scoped(first, score_accs))
+            plgpu.barrier_arrive(consumed_bar.at[lax.rem(n_steps, stages)])
+            return dq_acc[...]
+
+        def accumulate(dq_acc):
+            dq = (walk_overlapped if cfg.overlap else walk)(dq_acc) * params.softmax_scale
             # Q is no longer read: reuse its tile to stage the result.
             q_smem.at[wg][...] = dq.astype(dtype)
             plgpu.commit_smem()
@@ -191,7 +234,8 @@ def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
     dtype = q.dtype
     bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
     shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
-                  1 if slopes is None else slopes.shape[0], meta.n_rows)
+                  1 if slopes is None else slopes.shape[0], meta.n_rows,
+                  meta.n_cols)
     tr = smem_transforms(jnp.dtype(dtype).itemsize)
     seg = params.has_segments
     scratch = (

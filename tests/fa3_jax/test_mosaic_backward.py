@@ -164,8 +164,9 @@ def test_deterministic_bit_identical():
     [
         BackwardConfig(defer_release=True, block_kv_dq=128, stages=3),
         BackwardConfig(defer_release=True, block_q_dkv=128, compute_wgs=1),
+        BackwardConfig(overlap=True, block_kv_dq=128),
     ],
-    ids=["defer-kv128-stages3", "defer-q128-wgs1"],
+    ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
@@ -231,6 +232,8 @@ def test_config_validation_and_heuristic():
         BackwardConfig(compute_wgs=3)
     with pytest.raises(ValueError, match="stages"):
         BackwardConfig(stages=0)
+    with pytest.raises(ValueError, match="overlap"):
+        BackwardConfig(overlap=True, stages=1)
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
     assert default_backward_config(128, bm).compute_wgs == 1
