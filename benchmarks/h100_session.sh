@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device call = one stage: `bash benchmarks/h100_session.sh STAGE` from the repo root on the GPU machine.
+# Writes logs and JSON under $OUT (and benchmarks/results/ via the benchmarks' --out).
+set -uo pipefail
+export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
+stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
+python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+if ls .whl/*.whl >/dev/null 2>&1; then pip install -q --no-deps --no-index .whl/*.whl 2>&1 | tail -2; fi
+grid=(--head-dims 64,128,256 --seqlens 1024,4096,16384 --causal no,yes --iters 20 --repeats 3)
+case "$stage" in
+  gpu-tests) python -m pytest -q -m gpu -x tests/fa3_jax 2>&1 | tail -25 ;;
+  fwd) python -m fa3_jax.benchmark --mode fwd --dtype fp16,bf16 "${grid[@]}" \
+         --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd 2>&1 | tail -60 ;;
+  bwd) python -m fa3_jax.benchmark --mode bwd --dtype fp16,bf16 --head-dims 64,128 \
+         --seqlens 1024,4096,16384 --causal no,yes --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
+         --tag h100-bwd 2>&1 | tail -40 ;;
+  masks) python -m fa3_jax.benchmark --mode fwd,bwd --dtype bf16 --head-dims 128 --seqlens 16384 --causal yes \
+         --masks none,window,segments --impls fa3_jax,cudnn --tag h100-masks-causal 2>&1 | tail -12
+         python -m fa3_jax.benchmark --mode fwd,bwd --dtype bf16 --head-dims 128 --seqlens 16384 --causal no \
+         --masks none,block_sparse:0.2,block_sparse:0.5,block_sparse:0.8 --impls fa3_jax,cudnn \
+         --tag h100-masks-sparse 2>&1 | tail -12 ;;
+  pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tail -20 ;;
+  *) echo "unknown stage $stage"; exit 2 ;;
+esac
+cp benchmarks/results/*h100* benchmarks/results/pretrain_* "$OUT/" 2>/dev/null || true
