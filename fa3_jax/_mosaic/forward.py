@@ -105,8 +105,14 @@ def _kernel(st: ForwardStatic, dims, *refs):
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
         row0 = qt * cfg.tile_q + wg * bq
         plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row0, bq), h], q_smem.at[wg], q_bar.at[wg])
-        q_pos = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 0, layout=plgpu.Layout.WGMMA) + row0
-        col_iota = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 1, layout=plgpu.Layout.WGMMA)
+
+        def positions(kv_tile):
+            """Query/key positions of a tile, rebuilt where used (not live across the loop)."""
+            iota = functools.partial(
+                plgpu.broadcasted_iota, jnp.int32, (bq, bkv), layout=plgpu.Layout.WGMMA
+            )
+            return iota(0) + row0, iota(1) + kv_tile * bkv
+
         if st.has_segments:
             plgpu.copy_gmem_to_smem(
                 q_seg_ref.at[b, pl.ds(row0, bq)], q_seg_smem.at[wg], seg_bar.at[wg]
@@ -148,14 +154,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
             kv_tile, is_partial = info
             if fold is None:
                 s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
-            k_pos = col_iota + kv_tile * bkv
             if st.has_alibi:
-                s = s + alibi_base2(q_pos, k_pos, slope, spec=st.spec)
+                s = s + alibi_base2(*positions(kv_tile), slope, spec=st.spec)
             if not masked:
                 return s
 
             def apply_masks(s):
-                visible = positional_visible(q_pos, k_pos, spec=st.spec)
+                visible = positional_visible(*positions(kv_tile), spec=st.spec)
                 if st.has_segments:
                     visible = visible & (q_seg == kv_seg)
                 if st.element_block_mask is not None:
