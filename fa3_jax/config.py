@@ -191,9 +191,10 @@ class BackwardConfig:
       defer_release: release a ring slot one step late, after the next step's
         score wgmmas (which wait for the earlier ones) instead of waiting for the
         dV/dK (dQ) wgmmas right away, so the tensor cores run them back to back.
-      overlap: dQ kernel only: issue the next step's S and dP wgmmas before this
-        step's softmax (FA3's intra-warpgroup overlap; one extra kv tile per CTA
-        is loaded and its scores dropped).
+      overlap: issue the next step's S and dP wgmmas before this step's softmax
+        (FA3's intra-warpgroup overlap; one extra tile per CTA is loaded and its
+        scores dropped). dQ kernel always; dK/dV kernel at head_dim 64 only
+        (registers).
     """
 
     block_q_dkv: int = 64

@@ -59,6 +59,9 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
     group = shp.group
+    # Look-ahead scores need a second pair of score tiles in registers next to
+    # the fp32 dK/dV accumulators: only affordable at head_dim 64.
+    overlap = cfg.overlap and shp.head_dim <= 64
     kv_tile = lax.axis_index("kv")
     h_kv = lax.axis_index("head")
     b = lax.axis_index("batch")
@@ -89,15 +92,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
     def _producer():
         plgpu.set_max_registers(40, action="decrease")
 
-        def issue(g, t, step, _):
+        def load(step, hq, qi):
             slot = lax.rem(step, stages)
 
             @pl.when(step >= stages)
             def _():
                 plgpu.barrier_wait(consumed_bar.at[slot])
 
-            hq = head_q(g)
-            qi = index_ref[mb, meta_h(g), kv_tile, t]
             rows = pl.ds(qi * bq, bq)
             bar = full_bar.at[slot]
             plgpu.copy_gmem_to_smem(q_ref.at[b, rows, hq], q_smem.at[slot], bar)
@@ -106,12 +107,20 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows], delta_smem.at[slot], bar)
             if params.has_segments:
                 plgpu.copy_gmem_to_smem(qseg_ref.at[b, rows], qseg_smem.at[slot], bar)
+
+        def issue(g, t, step, _):
+            load(step, head_q(g), index_ref[mb, meta_h(g), kv_tile, t])
             return 0
 
         steps, _ = walk(issue, 0)
+        n_loads = steps
+        if overlap:
+            # One extra, in-bounds q tile: the consumers' look-ahead past the walk.
+            load(steps, head_q(0), index_ref[mb, meta_h(0), kv_tile, 0])
+            n_loads = steps + 1
 
         # Observe the consumers' last release of every slot before exiting.
-        @pl.loop(jnp.maximum(steps - stages, 0), steps)
+        @pl.loop(jnp.maximum(n_loads - stages, 0), n_loads)
         def _(step):
             plgpu.barrier_wait(consumed_bar.at[lax.rem(step, stages)])
 
@@ -133,24 +142,52 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             k_seg_col = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
             k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
 
-        def accumulate(dk_acc, dv_acc):
+        score_accs = (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32))
+
+        def issue_scores(slot, s_acc, dp_acc):
+            plgpu.wgmma(s_acc, k_smem.at[wg], q_smem.at[slot].T)
+            plgpu.wgmma(dp_acc, v_smem.at[wg], do_smem.at[slot].T)
+
+        def scores_now(slot):
+            def run(accs):
+                issue_scores(slot, *accs)
+                return accs[0][...], accs[1][...]
+
+            return pl.run_scoped(run, score_accs)
+
+        def issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp):
+            """Softmax recomputation and dS^T of one step; issues dV, dK wgmmas (no wait)."""
+            hq = head_q(g)
+            qi = index_ref[mb, meta_h(g), kv_tile, t]
+            part = None if not masked else partial_ref[mb, meta_h(g), kv_tile, t]
+            lse2 = lax.broadcast_in_dim(
+                plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+            delta = lax.broadcast_in_dim(
+                plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+            q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
+            q_seg = None
+            if params.has_segments:
+                q_seg = lax.broadcast_in_dim(
+                    plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+            slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
+            p, ds = probs_and_dlogits(
+                params, qk, dp, lse2, delta, q_pos, k_pos,
+                slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
+            if cfg.register_operands:
+                p_op, ds_op = p.astype(dtype), ds.astype(dtype)
+            else:
+                p_smem.at[wg][...] = p.astype(dtype)
+                ds_smem.at[wg][...] = ds.astype(dtype)
+                plgpu.commit_smem()
+                p_op, ds_op = p_smem.at[wg], ds_smem.at[wg]
+            plgpu.wgmma(dv_acc, p_op, do_smem.at[slot])
+            plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
+
+        def accumulate_plain(dk_acc, dv_acc):
             def step_body(g, t, step, prev_slot):
                 slot = lax.rem(step, stages)
-                hq = head_q(g)
                 plgpu.barrier_wait(full_bar.at[slot])
-                qi = index_ref[mb, meta_h(g), kv_tile, t]
-                part = None if not masked else partial_ref[mb, meta_h(g), kv_tile, t]
-
-                def scores(acc_refs):
-                    s_acc, dp_acc = acc_refs
-                    plgpu.wgmma(s_acc, k_smem.at[wg], q_smem.at[slot].T)
-                    plgpu.wgmma(dp_acc, v_smem.at[wg], do_smem.at[slot].T)
-                    return s_acc[...], dp_acc[...]
-
-                qk, dp = pl.run_scoped(
-                    scores,
-                    (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32)),
-                )
+                qk, dp = scores_now(slot)
                 if cfg.defer_release:
                     # Reading S^T waited for every earlier wgmma, including the
                     # previous step's dV/dK: its slot can be released now.
@@ -158,41 +195,44 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     def _():
                         plgpu.barrier_arrive(consumed_bar.at[prev_slot])
 
-                lse2 = lax.broadcast_in_dim(
-                    plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
-                delta = lax.broadcast_in_dim(
-                    plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
-                q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
-                q_seg = None
-                if params.has_segments:
-                    q_seg = lax.broadcast_in_dim(
-                        plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
-                slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
-                p, ds = probs_and_dlogits(
-                    params, qk, dp, lse2, delta, q_pos, k_pos,
-                    slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
-                if cfg.register_operands:
-                    p_op, ds_op = p.astype(dtype), ds.astype(dtype)
-                else:
-                    p_smem.at[wg][...] = p.astype(dtype)
-                    ds_smem.at[wg][...] = ds.astype(dtype)
-                    plgpu.commit_smem()
-                    p_op, ds_op = p_smem.at[wg], ds_smem.at[wg]
-                plgpu.wgmma(dv_acc, p_op, do_smem.at[slot])
-                plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
+                issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp)
                 if not cfg.defer_release:
                     plgpu.wgmma_wait(0)
                     plgpu.barrier_arrive(consumed_bar.at[slot])
                 return slot
 
             steps, last_slot = walk(step_body, jnp.int32(0))
-            dk = dk_acc[...] * params.softmax_scale
-            dv = dv_acc[...]
+            dk, dv = dk_acc[...], dv_acc[...]
             if cfg.defer_release:
                 @pl.when(steps > 0)
                 def _():
                     plgpu.barrier_arrive(consumed_bar.at[last_slot])
+            return dk, dv
 
+        def accumulate_overlapped(dk_acc, dv_acc):
+            """Step t's softmax runs while the tensor cores compute S^T, dP^T of t+1."""
+            plgpu.barrier_wait(full_bar.at[0])
+
+            def step_body(g, t, step, carry):
+                slot, next_slot = lax.rem(step, stages), lax.rem(step + 1, stages)
+                plgpu.barrier_wait(full_bar.at[next_slot])
+
+                def overlapped(accs):
+                    issue_scores(next_slot, *accs)
+                    issue_dkdv(dk_acc, dv_acc, g, t, slot, *carry)
+                    return accs[0][...], accs[1][...]  # waits for this step's dV/dK too
+
+                scores = pl.run_scoped(overlapped, score_accs)
+                plgpu.barrier_arrive(consumed_bar.at[slot])
+                return scores
+
+            steps, _ = walk(step_body, scores_now(0))
+            plgpu.barrier_arrive(consumed_bar.at[lax.rem(steps, stages)])
+            return dk_acc[...], dv_acc[...]
+
+        def accumulate(dk_acc, dv_acc):
+            dk, dv = (accumulate_overlapped if overlap else accumulate_plain)(dk_acc, dv_acc)
+            dk = dk * params.softmax_scale
             # K/V tiles are no longer read: reuse them to stage the results.
             k_smem.at[wg][...] = dk.astype(dtype)
             v_smem.at[wg][...] = dv.astype(dtype)
