@@ -235,17 +235,18 @@ class BackwardConfig:
     def smem_bytes(self, head_dim: int, itemsize: int) -> dict[str, int]:
         """Shared memory each kernel needs (bytes), before Mosaic's own scratch."""
         d, s, w = head_dim, self.stages, self.compute_wgs
+        staged = 0 if self.register_operands else 1  # P/dS staging buffers
         dkdv = (
             2 * w * self.block_kv_dkv * d * itemsize  # K, V of the owned tile
             + 2 * s * self.block_q_dkv * d * itemsize  # Q, dO ring
             + 3 * s * self.block_q_dkv * 4  # lse, delta, q segment ids ring
-            + 2 * w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P^T, dS^T
+            + staged * 2 * w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P^T, dS^T
         )
         dq = (
             2 * w * self.block_q_dq * d * itemsize  # Q, dO of the owned tile
             + 2 * s * self.block_kv_dq * d * itemsize  # K, V ring
             + s * self.block_kv_dq * 4  # kv segment ids ring
-            + w * self.block_q_dq * self.block_kv_dq * itemsize  # dS
+            + staged * w * self.block_q_dq * self.block_kv_dq * itemsize  # dS
         )
         return {"dkdv": dkdv, "dq": dq}
 

@@ -53,7 +53,8 @@ def backward_unsupported_reason(q, k, v, *, spec: MaskSpec, softcap, has_alibi: 
             f"mosaic backward supports head_dim {_HEAD_DIMS}, got {head_dim} (256 does not fit: "
             "fp32 dK+dV accumulators of a 64-row tile need 256 registers per thread)"
         )
-    cfg = config or default_backward_config(head_dim, block_mask)
+    cfg = config or default_backward_config(head_dim, block_mask,
+                                            interpret=interpret_mode_active())
     need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize)
     for name, size in need.items():
         if size > SMEM_LIMIT_BYTES:
@@ -70,10 +71,9 @@ def backward_unsupported_reason(q, k, v, *, spec: MaskSpec, softcap, has_alibi: 
 
 
 def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: float,
-                 dlse_BHS=None,
-                 softcap: float | None = None, alibi_slopes_BH=None, segment_ids=None,
-                 block_mask: BlockMask | None = None, deterministic: bool = True,
-                 config: BackwardConfig | None = None):
+                 dlse_BHS=None, softcap: float | None = None, alibi_slopes_BH=None,
+                 segment_ids=None, block_mask: BlockMask | None = None,
+                 deterministic: bool = True, config: BackwardConfig | None = None):
     """Gradients of attention w.r.t. q, k, v.
 
     Args:

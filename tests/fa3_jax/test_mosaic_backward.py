@@ -237,7 +237,10 @@ def test_config_validation_and_heuristic():
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
     assert default_backward_config(128, bm).compute_wgs == 1
-    sizes = BackwardConfig().smem_bytes(128, 2)
+    staged = BackwardConfig().smem_bytes(128, 2)
+    in_registers = BackwardConfig(register_operands=True).smem_bytes(128, 2)
+    assert in_registers["dkdv"] < staged["dkdv"] and in_registers["dq"] < staged["dq"]
+    sizes = staged
     assert 0 < sizes["dkdv"] <= 227 * 1024 and 0 < sizes["dq"] <= 227 * 1024
 
 
