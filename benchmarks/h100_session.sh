@@ -7,12 +7,14 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
 stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
-if ls .whl/*.whl >/dev/null 2>&1; then pip install -q --no-deps --no-index .whl/*.whl 2>&1 | tail -2; fi
+if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tail -3; fi
 grid=(--head-dims 64,128,256 --seqlens 1024,4096,16384 --causal no,yes --iters 20 --repeats 3)
 case "$stage" in
-  gpu-tests) python -m pytest -q -m gpu -x tests/fa3_jax 2>&1 | tail -25 ;;
-  fwd) python -m fa3_jax.benchmark --mode fwd --dtype fp16,bf16 "${grid[@]}" \
-         --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd 2>&1 | tail -60 ;;
+  gpu-tests) timeout 200 python -m pytest -q -m gpu tests/fa3_jax 2>&1 | tail -25 ;;
+  fwd) python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${grid[@]}" \
+         --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16 2>&1 | tail -24
+       python -m fa3_jax.benchmark --mode fwd --dtype bf16 --head-dims 128 --seqlens 1024,4096,16384 \
+         --causal no,yes --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16 2>&1 | tail -10 ;;
   bwd) python -m fa3_jax.benchmark --mode bwd --dtype fp16,bf16 --head-dims 64,128 \
          --seqlens 1024,4096,16384 --causal no,yes --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
          --tag h100-bwd 2>&1 | tail -40 ;;
