@@ -139,8 +139,10 @@ def _jax_mgpu(problem, kwargs, dense):
     if problem.mode == "bwd" and problem.causal:
         raise ValueError("attention_mgpu has no causal backward")
     block_kv = 64 if problem.head_dim == 256 else 128
+    # Backward tiles as in JAX's own attention_mgpu tests (64 x 64 for both walks).
     config = mgpu.TuningConfig(block_q=64, block_kv=block_kv, max_concurrent_steps=2,
-                               causal=problem.causal)
+                               causal=problem.causal, block_q_dkv=64, block_kv_dkv=64,
+                               block_q_dq=64, block_kv_dq=64)
     scale = 1.0 / math.sqrt(problem.head_dim)
 
     def fn(q, k, v):

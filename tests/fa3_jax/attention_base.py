@@ -235,8 +235,10 @@ class AttentionTestBase:
         def loss(fn):
             return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * dl.astype(jnp.float32))
 
-        grads = jax.grad(loss(lambda q, k, v: self.attention(q, k, v, **kwargs)),
-                         argnums=(0, 1, 2))(ql, kl, vl)
+        # The custom_vjp backward is traced inside jax.grad: the context spans it too.
+        with self.context():
+            grads = jax.grad(loss(lambda q, k, v: self.attention(q, k, v, **kwargs)),
+                             argnums=(0, 1, 2))(ql, kl, vl)
         naive_fn = loss(lambda q, k, v: naive_attention(q, k, v, xp=jnp, **naive)[0])
         low = jax.grad(naive_fn, argnums=(0, 1, 2))(ql, kl, vl)
         with jax.enable_x64(True):

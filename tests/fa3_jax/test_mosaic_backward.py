@@ -77,10 +77,7 @@ class _MosaicBackwardBase(AttentionTestBase):
     def test_grad(self, grad_case, request, monkeypatch):
         spy = _CountingBackward(_mosaic.mha_backward)
         monkeypatch.setattr(_mosaic, "mha_backward", spy)
-        # The custom_vjp backward is traced inside jax.grad, after the forward
-        # call returned: the interpret-mode context must span the whole check.
-        with self.context():
-            super().test_grad(grad_case, request)
+        super().test_grad(grad_case, request)
         assert spy.calls == 1, "the Mosaic backward did not run (fell back to the reference)"
 
     test_jit_and_vmap_match_eager = None  # forward-only; covered by test_mosaic_forward.py

@@ -104,11 +104,6 @@ class TestMosaicForwardInterpret(_MosaicBase):
         races = interpret_pallas_call.get_races()
         assert races is None or not races.races_found, "race detected in the forward kernel"
 
-    def test_grad(self, grad_case, request):
-        # The backward pass is traced outside the forward's context: cover both.
-        with self.context():
-            super().test_grad(grad_case, request)
-
 
 _VARIANTS = [
     ForwardConfig(block_kv=64, p_in_smem=True, pingpong=p, overlap=o, num_stages=s)
