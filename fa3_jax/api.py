@@ -128,9 +128,7 @@ def _check_qkv(q, k, v):
             f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
         )
     if not q.shape[0] == k.shape[0] == v.shape[0]:
-        raise ValueError(
-            f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}"
-        )
+        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
     if k.shape[3] != q.shape[3]:
         raise ValueError(f"k's head_dim {k.shape[3]} must equal q's head_dim {q.shape[3]}")
     if v.shape[1] != k.shape[1]:
@@ -138,9 +136,7 @@ def _check_qkv(q, k, v):
     if v.shape[2] != k.shape[2]:
         raise ValueError(f"v's heads_kv {v.shape[2]} must equal k's heads_kv {k.shape[2]}")
     if q.shape[2] % k.shape[2]:
-        raise ValueError(
-            f"heads_q ({q.shape[2]}) must be a multiple of heads_kv ({k.shape[2]})"
-        )
+        raise ValueError(f"heads_q ({q.shape[2]}) must be a multiple of heads_kv ({k.shape[2]})")
 
 
 def _check_window(window_size):
@@ -275,7 +271,10 @@ def _attention_bwd(static, residuals, cotangents):
     q, k, v, slopes, segments, block_mask, out, lse = residuals
     dout, dlse = cotangents
     kwargs = _kwargs(static, slopes, segments, block_mask)
-    if static.implementation == "mosaic" and _mosaic_backward_reason(static, q, k, v, kwargs) is None:
+    if (
+        static.implementation == "mosaic"
+        and _mosaic_backward_reason(static, q, k, v, kwargs) is None
+    ):
         from fa3_jax import _mosaic
 
         kwargs["alibi_slopes_BH"] = kwargs.pop("alibi_slopes")

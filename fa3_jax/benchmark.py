@@ -109,8 +109,10 @@ def flops(problem: Problem, dense_mask) -> float:
 # ---------------------------------------------------------------- JAX implementations
 def _fa3(problem, kwargs, implementation):
     def fn(q, k, v):
-        return fa3_jax.attention(q, k, v, causal=problem.causal,
-                                 implementation=implementation, **kwargs)
+        return fa3_jax.attention(
+            q, k, v, causal=problem.causal, implementation=implementation, **kwargs
+        )
+
     return fn
 
 
@@ -118,14 +120,23 @@ def _cudnn(problem, kwargs, dense, implementation="cudnn"):
     if implementation == "xla" and problem.seq > 4096:
         raise ValueError("skipped: XLA materializes the S x S logits (too slow/large past 4096)")
     mask = None if dense is None or problem.mask == "window" else jnp.asarray(dense)
-    window = (WINDOW_LEFT, 0 if problem.causal else WINDOW_LEFT) if problem.mask == "window" else None
+    window = (
+        (WINDOW_LEFT, 0 if problem.causal else WINDOW_LEFT) if problem.mask == "window" else None
+    )
     if implementation == "cudnn" and problem.mask == "window" and not problem.causal:
         raise ValueError("cuDNN through JAX takes left-only (causal) windows")
 
     def fn(q, k, v):
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=problem.causal,
-                                            local_window_size=window,
-                                            implementation=implementation)
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=problem.causal,
+            local_window_size=window,
+            implementation=implementation,
+        )
+
     return fn
 
 
@@ -140,13 +151,21 @@ def _jax_mgpu(problem, kwargs, dense):
         raise ValueError("attention_mgpu has no causal backward")
     block_kv = 64 if problem.head_dim == 256 else 128
     # Backward tiles as in JAX's own attention_mgpu tests (64 x 64 for both walks).
-    config = mgpu.TuningConfig(block_q=64, block_kv=block_kv, max_concurrent_steps=2,
-                               causal=problem.causal, block_q_dkv=64, block_kv_dkv=64,
-                               block_q_dq=64, block_kv_dq=64)
+    config = mgpu.TuningConfig(
+        block_q=64,
+        block_kv=block_kv,
+        max_concurrent_steps=2,
+        causal=problem.causal,
+        block_q_dkv=64,
+        block_kv_dkv=64,
+        block_q_dq=64,
+        block_kv_dq=64,
+    )
     scale = 1.0 / math.sqrt(problem.head_dim)
 
     def fn(q, k, v):
         return mgpu.attention((q * scale).astype(q.dtype), k, v, config)
+
     return fn
 
 
@@ -200,6 +219,7 @@ def time_jax(impl, problem, masks, args):
 _TORCH_SCRIPT = r"""
 import json, sys, torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+sdpa = torch.nn.functional.scaled_dot_product_attention
 backends = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_fa2": SDPBackend.FLASH_ATTENTION}
 cfg = json.load(sys.stdin)
 def timed(fn):
@@ -221,14 +241,13 @@ for p in cfg["problems"]:
         rec = {"impl": impl, "key": p["key"]}
         try:
             with sdpa_kernel(backends[impl]):
-                f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=p["causal"])
-                fwd = timed(f)
+                fwd = timed(lambda: sdpa(q, k, v, is_causal=p["causal"]))
                 if p["mode"] == "fwd":
                     rec["ms"] = fwd
                 else:
                     qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
-                    g = lambda: torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=p["causal"]), (qq, kk, vv), do)
-                    rec["ms"] = timed(g) - fwd
+                    out = lambda: sdpa(qq, kk, vv, is_causal=p["causal"])
+                    rec["ms"] = timed(lambda: torch.autograd.grad(out(), (qq, kk, vv), do)) - fwd
         except Exception as e:
             rec["error"] = f"{type(e).__name__}: {e}"[:300]
         print(json.dumps(rec), flush=True)
@@ -243,8 +262,14 @@ def time_torch(impls, problems, args):
     cfg = dict(problems=todo, impls=list(impls), iters=args.iters, repeats=args.repeats)
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     try:
-        proc = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT], input=json.dumps(cfg),
-                              capture_output=True, text=True, env=env, timeout=args.torch_timeout)
+        proc = subprocess.run(
+            [sys.executable, "-c", _TORCH_SCRIPT],
+            input=json.dumps(cfg),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=args.torch_timeout,
+        )
     except subprocess.TimeoutExpired:
         return {(impl, t["key"]): "torch subprocess timed out" for impl in impls for t in todo}
     results = {}
@@ -260,7 +285,8 @@ def time_torch(impls, problems, args):
 def problems_from(args) -> list[Problem]:
     out = []
     for mode, dtype, d, s, causal, mask in itertools.product(
-            args.mode, args.dtype, args.head_dims, args.seqlens, args.causal, args.masks):
+        args.mode, args.dtype, args.head_dims, args.seqlens, args.causal, args.masks
+    ):
         if args.tokens % s or args.hidden % d:
             continue
         out.append(Problem(mode, dtype, args.tokens // s, s, args.hidden // d, d, causal, mask))
@@ -268,9 +294,20 @@ def problems_from(args) -> list[Problem]:
 
 
 def record(problem: Problem, impl: str, result, problem_flops: float, meta: dict) -> dict:
-    rec = dict(impl=impl, mode=problem.mode, dtype=problem.dtype, batch=problem.batch,
-               seq_q=problem.seq, seq_k=problem.seq, heads_q=problem.heads, heads_kv=problem.heads,
-               head_dim=problem.head_dim, causal=problem.causal, mask=problem.mask, **meta)
+    rec = dict(
+        impl=impl,
+        mode=problem.mode,
+        dtype=problem.dtype,
+        batch=problem.batch,
+        seq_q=problem.seq,
+        seq_k=problem.seq,
+        heads_q=problem.heads,
+        heads_kv=problem.heads,
+        head_dim=problem.head_dim,
+        causal=problem.causal,
+        mask=problem.mask,
+        **meta,
+    )
     if isinstance(result, str):
         rec["error"] = result
     else:
@@ -285,8 +322,12 @@ def _fmt(tflops: float) -> str:
 
 def markdown(records: list[dict], meta: dict) -> str:
     impls = [i for i in PEERS if any(r["impl"] == i for r in records)]
-    keys = sorted({(r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"])
-                   for r in records})
+    keys = sorted(
+        {
+            (r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"])
+            for r in records
+        }
+    )
     lines = [
         f"# Attention benchmark ({meta['device']}, {meta['date']})",
         "",
@@ -297,15 +338,21 @@ def markdown(records: list[dict], meta: dict) -> str:
         "|" + "---|" * (7 + len(impls)),
     ]
     for key in keys:
-        rows = {r["impl"]: r for r in records
-                if (r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"]) == key}
+        rows = {
+            r["impl"]: r
+            for r in records
+            if (r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"]) == key
+        }
         cells = [_fmt(rows[i]["tflops"]) if "tflops" in rows.get(i, {}) else "x" for i in impls]
         peers = [rows[i]["tflops"] for i in impls if i != "fa3_jax" and "tflops" in rows.get(i, {})]
         ours = rows.get("fa3_jax", {}).get("tflops")
         ratio = f"{ours / max(peers):.2f}" if ours and peers else "-"
         mode, dtype, d, causal, mask, s = key
-        lines.append(f"| {mode} | {dtype} | {d} | {'yes' if causal else 'no'} | {mask} | {s} | "
-                     + " | ".join(cells) + f" | {ratio} |")
+        lines.append(
+            f"| {mode} | {dtype} | {d} | {'yes' if causal else 'no'} | {mask} | {s} | "
+            + " | ".join(cells)
+            + f" | {ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -314,19 +361,33 @@ def _csv(kind):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fa3_jax.benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m fa3_jax.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--mode", type=_csv(str), default=["fwd", "bwd"], help="fwd,bwd")
     p.add_argument("--dtype", type=_csv(str), default=["fp16", "bf16"], help="fp16,bf16")
     p.add_argument("--head-dims", type=_csv(int), default=[64, 128, 256])
     p.add_argument("--seqlens", type=_csv(int), default=[512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--causal", type=_csv(lambda x: x in ("1", "yes", "true")),
-                   default=[False, True], help="no,yes")
-    p.add_argument("--masks", type=_csv(str), default=["none"],
-                   help="none,window,segments,block_sparse:0.2,...")
+    p.add_argument(
+        "--causal",
+        type=_csv(lambda x: x in ("1", "yes", "true")),
+        default=[False, True],
+        help="no,yes",
+    )
+    p.add_argument(
+        "--masks",
+        type=_csv(str),
+        default=["none"],
+        help="none,window,segments,block_sparse:0.2,...",
+    )
     p.add_argument("--impls", type=_csv(str), default=list(PEERS), help=",".join(PEERS))
-    p.add_argument("--fa3-implementation", default=None,
-                   help="force fa3_jax's implementation (mosaic|reference); default: its choice")
+    p.add_argument(
+        "--fa3-implementation",
+        default=None,
+        help="force fa3_jax's implementation (mosaic|reference); default: its choice",
+    )
     p.add_argument("--tokens", type=int, default=16384, help="batch * seq")
     p.add_argument("--hidden", type=int, default=2048, help="heads * head_dim")
     p.add_argument("--iters", type=int, default=20)
@@ -346,12 +407,19 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = jax.devices()[0]
     now = datetime.datetime.now(datetime.UTC)
-    fa3_impl = args.fa3_implementation or ("mosaic" if _platform.mosaic_available() else "reference")
-    meta = dict(device=device.device_kind, date=now.strftime("%Y-%m-%d"),
-                jax_version=jax.__version__,
-                command="python -m fa3_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(f"# {meta['device']} | jax {jax.__version__} | fa3_jax implementation: {fa3_impl}",
-          flush=True)
+    fa3_impl = args.fa3_implementation or (
+        "mosaic" if _platform.mosaic_available() else "reference"
+    )
+    meta = dict(
+        device=device.device_kind,
+        date=now.strftime("%Y-%m-%d"),
+        jax_version=jax.__version__,
+        command="python -m fa3_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    print(
+        f"# {meta['device']} | jax {jax.__version__} | fa3_jax implementation: {fa3_impl}",
+        flush=True,
+    )
     problems = problems_from(args)
     torch_impls = [i for i in args.impls if i.startswith("torch")]
     torch_results = {}
@@ -375,8 +443,11 @@ def main(argv=None) -> list[dict]:
             rec = record(problem, impl, result, problem_flops, {**meta, **extra})
             records.append(rec)
             shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]
-            print(f"{problem.mode} {problem.dtype} D{problem.head_dim} S{problem.seq} "
-                  f"causal={problem.causal} {problem.mask:<18} {impl:<12} {shown}", flush=True)
+            print(
+                f"{problem.mode} {problem.dtype} D{problem.head_dim} S{problem.seq} "
+                f"causal={problem.causal} {problem.mask:<18} {impl:<12} {shown}",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{now.strftime('%Y%m%d-%H%M')}-{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")

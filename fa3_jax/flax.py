@@ -35,9 +35,20 @@ def make_attention_fn(
     here (segment masks through :class:`Attention`).
     """
 
-    def attention_fn(query, key, value, bias=None, mask=None, *, dropout_rate=0.0,
-                     deterministic=True, dtype=None, is_causal=False, module=None,
-                     **unused: Any):
+    def attention_fn(
+        query,
+        key,
+        value,
+        bias=None,
+        mask=None,
+        *,
+        dropout_rate=0.0,
+        deterministic=True,
+        dtype=None,
+        is_causal=False,
+        module=None,
+        **unused: Any,
+    ):
         if bias is not None:
             raise ValueError("fa3_jax attention_fn takes no dense bias; use alibi_slopes/softcap")
         if mask is not None:
@@ -49,8 +60,16 @@ def make_attention_fn(
             raise NotImplementedError("fa3_jax attention has no attention dropout")
         if dtype is not None:
             query, key, value = (x.astype(dtype) for x in (query, key, value))
-        return attention(query, key, value, causal=causal or is_causal, window_size=window_size,
-                         alibi_slopes=alibi_slopes, softcap=softcap, implementation=implementation)
+        return attention(
+            query,
+            key,
+            value,
+            causal=causal or is_causal,
+            window_size=window_size,
+            alibi_slopes=alibi_slopes,
+            softcap=softcap,
+            implementation=implementation,
+        )
 
     return attention_fn
 
@@ -63,16 +82,28 @@ class Attention(nnx.Module):
     for ``num_heads``.
     """
 
-    def __init__(self, features: int, num_heads: int, *, num_kv_heads: int | None = None,
-                 head_dim: int | None = None, causal: bool = False,
-                 window_size: tuple[int | None, int | None] = (None, None), alibi: bool = False,
-                 softcap: float | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-                 implementation: str | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        causal: bool = False,
+        window_size: tuple[int | None, int | None] = (None, None),
+        alibi: bool = False,
+        softcap: float | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        implementation: str | None = None,
+        rngs: nnx.Rngs,
+    ):
         num_kv_heads = num_kv_heads or num_heads
         head_dim = head_dim or features // num_heads
         if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                             f"({num_kv_heads})")
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+            )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.causal, self.window_size, self.softcap = causal, window_size, softcap
         self.implementation, self.dtype = implementation, dtype
@@ -88,8 +119,15 @@ class Attention(nnx.Module):
         q_BSHD = self.q_proj(x_BSF).reshape(batch, seq, self.num_heads, self.head_dim)
         k_BSHD = self.k_proj(x_BSF).reshape(batch, seq, self.num_kv_heads, self.head_dim)
         v_BSHD = self.v_proj(x_BSF).reshape(batch, seq, self.num_kv_heads, self.head_dim)
-        out_BSHD = attention(q_BSHD, k_BSHD, v_BSHD, causal=self.causal,
-                             window_size=self.window_size, alibi_slopes=self.alibi_slopes,
-                             softcap=self.softcap, segment_ids=segment_ids,
-                             implementation=self.implementation)
+        out_BSHD = attention(
+            q_BSHD,
+            k_BSHD,
+            v_BSHD,
+            causal=self.causal,
+            window_size=self.window_size,
+            alibi_slopes=self.alibi_slopes,
+            softcap=self.softcap,
+            segment_ids=segment_ids,
+            implementation=self.implementation,
+        )
         return self.out_proj(out_BSHD.reshape(batch, seq, self.num_heads * self.head_dim))

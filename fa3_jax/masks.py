@@ -68,9 +68,7 @@ class MaskSpec:
         for name in ("window_left", "window_right"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(
-                    f"MaskSpec.{name} must be None or an int >= 0, got {value!r}"
-                )
+                raise ValueError(f"MaskSpec.{name} must be None or an int >= 0, got {value!r}")
 
     @property
     def offset(self) -> int:
@@ -134,7 +132,9 @@ class BlockMask:
         nq, nk = -(-seq_q // self.block_q), -(-seq_k // self.block_k)
         expected = f"[{heads} or 1, {nq}, {nk}] or [{batch} or 1, {heads} or 1, {nq}, {nk}]"
         if len(shape) not in (3, 4):
-            raise ValueError(f"block_mask.mask must have rank 3 or 4, expected {expected}, got {shape}")
+            raise ValueError(
+                f"block_mask.mask must have rank 3 or 4, expected {expected}, got {shape}"
+            )
         mask = self.mask if len(shape) == 4 else self.mask[None]
         b, h, q, k = np.shape(mask)
         if (q, k) != (nq, nk) or b not in (1, batch) or h not in (1, heads):

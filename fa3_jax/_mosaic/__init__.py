@@ -1,4 +1,4 @@
-"""Pallas Mosaic GPU (Hopper) attention kernels behind ``fa3_jax.attention(implementation="mosaic")``.
+"""Pallas Mosaic GPU (Hopper) kernels behind ``attention(implementation="mosaic")``.
 
 ``forward_unsupported_reason`` says why the forward kernel cannot serve some
 inputs (None when it can); ``mha_forward`` runs it. ``backward_unsupported_reason``

@@ -82,8 +82,9 @@ def make_inputs(case: Case, seed: int):
     q = normal(case.batch, case.seq_q, case.heads_q, case.head_dim)
     k = normal(case.batch, case.seq_k, case.heads_kv, case.head_dim)
     v = normal(case.batch, case.seq_k, case.heads_kv, dv)
-    kwargs = dict(causal=case.causal, window_size=case.window, softcap=case.softcap,
-                  softmax_scale=case.scale)
+    kwargs = dict(
+        causal=case.causal, window_size=case.window, softcap=case.softcap, softmax_scale=case.scale
+    )
     naive = dict(causal=case.causal, window=case.window, softcap=case.softcap, scale=case.scale)
     if case.alibi:
         shape = (case.heads_q,) if case.alibi == "head" else (case.batch, case.heads_q)
@@ -118,13 +119,20 @@ def _packed_ids(rng, batch, seq):
 
 CASES = [
     # dtypes x head dims, plain and causal, square
-    *[Case(dtype=dt, head_dim=d, causal=c)
-      for dt, d, c in itertools.product((jnp.float16, jnp.bfloat16, jnp.float32),
-                                        (64, 128, 256, 80), (False, True))],
+    *[
+        Case(dtype=dt, head_dim=d, causal=c)
+        for dt, d, c in itertools.product(
+            (jnp.float16, jnp.bfloat16, jnp.float32), (64, 128, 256, 80), (False, True)
+        )
+    ],
     # lengths, seq_q != seq_k, odd sizes
-    *[Case(seq_q=sq, seq_k=sk, causal=c)
-      for (sq, sk), c in itertools.product(((1, 1), (1, 17), (17, 17), (17, 300), (300, 128),
-                                            (128, 300), (300, 300)), (False, True))],
+    *[
+        Case(seq_q=sq, seq_k=sk, causal=c)
+        for (sq, sk), c in itertools.product(
+            ((1, 1), (1, 17), (17, 17), (17, 300), (300, 128), (128, 300), (300, 300)),
+            (False, True),
+        )
+    ],
     # GQA / MQA, head_dim_v != head_dim
     Case(heads_q=8, heads_kv=2, causal=True),
     Case(heads_q=8, heads_kv=1, seq_q=17, seq_k=300),
@@ -146,11 +154,28 @@ CASES = [
     # block-sparse masks
     Case(block_sparse=(64, 64, 0.5)),
     Case(block_sparse=(16, 32, 0.6), seq_q=300, seq_k=128, causal=True),
-    Case(block_sparse=(64, 128, 0.5), segments="shared", softcap=4.0, dtype=jnp.float16,
-         seq_q=300, seq_k=300),
+    Case(
+        block_sparse=(64, 128, 0.5),
+        segments="shared",
+        softcap=4.0,
+        dtype=jnp.float16,
+        seq_q=300,
+        seq_k=300,
+    ),
     # everything at once, GQA, fp16
-    Case(dtype=jnp.float16, heads_q=8, heads_kv=2, causal=True, window=(50, 0), alibi="batch",
-         softcap=8.0, segments="shared", block_sparse=(32, 32, 0.7), seq_q=300, seq_k=300),
+    Case(
+        dtype=jnp.float16,
+        heads_q=8,
+        heads_kv=2,
+        causal=True,
+        window=(50, 0),
+        alibi="batch",
+        softcap=8.0,
+        segments="shared",
+        block_sparse=(32, 32, 0.7),
+        seq_q=300,
+        seq_k=300,
+    ),
     # queries that see no key: empty segments, empty block rows, causal with seq_q > seq_k
     Case(segments="shared", masked_rows=True),
     Case(block_sparse=(32, 32, 0.5), masked_rows=True, seq_q=128, seq_k=300),
@@ -168,9 +193,20 @@ GRAD_CASES = [
     Case(segments="shared", causal=True, masked_rows=True),
     Case(block_sparse=(32, 64, 0.6), segments="pair", seq_q=128, seq_k=300),
     Case(causal=True, seq_q=300, seq_k=17),
-    Case(dtype=jnp.float16, heads_q=4, heads_kv=1, head_dim=80, causal=True, softcap=6.0,
-         alibi="head", segments="shared", block_sparse=(64, 64, 0.7), window=(64, 0),
-         seq_q=300, seq_k=300),
+    Case(
+        dtype=jnp.float16,
+        heads_q=4,
+        heads_kv=1,
+        head_dim=80,
+        causal=True,
+        softcap=6.0,
+        alibi="head",
+        segments="shared",
+        block_sparse=(64, 64, 0.7),
+        window=(64, 0),
+        seq_q=300,
+        seq_k=300,
+    ),
 ]
 
 
@@ -228,7 +264,8 @@ class AttentionTestBase:
         q, k, v, kwargs, naive = make_inputs(case, seed)
         rng = np.random.default_rng(seed + 1)
         dout = rng.standard_normal(
-            (case.batch, case.seq_q, case.heads_q, case.head_dim_v or case.head_dim))
+            (case.batch, case.seq_q, case.heads_q, case.head_dim_v or case.head_dim)
+        )
         dt = case.dtype
         ql, kl, vl, dl = (jnp.asarray(x, dt) for x in (q, k, v, dout))
 
@@ -237,15 +274,17 @@ class AttentionTestBase:
 
         # The custom_vjp backward is traced inside jax.grad: the context spans it too.
         with self.context():
-            grads = jax.grad(loss(lambda q, k, v: self.attention(q, k, v, **kwargs)),
-                             argnums=(0, 1, 2))(ql, kl, vl)
+            grads = jax.grad(
+                loss(lambda q, k, v: self.attention(q, k, v, **kwargs)), argnums=(0, 1, 2)
+            )(ql, kl, vl)
         naive_fn = loss(lambda q, k, v: naive_attention(q, k, v, xp=jnp, **naive)[0])
         low = jax.grad(naive_fn, argnums=(0, 1, 2))(ql, kl, vl)
         with jax.enable_x64(True):
             as64 = [jnp.asarray(np.asarray(x, np.float64)) for x in (ql, kl, vl, dl)]
             truth = jax.grad(
                 lambda q, k, v: jnp.sum(naive_attention(q, k, v, xp=jnp, **naive)[0] * as64[3]),
-                argnums=(0, 1, 2))(*as64[:3])
+                argnums=(0, 1, 2),
+            )(*as64[:3])
             truth = [np.asarray(t) for t in truth]
         for name, g, t, lo in zip("qkv", grads, truth, low, strict=True):
             assert g.dtype == dt and g.shape == t.shape
@@ -259,7 +298,10 @@ class AttentionTestBase:
         np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
         single = {key: val for key, val in kwargs.items() if key != "segment_ids"}
         mapped = jax.vmap(lambda q, k, v: self.attention(q, k, v, **single))(
-            q[:, None], k[:, None], v[:, None])
-        looped = [self.attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], **single)
-                  for i in range(case.batch)]
+            q[:, None], k[:, None], v[:, None]
+        )
+        looped = [
+            self.attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], **single)
+            for i in range(case.batch)
+        ]
         np.testing.assert_allclose(mapped[:, 0], np.concatenate(looped), rtol=1e-5, atol=1e-5)

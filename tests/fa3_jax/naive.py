@@ -10,8 +10,19 @@ import numpy as np
 
 
 def naive_attention(
-    q, k, v, *, xp=np, causal=False, scale=None, window=(None, None), softcap=None,
-    alibi=None, q_seg=None, kv_seg=None, block=None,
+    q,
+    k,
+    v,
+    *,
+    xp=np,
+    causal=False,
+    scale=None,
+    window=(None, None),
+    softcap=None,
+    alibi=None,
+    q_seg=None,
+    kv_seg=None,
+    block=None,
 ):
     """Returns ``(out [B, Sq, Hq, Dv], lse [B, Hq, Sq])`` computed in q's dtype.
 

@@ -6,16 +6,56 @@ import json
 
 from fa3_jax import benchmark
 
-KEYS = {"impl", "mode", "dtype", "batch", "seq_q", "seq_k", "heads_q", "heads_kv", "head_dim",
-        "causal", "mask", "device", "date", "jax_version", "command"}
+KEYS = {
+    "impl",
+    "mode",
+    "dtype",
+    "batch",
+    "seq_q",
+    "seq_k",
+    "heads_q",
+    "heads_kv",
+    "head_dim",
+    "causal",
+    "mask",
+    "device",
+    "date",
+    "jax_version",
+    "command",
+}
 
 
 def test_benchmark_writes_records(tmp_path):
-    records = benchmark.main([
-        "--tokens", "256", "--hidden", "64", "--seqlens", "128", "--head-dims", "32",
-        "--dtype", "bf16", "--mode", "fwd,bwd", "--causal", "yes",
-        "--masks", "none,window,segments,block_sparse:0.5", "--impls", "fa3_jax,xla,torch_fa2",
-        "--iters", "1", "--repeats", "1", "--out", str(tmp_path), "--tag", "smoke"])
+    records = benchmark.main(
+        [
+            "--tokens",
+            "256",
+            "--hidden",
+            "64",
+            "--seqlens",
+            "128",
+            "--head-dims",
+            "32",
+            "--dtype",
+            "bf16",
+            "--mode",
+            "fwd,bwd",
+            "--causal",
+            "yes",
+            "--masks",
+            "none,window,segments,block_sparse:0.5",
+            "--impls",
+            "fa3_jax,xla,torch_fa2",
+            "--iters",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "smoke",
+        ]
+    )
     assert len(records) == 2 * 4 * 2 + 2  # torch only for mask none
     for rec in records:
         assert KEYS <= rec.keys()
@@ -35,4 +75,5 @@ def test_masked_flops_count_visible_pairs():
     # 8 documents of 32 tokens, causal inside each: 8 * 32 * 33 / 2 visible pairs.
     assert benchmark.flops(p, dense) == 4.0 * 2 * 32 * (8 * 32 * 33 // 2)
     assert benchmark.flops(benchmark.Problem("bwd", "bf16", 2, 256, 2, 32, False), None) == (
-        2.5 * 4.0 * 2 * 2 * 32 * 256 * 256)
+        2.5 * 4.0 * 2 * 2 * 32 * 256 * 256
+    )

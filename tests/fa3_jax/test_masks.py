@@ -100,8 +100,9 @@ def test_tile_metadata_lists(transpose):
     seg = (_segments(rng, 2, 300), _segments(rng, 2, 250))
     bm = BlockMask(jnp.asarray(rng.random((4, 5, 4)) < 0.6), 64, 64)
     visible, full = tile_visibility(spec, 64, 64, segment_ids=seg, block_mask=bm)
-    meta = jax.jit(lambda s, b: tile_metadata(spec, 64, 64, segment_ids=s, block_mask=b,
-                                              transpose=transpose))(seg, bm)
+    meta = jax.jit(
+        lambda s, b: tile_metadata(spec, 64, 64, segment_ids=s, block_mask=b, transpose=transpose)
+    )(seg, bm)
     visible, full = np.asarray(visible), np.asarray(full)
     if transpose:
         visible, full = visible.swapaxes(-1, -2), full.swapaxes(-1, -2)
