@@ -324,17 +324,32 @@ def tile_metadata(
     for name, value in (("tile_q", tile_q), ("tile_k", tile_k)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    visible, full = tile_visibility(
-        spec, tile_q, tile_k, segment_ids=segment_ids, block_mask=block_mask
-    )
+    if segment_ids is None and block_mask is None:
+        # Positional masks only: everything is static, so build the lists in
+        # NumPy and hand XLA constants (no sort to constant-fold at compile time).
+        nonempty, full = _positional_tiles(spec, tile_q, tile_k)
+        visible, full, xp = nonempty[None, None], (full & nonempty)[None, None], np
+    else:
+        visible, full = tile_visibility(
+            spec, tile_q, tile_k, segment_ids=segment_ids, block_mask=block_mask
+        )
+        xp = jnp
     if transpose:
         visible, full = visible.swapaxes(-1, -2), full.swapaxes(-1, -2)
+    index, count, partial = _pack_visible(visible, full, xp)
+    return TileMetadata(
+        jnp.asarray(index), jnp.asarray(count), jnp.asarray(partial), tile_q, tile_k, transpose
+    )
+
+
+def _pack_visible(visible, full, xp):
+    """``(index, count, partial)`` int32 from bool ``visible``/``full`` ``[..., n_cols]``."""
     n_cols = visible.shape[-1]
-    # Stable sort puts the visible columns first, in ascending order.
-    order = jnp.argsort(~visible, axis=-1, stable=True).astype(jnp.int32)
-    count = visible.sum(-1, dtype=jnp.int32)
-    valid = jnp.arange(n_cols, dtype=jnp.int32) < count[..., None]
-    last = jnp.take_along_axis(order, jnp.maximum(count - 1, 0)[..., None], axis=-1)
-    index = jnp.where(valid, order, jnp.where(count[..., None] > 0, last, 0))
-    partial = jnp.where(valid, ~jnp.take_along_axis(full, order, axis=-1), False)
-    return TileMetadata(index, count, partial.astype(jnp.int32), tile_q, tile_k, transpose)
+    # A stable sort puts the visible columns first, in ascending order.
+    order = xp.argsort(~visible, axis=-1, stable=True).astype(xp.int32)
+    count = visible.sum(-1, dtype=xp.int32)
+    valid = xp.arange(n_cols, dtype=xp.int32) < count[..., None]
+    last = xp.take_along_axis(order, xp.maximum(count - 1, 0)[..., None], axis=-1)
+    index = xp.where(valid, order, xp.where(count[..., None] > 0, last, 0))
+    partial = xp.where(valid, ~xp.take_along_axis(full, order, axis=-1), False)
+    return index.astype(xp.int32), count, partial.astype(xp.int32)
