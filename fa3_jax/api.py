@@ -236,24 +236,25 @@ def _choose_implementation(implementation, static, *args) -> str:
 
 
 def _kwargs(static: _Static, slopes, segments, block_mask) -> dict[str, Any]:
-    return dict(
-        spec=static.spec,
-        softmax_scale=static.softmax_scale,
-        softcap=static.softcap,
-        alibi_slopes=slopes,
-        segment_ids=segments,
-        block_mask=block_mask,
-    )
+    """Keyword arguments of the chosen implementation's forward/backward."""
+    slopes_name = "alibi_slopes_BH" if static.implementation == "mosaic" else "alibi_slopes"
+    return {
+        "spec": static.spec,
+        "softmax_scale": static.softmax_scale,
+        "softcap": static.softcap,
+        slopes_name: slopes,
+        "segment_ids": segments,
+        "block_mask": block_mask,
+    }
 
 
 def _forward(static: _Static, q, k, v, slopes, segments, block_mask):
+    kwargs = _kwargs(static, slopes, segments, block_mask)
     if static.implementation == "mosaic":
         from fa3_jax import _mosaic
 
-        kwargs = _kwargs(static, slopes, segments, block_mask)
-        kwargs["alibi_slopes_BH"] = kwargs.pop("alibi_slopes")
         return _mosaic.mha_forward(q, k, v, **kwargs)
-    return attention_reference(q, k, v, **_kwargs(static, slopes, segments, block_mask))
+    return attention_reference(q, k, v, **kwargs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -271,16 +272,17 @@ def _attention_bwd(static, residuals, cotangents):
     q, k, v, slopes, segments, block_mask, out, lse = residuals
     dout, dlse = cotangents
     kwargs = _kwargs(static, slopes, segments, block_mask)
-    if (
-        static.implementation == "mosaic"
-        and _mosaic_backward_reason(static, q, k, v, kwargs) is None
-    ):
+    extras = (slopes, segments, block_mask)
+    use_kernel = static.implementation == "mosaic"
+    if use_kernel and _mosaic_backward_reason(static, q, k, v, *extras) is None:
         from fa3_jax import _mosaic
 
-        kwargs["alibi_slopes_BH"] = kwargs.pop("alibi_slopes")
         dq, dk, dv = _mosaic.mha_backward(q, k, v, out, lse, dout, dlse_BHS=dlse, **kwargs)
     else:
-        _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **kwargs), q, k, v)
+        # The reference's backward: also serves inputs the Mosaic backward does not.
+        ref_static = dataclasses.replace(static, implementation="reference")
+        ref_kwargs = _kwargs(ref_static, slopes, segments, block_mask)
+        _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs), q, k, v)
         dq, dk, dv = vjp((dout, dlse))
     return dq, dk, dv, None, None, None
 
@@ -288,19 +290,17 @@ def _attention_bwd(static, residuals, cotangents):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _mosaic_backward_reason(static, q, k, v, kwargs) -> str | None:
+def _mosaic_backward_reason(static, q, k, v, slopes, segments, block_mask) -> str | None:
     """Why the Mosaic backward cannot serve these inputs (then the reference's runs)."""
     from fa3_jax import _mosaic
 
-    if not hasattr(_mosaic, "backward_unsupported_reason"):
-        return "the Mosaic backward kernels are not built"
     return _mosaic.backward_unsupported_reason(
         q,
         k,
         v,
         spec=static.spec,
         softcap=static.softcap,
-        has_alibi=kwargs["alibi_slopes"] is not None,
-        has_segments=kwargs["segment_ids"] is not None,
-        block_mask=kwargs["block_mask"],
+        has_alibi=slopes is not None,
+        has_segments=segments is not None,
+        block_mask=block_mask,
     )
