@@ -98,16 +98,22 @@ def _time(fn, *args, reps=20, rounds=3):
     return statistics.median(times)
 
 
-def bench(d, s, causal, dtype, variants, peers=True):
+def bench(d, s, causal, dtype, variants, peers=True, window=(None, None), doc_len=None):
+    """TFLOP/s of each variant; with a window or documents (``doc_len`` tokens each) the
+    FLOPs are still the plain (causal) count: compare variants, not against dense runs."""
     b, h = 16384 // s, 2048 // d
     q, k, v = _inputs(jax.random.key(0), b, s, s, h, h, d, dtype)
     flops = 4 * b * s * s * h * d / (2 if causal else 1)
-    spec = MaskSpec(s, s, causal)
+    spec = MaskSpec(s, s, causal, *window)
+    segs = None
+    if doc_len is not None:
+        ids = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32) // doc_len, (b, s))
+        segs = (ids, ids)
     rows = []
     for label, cfg in variants:
         fn = jax.jit(lambda q, k, v, cfg=cfg: _mosaic.mha_forward(
             q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None, alibi_slopes_BH=None,
-            segment_ids=None, block_mask=None, config=cfg)[0])
+            segment_ids=segs, block_mask=None, config=cfg)[0])
         rows.append((label, fn))
     if peers:
         rows.append(("cudnn", jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
@@ -126,7 +132,37 @@ def bench(d, s, causal, dtype, variants, peers=True):
             results[label] = round(flops / sec / 1e12, 1)
         except Exception as e:  # noqa: BLE001 - report and go on
             results[label] = f"ERR {type(e).__name__}: {str(e)[:200]}"
-    return dict(d=d, s=s, causal=causal, dtype=jnp.dtype(dtype).name, tflops=results)
+    return dict(d=d, s=s, causal=causal, dtype=jnp.dtype(dtype).name, window=window,
+                doc_len=doc_len, tflops=results)
+
+
+def _persistent_check(name, kw):
+    """The same check with the persistent grid (block_kv shrunk for 64-wide mask blocks)."""
+    base = kw.get("config") or forward_config(kw["d"], kw["dtype"])
+    if kw.get("block") and kw["block"][1] % base.block_kv:
+        base = dataclasses.replace(base, block_kv=64)
+    return f"{name}-persistent", {**kw, "config": dataclasses.replace(base, persistent=True)}
+
+
+def persistent_runs(report, save):
+    """Grid vs persistent CTAs: the heuristic config with ``persistent`` off and on."""
+    f16, b16 = jnp.float16, jnp.bfloat16
+    runs = [dict(d=128, s=1024, causal=False, dtype=f16),
+            dict(d=128, s=1024, causal=True, dtype=f16),
+            dict(d=64, s=1024, causal=True, dtype=f16),
+            dict(d=256, s=1024, causal=True, dtype=f16),
+            dict(d=128, s=4096, causal=True, dtype=f16),
+            dict(d=128, s=16384, causal=True, dtype=f16),
+            dict(d=128, s=16384, causal=True, dtype=b16, window=(1024, 0)),
+            dict(d=128, s=16384, causal=True, dtype=b16, doc_len=2048)]
+    for run in runs:
+        base = forward_config(run["d"], run["dtype"], causal=run["causal"],
+                              masked="window" in run or "doc_len" in run)
+        variants = [("grid", base), ("persistent", dataclasses.replace(base, persistent=True))]
+        r = bench(**run, variants=variants, peers=False)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
 
 
 def main():
@@ -137,6 +173,8 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="first 8 checks only")
     ap.add_argument("--ablation", action="store_true",
                     help="only the ping-pong x overlap ablation at D=64/128, S=4096 (no peers)")
+    ap.add_argument("--persistent", action="store_true",
+                    help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
     print(jax.__version__, jax.devices(), flush=True)
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,power.draw",
@@ -171,6 +209,8 @@ def main():
     ]
     if args.quick:
         checks = checks[:4]
+    if args.persistent:
+        checks = [_persistent_check(name, kw) for name, kw in checks]
     if args.sweep:
         checks = checks[:8]
     if not args.skip_checks and not args.ablation:
@@ -185,6 +225,10 @@ def main():
     def save():
         with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
             json.dump(report, f, indent=1)
+
+    if args.persistent:
+        persistent_runs(report, save)
+        return _summary(report)
 
     # 1) Sweep schedules and tiles at S=4096; 2) run the best per (D, causal)
     # on the other lengths. Labels: pp = ping-pong turns, ov = intra-WG overlap.
@@ -238,8 +282,12 @@ def main():
             print(r, flush=True)
             report["bench"].append(r)
             save()
-    with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
-        json.dump(report, f, indent=1)
+    save()
+    return _summary(report)
+
+
+def _summary(report):
+    """Prints the checks and timings; 0 when every check passed."""
     print("\n== checks ==")
     for r in report["checks"]:
         print(f"{r['name']:24s} {'OK ' if r['ok'] else 'BAD'} "

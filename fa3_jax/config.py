@@ -59,6 +59,13 @@ class ForwardConfig:
         P in registers and accumulates in place (the fast GPU path).
       consumer_registers: registers per thread of each consumer warpgroup.
       producer_registers: registers per thread of the producer warpgroup.
+      persistent: launch ``num_ctas`` CTAs that each loop over work items
+        (q tile, head, batch), longest causal q tiles first, strided by the CTA
+        count; the producer streams the next item's K/V without draining the
+        ring. False: one CTA per work item.
+      num_ctas: CTAs of the persistent grid; 0 takes the GPU's SM count (132
+        when no GPU is visible, e.g. interpret mode). Capped at the number of
+        work items.
     """
 
     block_q: int = 64
@@ -69,8 +76,12 @@ class ForwardConfig:
     p_in_smem: bool = False
     consumer_registers: int = 240
     producer_registers: int = 24
+    persistent: bool = False
+    num_ctas: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
+            raise ValueError(f"ForwardConfig.num_ctas must be an int >= 0, got {self.num_ctas}")
         if self.block_q != 64:
             raise ValueError(f"ForwardConfig.block_q must be 64 (wgmma M), got {self.block_q}")
         if self.block_kv < 64 or self.block_kv % 64:

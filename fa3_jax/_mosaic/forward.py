@@ -12,6 +12,12 @@ One CTA computes ``tile_q = 2 * block_q`` query rows of one (batch, head):
   the other's GEMMs; with ``overlap`` Q K^T of the next tile is issued together
   with P V of this one, and the next softmax runs under P V.
 
+With ``persistent`` the grid is ``num_ctas`` CTAs (default: one per SM) that
+each loop over work items (q tile, head, batch), the longest causal q tiles
+first, strided by the CTA count. The ring position runs on across items, so
+the producer streams the next item's K/V while the consumers finish this one;
+each consumer reloads Q after its previous output store has read q_smem.
+
 Element masks (causal/window edges, segment boundaries, key tail) are applied
 only on tiles the metadata marks partial; ALiBi and softcap are fused. Output
 rows past ``seq_q`` are dropped by the TMA store; K/V rows past ``seq_k`` are
@@ -72,9 +78,10 @@ def _smem_transforms(cols: int, dtype):
 
 
 def _kernel(st: ForwardStatic, dims, *refs):
-    batch_m, heads_m, n_q_tiles, group = dims
+    batch_m, heads_m, n_q_tiles, group, batch, heads, n_ctas = dims
     cfg = st.config
     bq, bkv = cfg.block_q, cfg.block_kv
+    stages = cfg.num_stages
     q_ref, k_ref, v_ref, index_ref, count_ref, partial_ref, *rest = refs
     if st.has_segments:
         q_seg_ref, kv_seg_ref, *rest = rest
@@ -89,43 +96,48 @@ def _kernel(st: ForwardStatic, dims, *refs):
     head_dim = q_ref.shape[-1]
 
     wg = lax.axis_index("wg")
-    h = lax.axis_index("h")
-    b = lax.axis_index("b")
-    # Longest q tiles first: with a causal mask the last q tiles see the most keys.
-    qt = n_q_tiles - 1 - lax.axis_index("qt")
-    bm = b if batch_m > 1 else 0
-    hm = h if heads_m > 1 else 0
-    n_tiles = count_ref[bm, hm, qt]
     masked = st.element_block_mask is not None or needs_element_masks(
         st.spec, tile_k=bkv, has_segments=st.has_segments
     )
 
+    def work_item(i):
+        """(b, h, qt) of this CTA's ``i``-th work item; longest (causal) q tiles first."""
+        if not cfg.persistent:
+            qt = n_q_tiles - 1 - lax.axis_index("qt")
+            return lax.axis_index("b"), lax.axis_index("h"), qt
+        w = lax.axis_index("cta") + i * n_ctas
+        per_tile = batch * heads
+        rest_w = lax.rem(w, per_tile)
+        # Neighbouring CTAs take neighbouring heads: GQA groups share K/V in L2.
+        return lax.div(rest_w, heads), lax.rem(rest_w, heads), n_q_tiles - 1 - lax.div(w, per_tile)
+
+    def for_each_item(body, carry):
+        """Runs ``body(i, carry)`` over this CTA's work items (one without ``persistent``)."""
+        if not cfg.persistent:
+            return body(0, carry)
+        # The grid never exceeds the work, so every CTA has at least one item.
+        work = batch * heads * n_q_tiles
+        n_items = lax.div(work - 1 - lax.axis_index("cta"), n_ctas) + 1
+        return lax.fori_loop(0, n_items, body, carry)
+
+    def slot_of(base, j):
+        """Ring slot of kv entry ``j`` of an item whose first entry is the ring's ``base``-th."""
+        if cfg.persistent:
+            j = base + j
+        return j if isinstance(j, int) else lax.rem(j, stages)
+
+    def tile_count(b, h, qt):
+        return count_ref[b if batch_m > 1 else 0, h if heads_m > 1 else 0, qt]
+
     @pl.when(wg < 2)
     def _consumer():
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
-        row0 = qt * cfg.tile_q + wg * bq
-        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row0, bq), h], q_smem.at[wg], q_bar.at[wg])
-
-        def positions(kv_tile):
-            """Query/key positions of a tile, rebuilt where used (not live across the loop)."""
-            iota = functools.partial(
-                plgpu.broadcasted_iota, jnp.int32, (bq, bkv), layout=plgpu.Layout.WGMMA
-            )
-            return iota(0) + row0, iota(1) + kv_tile * bkv
-
-        if st.has_segments:
-            plgpu.copy_gmem_to_smem(
-                q_seg_ref.at[b, pl.ds(row0, bq)], q_seg_smem.at[wg], seg_bar.at[wg]
-            )
-            plgpu.barrier_wait(seg_bar.at[wg])
-            q_seg = plgpu.load(q_seg_smem.at[wg], layout=_ROW)
-            q_seg = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
-        if st.has_alibi:
-            slope = slope_ref[b if st.alibi_per_batch else 0, h]
 
         # Ping-pong: the consumers take turns issuing their GEMMs (a turn barrier
         # per warpgroup, FA3's scheduler barriers); softmaxes run unordered, so
-        # one warpgroup's softmax overlaps the other's GEMMs.
+        # one warpgroup's softmax overlaps the other's GEMMs. Both warpgroups
+        # issue the same number of GEMMs per item, so in persistent mode the
+        # alternation simply continues from one item to the next.
         def take_turn():
             if cfg.pingpong:
                 plgpu.barrier_wait(turn.at[wg])
@@ -134,50 +146,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
             if cfg.pingpong:
                 plgpu.barrier_arrive(turn.at[1 - wg])
 
-        def kv_segments(slot):
-            """Segment ids of the kv tile in ``slot`` (read before the slot is freed)."""
-            if not st.has_segments:
-                return None
-            kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
-            return lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
-
         # Without softcap/ALiBi the scale is folded into the softmax's exp2 FMA:
         # logits stay raw and are multiplied by ``fold`` there.
         fold = st.softmax_scale * LOG2E if st.softcap is None and not st.has_alibi else None
-
-        def tile_info(j):
-            """(kv tile index, partial flag) of entry ``j``; loaded early to hide latency."""
-            return index_ref[bm, hm, qt, j], partial_ref[bm, hm, qt, j] if masked else None
-
-        def tile_logits(s, info, kv_seg):
-            """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
-            kv_tile, is_partial = info
-            if fold is None:
-                s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
-            if st.has_alibi:
-                s = s + alibi_base2(*positions(kv_tile), slope, spec=st.spec)
-            if not masked:
-                return s
-
-            def apply_masks(s):
-                visible = positional_visible(*positions(kv_tile), spec=st.spec)
-                if st.has_segments:
-                    visible = visible & (q_seg == kv_seg)
-                if st.element_block_mask is not None:
-                    # This warpgroup's rows lie in one q block and the kv tile in
-                    # one k block (both checked by the caller): one bit.
-                    mask_bq, mask_bk = st.element_block_mask
-                    bit = block_ref[
-                        b if block_ref.shape[0] > 1 else 0,
-                        h if block_ref.shape[1] > 1 else 0,
-                        # Rows past seq_q (dropped at the store) clamp to the last block.
-                        jnp.minimum(row0 // mask_bq, block_ref.shape[2] - 1),
-                        kv_tile * bkv // mask_bk,
-                    ]
-                    visible = visible & (bit != 0)
-                return jnp.where(visible, s, -jnp.inf)
-
-            return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
 
         def softmax(s, m_i, l_i):
             """Online softmax step: (p in the input dtype, alpha, m_new, l_new)."""
@@ -222,140 +193,234 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             return pl.run_state(body)(plgpu.ACC.init(acc))
 
-        stages = cfg.num_stages
+        def consume_item(i, base):
+            """Computes one q tile's rows of this warpgroup; returns the ring position after it."""
+            b, h, qt = work_item(i)
+            bm = b if batch_m > 1 else 0
+            hm = h if heads_m > 1 else 0
+            n_tiles = tile_count(b, h, qt)
+            row0 = qt * cfg.tile_q + wg * bq
+            plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row0, bq), h], q_smem.at[wg], q_bar.at[wg])
 
-        def plain_step(j, carry):
-            acc, m_i, l_i = carry
-            slot = lax.rem(j, stages)
-            info = tile_info(j)
-            plgpu.barrier_wait(k_bar.at[slot])
-            s = qk(slot)
-            kv_seg = kv_segments(slot)
-            plgpu.barrier_arrive(k_free.at[slot])
-            p, alpha, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
-            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-            plgpu.barrier_wait(v_bar.at[slot])
-            acc = pv(acc, p, slot)
-            plgpu.barrier_arrive(v_free.at[slot])
-            return acc, m_i, l_i
+            def positions(kv_tile):
+                """Query/key positions of a tile, rebuilt where used (not live across the loop)."""
+                iota = functools.partial(
+                    plgpu.broadcasted_iota, jnp.int32, (bq, bkv), layout=plgpu.Layout.WGMMA
+                )
+                return iota(0) + row0, iota(1) + kv_tile * bkv
 
-        def overlap_step(j, carry):
-            # carry: P of tile j (input dtype, from the previous step) and the accumulator
-            # already rescaled for it. Issue Q K^T of tile j + 1 and P V of tile
-            # j together, then run the softmax of tile j + 1 under P V.
-            acc, p, m_i, l_i = carry
-            slot = lax.rem(j, stages)
-            nxt = lax.rem(j + 1, stages)
-            info = tile_info(j + 1)
-            plgpu.barrier_wait(k_bar.at[nxt])
-            plgpu.barrier_wait(v_bar.at[slot])
-            p16 = p
-            if cfg.p_in_smem:
-                p_smem.at[wg][...] = p16
-                plgpu.commit_smem()
+            if st.has_segments:
+                plgpu.copy_gmem_to_smem(
+                    q_seg_ref.at[b, pl.ds(row0, bq)], q_seg_smem.at[wg], seg_bar.at[wg]
+                )
+                plgpu.barrier_wait(seg_bar.at[wg])
+                q_seg = plgpu.load(q_seg_smem.at[wg], layout=_ROW)
+                q_seg = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
+            if st.has_alibi:
+                slope = slope_ref[b if st.alibi_per_batch else 0, h]
 
-            def body(s_ref, o_ref):
-                if not cfg.p_in_smem:
-                    o_ref[...] = acc
-                take_turn()
-                plgpu.wgmma(s_ref, q_smem.at[wg], k_smem.at[nxt].transpose((1, 0)))
-                plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
-                pass_turn()
-                s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
-                kv_seg = kv_segments(nxt)
-                plgpu.barrier_arrive(k_free.at[nxt])
-                p, alpha, m_new, l_new = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
-                return o_ref[...], p, alpha, m_new, l_new
+            def kv_segments(slot):
+                """Segment ids of the kv tile in ``slot`` (read before the slot is freed)."""
+                if not st.has_segments:
+                    return None
+                kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
+                return lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
 
-            o, p, alpha, m_i, l_i = pl.run_scoped(
-                body,
-                plgpu.ACC((bq, bkv), jnp.float32),
-                plgpu.ACC((bq, head_dim), jnp.float32),
-            )
-            plgpu.barrier_arrive(v_free.at[slot])
-            if cfg.p_in_smem:
-                o = o + acc
-            acc = o * lax.broadcast_in_dim(alpha, o.shape, [0])
-            return acc, p, m_i, l_i
+            def tile_info(j):
+                """(kv tile index, partial flag) of entry ``j``; loaded early to hide latency."""
+                return index_ref[bm, hm, qt, j], partial_ref[bm, hm, qt, j] if masked else None
 
-        m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
-        l_i = plgpu.layout_cast(jnp.full((bq,), 0.0, jnp.float32), _ROW)
-        acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
-        plgpu.barrier_wait(q_bar.at[wg])
+            def tile_logits(s, info, kv_seg):
+                """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
+                kv_tile, is_partial = info
+                if fold is None:
+                    s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
+                if st.has_alibi:
+                    s = s + alibi_base2(*positions(kv_tile), slope, spec=st.spec)
+                if not masked:
+                    return s
+
+                def apply_masks(s):
+                    visible = positional_visible(*positions(kv_tile), spec=st.spec)
+                    if st.has_segments:
+                        visible = visible & (q_seg == kv_seg)
+                    if st.element_block_mask is not None:
+                        # This warpgroup's rows lie in one q block and the kv tile in
+                        # one k block (both checked by the caller): one bit.
+                        mask_bq, mask_bk = st.element_block_mask
+                        bit = block_ref[
+                            b if block_ref.shape[0] > 1 else 0,
+                            h if block_ref.shape[1] > 1 else 0,
+                            # Rows past seq_q (dropped at the store) clamp to the last block.
+                            jnp.minimum(row0 // mask_bq, block_ref.shape[2] - 1),
+                            kv_tile * bkv // mask_bk,
+                        ]
+                        visible = visible & (bit != 0)
+                    return jnp.where(visible, s, -jnp.inf)
+
+                return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
+
+            def plain_step(j, carry):
+                acc, m_i, l_i = carry
+                slot = slot_of(base, j)
+                info = tile_info(j)
+                plgpu.barrier_wait(k_bar.at[slot])
+                s = qk(slot)
+                kv_seg = kv_segments(slot)
+                plgpu.barrier_arrive(k_free.at[slot])
+                p, alpha, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+                plgpu.barrier_wait(v_bar.at[slot])
+                acc = pv(acc, p, slot)
+                plgpu.barrier_arrive(v_free.at[slot])
+                return acc, m_i, l_i
+
+            def overlap_step(j, carry):
+                # carry: P of tile j (input dtype, from the previous step) and the
+                # accumulator already rescaled for it. Issue Q K^T of tile j + 1 and
+                # P V of tile j together, then run the softmax of tile j + 1 under P V.
+                acc, p, m_i, l_i = carry
+                slot = slot_of(base, j)
+                nxt = slot_of(base, j + 1)
+                info = tile_info(j + 1)
+                plgpu.barrier_wait(k_bar.at[nxt])
+                plgpu.barrier_wait(v_bar.at[slot])
+                p16 = p
+                if cfg.p_in_smem:
+                    p_smem.at[wg][...] = p16
+                    plgpu.commit_smem()
+
+                def body(s_ref, o_ref):
+                    if not cfg.p_in_smem:
+                        o_ref[...] = acc
+                    take_turn()
+                    plgpu.wgmma(s_ref, q_smem.at[wg], k_smem.at[nxt].transpose((1, 0)))
+                    plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
+                    pass_turn()
+                    s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
+                    kv_seg = kv_segments(nxt)
+                    plgpu.barrier_arrive(k_free.at[nxt])
+                    p, alpha, m_new, l_new = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                    return o_ref[...], p, alpha, m_new, l_new
+
+                o, p, alpha, m_i, l_i = pl.run_scoped(
+                    body,
+                    plgpu.ACC((bq, bkv), jnp.float32),
+                    plgpu.ACC((bq, head_dim), jnp.float32),
+                )
+                plgpu.barrier_arrive(v_free.at[slot])
+                if cfg.p_in_smem:
+                    o = o + acc
+                acc = o * lax.broadcast_in_dim(alpha, o.shape, [0])
+                return acc, p, m_i, l_i
+
+            m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
+            l_i = plgpu.layout_cast(jnp.full((bq,), 0.0, jnp.float32), _ROW)
+            acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+            plgpu.barrier_wait(q_bar.at[wg])
+            if cfg.overlap:
+
+                def run_tiles(carry):
+                    acc, m_i, l_i = carry
+                    info = tile_info(0)
+                    first = slot_of(base, 0)
+                    plgpu.barrier_wait(k_bar.at[first])
+                    s = qk(first)
+                    kv_seg = kv_segments(first)
+                    plgpu.barrier_arrive(k_free.at[first])
+                    p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                    acc, p, m_i, l_i = lax.fori_loop(
+                        0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
+                    )
+                    last = slot_of(base, n_tiles - 1)
+                    plgpu.barrier_wait(v_bar.at[last])
+                    acc = pv(acc, p, last)
+                    plgpu.barrier_arrive(v_free.at[last])
+                    return acc, m_i, l_i
+
+                acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, lambda c: c, (acc, m_i, l_i))
+            else:
+                acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
+
+            empty = l_i == 0.0
+            inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
+            out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
+            q_smem.at[wg][...] = out.astype(dtype)
+            lse = jnp.where(empty, -jnp.inf, (m_i + jnp.log2(jnp.where(empty, 1.0, l_i))) * LN2)
+            lse_smem.at[wg][...] = lse
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(q_smem.at[wg], out_ref.at[b, pl.ds(row0, bq), h])
+            plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
+            # Also what lets the next item's Q load reuse q_smem / lse_smem.
+            plgpu.wait_smem_to_gmem(0)
+            return base + n_tiles
+
         if cfg.pingpong:
             # Warpgroup 0 issues first.
             pl.when(wg == 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
-        if cfg.overlap:
-
-            def run_tiles(carry):
-                acc, m_i, l_i = carry
-                info = tile_info(0)
-                plgpu.barrier_wait(k_bar.at[0])
-                s = qk(0)
-                kv_seg = kv_segments(0)
-                plgpu.barrier_arrive(k_free.at[0])
-                p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
-                acc, p, m_i, l_i = lax.fori_loop(
-                    0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
-                )
-                last = lax.rem(n_tiles - 1, stages)
-                plgpu.barrier_wait(v_bar.at[last])
-                acc = pv(acc, p, last)
-                plgpu.barrier_arrive(v_free.at[last])
-                return acc, m_i, l_i
-
-            acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, lambda c: c, (acc, m_i, l_i))
-        else:
-            acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
+        for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
         if cfg.pingpong:
             # Consume warpgroup 1's last hand-over (every barrier phase is observed).
             pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
 
-        empty = l_i == 0.0
-        inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
-        out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
-        q_smem.at[wg][...] = out.astype(dtype)
-        lse = jnp.where(empty, -jnp.inf, (m_i + jnp.log2(jnp.where(empty, 1.0, l_i))) * LN2)
-        lse_smem.at[wg][...] = lse
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_smem.at[wg], out_ref.at[b, pl.ds(row0, bq), h])
-        plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
-        plgpu.wait_smem_to_gmem(0)
-
     @pl.when(wg == 2)
     def _producer():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        kv_head = lax.div(h, group)
-        stages = cfg.num_stages
 
-        @pl.loop(0, n_tiles)
-        def _load(j):
-            slot = lax.rem(j, stages)
-            rows = pl.ds(index_ref[bm, hm, qt, j] * cfg.block_kv, cfg.block_kv)
+        def produce_item(i, base):
+            """Streams one item's kv tiles into the ring; returns the ring position after it."""
+            b, h, qt = work_item(i)
+            bm = b if batch_m > 1 else 0
+            hm = h if heads_m > 1 else 0
+            n_tiles = tile_count(b, h, qt)
+            kv_head = lax.div(h, group)
 
-            @pl.when(j >= stages)
-            def _():
-                plgpu.barrier_wait(k_free.at[slot])
+            @pl.loop(0, n_tiles)
+            def _load(j):
+                slot = slot_of(base, j)
+                rows = pl.ds(index_ref[bm, hm, qt, j] * cfg.block_kv, cfg.block_kv)
+                # The slot's previous tile (this item's or an earlier one's) must be released.
+                reused = base + j >= stages if cfg.persistent else j >= stages
 
-            plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_head], k_smem.at[slot], k_bar.at[slot])
-            if st.has_segments:
-                plgpu.copy_gmem_to_smem(
-                    kv_seg_ref.at[b, rows], kv_seg_smem.at[slot], k_bar.at[slot]
-                )
+                @pl.when(reused)
+                def _():
+                    plgpu.barrier_wait(k_free.at[slot])
+                    if st.has_segments:
+                        # The consumers read the slot's segment ids with plain loads
+                        # (generic proxy): fence them before TMA (async proxy) rewrites it.
+                        plgpu.commit_smem()
 
-            @pl.when(j >= stages)
-            def _():
-                plgpu.barrier_wait(v_free.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_head], k_smem.at[slot], k_bar.at[slot])
+                if st.has_segments:
+                    plgpu.copy_gmem_to_smem(
+                        kv_seg_ref.at[b, rows], kv_seg_smem.at[slot], k_bar.at[slot]
+                    )
 
-            plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_bar.at[slot])
+                @pl.when(reused)
+                def _():
+                    plgpu.barrier_wait(v_free.at[slot])
+
+                plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_bar.at[slot])
+
+            return base + n_tiles
+
+        total = for_each_item(produce_item, jnp.int32(0) if cfg.persistent else 0)
 
         # Observe the releases of the last slots so every barrier phase is
         # consumed before the CTA exits.
-        @pl.loop(jnp.maximum(n_tiles - stages, 0), n_tiles)
+        @pl.loop(jnp.maximum(total - stages, 0), total)
         def _drain(j):
             slot = lax.rem(j, stages)
             plgpu.barrier_wait(k_free.at[slot])
             plgpu.barrier_wait(v_free.at[slot])
+
+
+def _sm_count() -> int:
+    """SMs of the default GPU: the persistent grid's size; 132 (H100 SXM) without a GPU."""
+    try:
+        return jax.devices("gpu")[0].core_count
+    except RuntimeError:
+        return 132
 
 
 def _pad_seq(x_BSHD, multiple: int = 8):
@@ -445,7 +510,21 @@ def forward_kernel_call(
         plgpu.Barrier(num_barriers=2),
         plgpu.Barrier(num_barriers=2) if st.has_segments else None,
     )
-    dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, heads_q // heads_kv)
+    if cfg.persistent:
+        n_ctas = min(cfg.num_ctas or _sm_count(), batch * heads_q * n_q_tiles)
+        grid, grid_names = (n_ctas,), ("cta",)
+    else:
+        n_ctas = 0
+        grid, grid_names = (heads_q, batch, n_q_tiles), ("h", "b", "qt")
+    dims = (
+        meta.index.shape[0],
+        meta.index.shape[1],
+        n_q_tiles,
+        heads_q // heads_kv,
+        batch,
+        heads_q,
+        n_ctas,
+    )
     out_types = (
         jax.ShapeDtypeStruct(q_in.shape, dtype),
         # LSE rows padded to whole q tiles keep every TMA store aligned.
@@ -455,8 +534,8 @@ def forward_kernel_call(
         functools.partial(_kernel, st, dims),
         out_type=out_types,
         scratch_types=(scratch, barriers),
-        grid=(heads_q, batch, n_q_tiles),
-        grid_names=("h", "b", "qt"),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=3,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

@@ -105,30 +105,84 @@ class TestMosaicForwardInterpret(_MosaicBase):
         assert races is None or not races.races_found, "race detected in the forward kernel"
 
 
+_VARIANT_CASE = Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=1, seq_q=200, seq_k=260,
+                     causal=True, alibi="head", softcap=6.0)
+
+
+def _variant(**kw):
+    return ForwardConfig(block_kv=64, p_in_smem=True, **kw)
+
+
+# (config, case): each scheduling variant, then the persistent grid with fewer CTAs
+# than work items (the ring keeps cycling across items, slots wrap mid-item).
 _VARIANTS = [
-    ForwardConfig(block_kv=64, p_in_smem=True, pingpong=p, overlap=o, num_stages=s)
-    for p, o, s in ((False, False, 2), (True, False, 3), (False, True, 2), (True, True, 2))
+    *[(_variant(pingpong=p, overlap=o, num_stages=s), _VARIANT_CASE)
+      for p, o, s in ((False, False, 2), (True, False, 3), (False, True, 2), (True, True, 2))],
+    (_variant(pingpong=True, overlap=True, num_stages=3, persistent=True, num_ctas=3),
+     dataclasses.replace(_VARIANT_CASE, dtype=jnp.float16, heads_q=4, heads_kv=2, seq_q=333,
+                         seq_k=301)),
+    (_variant(pingpong=False, overlap=False, num_stages=2, persistent=True, num_ctas=2),
+     Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
+          window=(70, 0), segments="shared")),
 ]
 
 
-@pytest.mark.parametrize("config", _VARIANTS, ids=lambda c: f"pp{c.pingpong:d}ov{c.overlap:d}")
-def test_kernel_variants_interpret(config):
-    """Each scheduling variant (ping-pong x intra-warpgroup overlap) is exact and race-free."""
-    case = Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=1, seq_q=200, seq_k=260,
-                causal=True, alibi="head", softcap=6.0)
-    q, k, v, _, naive = make_inputs(case, zlib.crc32(repr(config).encode()))
+def _variant_id(variant):
+    config, _ = variant
+    name = f"pp{config.pingpong:d}ov{config.overlap:d}"
+    return name + f"-persistent{config.num_ctas}" * config.persistent
+
+
+def _forward_args(case: Case, seed: int):
+    """(q, k, v), mha_forward keywords and the naive oracle's keywords for ``case``."""
+    q, k, v, kwargs, naive = make_inputs(case, seed)
     q, k, v = (jnp.asarray(x, case.dtype) for x in (q, k, v))
-    spec = MaskSpec(case.seq_q, case.seq_k, causal=True)
+    left, right = case.window
+    spec = MaskSpec(case.seq_q, case.seq_k, causal=case.causal, window_left=left,
+                    window_right=right)
+    scale = case.head_dim**-0.5 if case.scale is None else case.scale
+    call = dict(spec=spec, softmax_scale=scale, softcap=case.softcap,
+                alibi_slopes_BH=naive.get("alibi"), segment_ids=kwargs.get("segment_ids"),
+                block_mask=kwargs.get("block_mask"))
+    return (q, k, v), call, naive
+
+
+@pytest.mark.parametrize("variant", _VARIANTS, ids=_variant_id)
+def test_kernel_variants_interpret(variant):
+    """Each scheduling variant (ping-pong x overlap, persistent grid) is exact and race-free."""
+    config, case = variant
+    (q, k, v), call, naive = _forward_args(case, zlib.crc32(repr(config).encode()))
     interpret_pallas_call.reset_gpu_interpret_mode_state()
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
-        out, lse = _mosaic.mha_forward(
-            q, k, v, spec=spec, softmax_scale=case.head_dim**-0.5, softcap=case.softcap,
-            alibi_slopes_BH=naive["alibi"], segment_ids=None, block_mask=None, config=config)
+        out, lse = _mosaic.mha_forward(q, k, v, config=config, **call)
     assert not interpret_pallas_call.get_races().races_found
     truth_out, truth_lse = naive_attention(*(np.asarray(x, np.float64) for x in (q, k, v)), **naive)
     low_out, low_lse = naive_attention(q, k, v, xp=jnp, **naive)
     assert_close(out, truth_out, low_out, ATOL[case.dtype], "out")
     assert_close(lse, truth_lse, low_lse, ATOL[case.dtype] * 10, "lse")
+
+
+@pytest.mark.parametrize("config", [
+    ForwardConfig(persistent=True),
+    ForwardConfig(persistent=True, num_ctas=7, pingpong=True, overlap=False, block_kv=64,
+                  num_stages=3),
+    ForwardConfig(),
+], ids=["persistent-sm", "persistent7-pp", "grid"])
+def test_lowers_for_cuda(config):
+    """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
+    b, s, h, h_kv, d = 2, 1000, 4, 2, 128
+    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((b, s, h_kv, d), jnp.bfloat16)
+    ids = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    spec = MaskSpec(s, s, causal=True, window_left=300)
+
+    def forward(q, k, v, ids):
+        return _mosaic.mha_forward(q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=5.0,
+                                   alibi_slopes_BH=jnp.linspace(0.1, 0.5, h), segment_ids=ids,
+                                   block_mask=None, config=config)
+
+    text = jax.jit(forward).trace(q, kv, kv, ids).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
 
 
 def test_unsupported_reasons():
@@ -147,7 +201,8 @@ def test_unsupported_reasons():
 
 @pytest.mark.parametrize("bad", [dict(block_q=128), dict(block_kv=96), dict(num_stages=1),
                                  dict(consumer_registers=250),
-                                 dict(consumer_registers=256, producer_registers=64)])
+                                 dict(consumer_registers=256, producer_registers=64),
+                                 dict(num_ctas=-1)])
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
         ForwardConfig(**bad)
