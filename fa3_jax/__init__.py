@@ -6,9 +6,10 @@ metadata by ``tile_metadata``.
 """
 
 from fa3_jax.alibi import alibi_bias, alibi_slopes
-from fa3_jax.api import IMPLEMENTATIONS, attention
+from fa3_jax.api import IMPLEMENTATIONS, RESIDUAL_NAMES, attention
 from fa3_jax.masks import BlockMask, MaskSpec, TileMetadata, dense_mask, tile_metadata
 from fa3_jax.reference import attention_reference
+from fa3_jax.remat import remat_policy
 
 __all__ = [
     "attention",
@@ -21,4 +22,6 @@ __all__ = [
     "dense_mask",
     "tile_metadata",
     "IMPLEMENTATIONS",
+    "RESIDUAL_NAMES",
+    "remat_policy",
 ]

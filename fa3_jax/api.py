@@ -10,12 +10,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from fa3_jax import _platform
 from fa3_jax.masks import BlockMask, MaskSpec
 from fa3_jax.reference import attention_reference
 
-__all__ = ["attention", "IMPLEMENTATIONS"]
+__all__ = ["attention", "IMPLEMENTATIONS", "RESIDUAL_NAMES"]
+
+# `jax.ad_checkpoint.checkpoint_name`s of the forward outputs the backward needs (out, lse).
+RESIDUAL_NAMES = ("fa3_jax.out", "fa3_jax.lse")
 
 IMPLEMENTATIONS = ("mosaic", "reference")
 _DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
@@ -265,6 +269,10 @@ def _attention(static: _Static, q, k, v, slopes, segments, block_mask):
 
 def _attention_fwd(static, q, k, v, slopes, segments, block_mask):
     out, lse = _forward(static, q, k, v, slopes, segments, block_mask)
+    # Named so that a remat policy can keep them (see RESIDUAL_NAMES) instead of re-running the
+    # forward kernel in the backward pass.
+    out = checkpoint_name(out, RESIDUAL_NAMES[0])
+    lse = checkpoint_name(lse, RESIDUAL_NAMES[1])
     return (out, lse), (q, k, v, slopes, segments, block_mask, out, lse)
 
 

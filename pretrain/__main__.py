@@ -26,6 +26,7 @@ from pretrain.config import (
     parse_overrides,
 )
 from pretrain.train import NonFiniteLossError, train
+from pretrain.xla_flags import apply_gpu_flags
 
 
 def _resumed_config(argv: list[str]) -> RunConfig:
@@ -42,6 +43,7 @@ def _resumed_config(argv: list[str]) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_gpu_flags()  # before JAX starts a backend
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

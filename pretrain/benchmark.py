@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import sys
 import time
@@ -31,9 +32,13 @@ from pretrain.config import ATTENTION_CHOICES, REMAT_CHOICES, make_config
 from pretrain.optim import make_optimizer, make_schedule
 from pretrain.sharding import batch_sharding, make_mesh
 from pretrain.step import make_train_step
+from pretrain.trace_summary import find_trace, format_summary, summarize_trace
 from pretrain.train import build_state
+from pretrain.xla_flags import apply_gpu_flags
 
 __all__ = ["run_benchmark", "synthetic_batch"]
+
+PROFILED_STEPS = 3  # steps traced by --profile, after the timed ones
 
 
 def synthetic_batch(
@@ -54,7 +59,15 @@ def synthetic_batch(
     return out
 
 
-def _measure(cfg, n_devices: int, parallelism: str, documents: str, steps: int, warmup: int):
+def _measure(
+    cfg,
+    n_devices: int,
+    parallelism: str,
+    documents: str,
+    steps: int,
+    warmup: int,
+    profile_dir: str | None = None,
+):
     data_axis = n_devices if parallelism == "data" else 1
     mesh = make_mesh(data_axis, n_devices // data_axis, devices=jax.devices()[:n_devices])
     built = build_state(cfg, mesh)
@@ -86,6 +99,11 @@ def _measure(cfg, n_devices: int, parallelism: str, documents: str, steps: int, 
         state, metrics = step_fn(state, batch)
     loss = float(metrics["loss"])  # waits for the last step
     seconds = (time.perf_counter() - start) / steps
+    if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for _ in range(PROFILED_STEPS):
+                state, metrics = step_fn(state, batch)
+            float(metrics["loss"])
     del state
     return {"step_ms": 1000 * seconds, "loss": loss}
 
@@ -132,10 +150,16 @@ def run_benchmark(args) -> list[dict]:
             "device": device,
             "date": date,
             "jax_version": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "command": args.command,
         }
+        profile_dir = None
+        if args.profile:
+            profile_dir = f"{args.profile}/{attention}-{remat or 'preset'}-{n_devices}dev"
         try:
-            timing = _measure(cfg, n_devices, parallelism, documents, args.steps, args.warmup)
+            timing = _measure(
+                cfg, n_devices, parallelism, documents, args.steps, args.warmup, profile_dir
+            )
         except Exception as e:  # noqa: BLE001 - a failing variant is recorded, the rest still run
             record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         else:
@@ -149,6 +173,10 @@ def run_benchmark(args) -> list[dict]:
             )
         records.append(record)
         print(json.dumps(record), flush=True)
+        if profile_dir and "error" not in record:
+            process = "/host:CPU" if jax.devices()[0].platform == "cpu" else "/device:GPU:0"
+            summary = summarize_trace(find_trace(profile_dir), process)
+            print(format_summary(summary, PROFILED_STEPS), flush=True)
     return records
 
 
@@ -173,6 +201,7 @@ def _table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_gpu_flags()  # before JAX starts a backend
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.benchmark",
         description=__doc__,
@@ -207,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         "ids), single (one document per row: causal + ALiBi only)",
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="directory: trace a few more steps of every variant with jax.profiler and print "
+        "where the device time goes (per-op totals)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
     parser.add_argument(
         "--peak_tflops",

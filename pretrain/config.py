@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 ATTENTION_CHOICES = ("auto", "reference", "cudnn", "xla")
-REMAT_CHOICES = ("none", "full", "dots")
+REMAT_CHOICES = ("none", "full", "dots", "dots_attention")
 DTYPE_CHOICES = ("bfloat16", "float32")
 DECAY_CHOICES = ("cosine", "linear")
 VOCAB_MULTIPLE = 128  # embedding rows are padded to this multiple (tensor-core friendly)
@@ -48,7 +48,7 @@ class ModelConfig:
     attention_scale: Literal["sqrt", "inverse"] = "sqrt"  # softmax scale 1/sqrt(hd) or muP's 1/hd
     attention: Literal["auto", "reference", "cudnn", "xla"] = "auto"  # attention implementation
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # compute dtype (parameters stay fp32)
-    remat: Literal["none", "full", "dots"] = "full"  # rematerialisation policy of each block
+    remat: Literal["none", "full", "dots", "dots_attention"] = "full"  # block remat policy
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):

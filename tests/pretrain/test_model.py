@@ -100,7 +100,7 @@ def _logits(model, tokens, segments):
     return nnx.jit(lambda m, t, s: m(t, s))(model, tokens, segments)
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+@pytest.mark.parametrize("remat", ["none", "full", "dots", "dots_attention"])
 def test_attention_implementations_and_remat_agree(remat):
     tokens = jax.random.randint(jax.random.key(3), (2, 20), 0, 4096)
     segments = jnp.asarray([[1] * 12 + [2] * 8, [1] * 20], jnp.int32)
