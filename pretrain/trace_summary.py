@@ -3,9 +3,9 @@
 `jax.profiler.trace(log_dir, create_perfetto_trace=True)` writes
 `log_dir/plugins/profile/<run>/perfetto_trace.json.gz` (Chrome trace events). For the process
 named after the device (`/device:GPU:0`, or `/host:CPU` on a CPU), `summarize_trace` adds up the
-duration of every complete event per (thread, name): on a GPU the "XLA Ops" thread gives the time
-of each HLO op (fusions, matmuls, custom calls such as the attention kernels) and the stream
-threads the CUDA kernels.
+duration of every complete event per (thread, name). On the H200 with jax 0.11.2 the GPU process
+holds one thread per CUDA stream, whose events are the kernels (cuBLAS GEMMs, XLA fusions, the
+attention kernels as `anonymous_mosaic_gpu_kernel`).
 """
 
 from __future__ import annotations
