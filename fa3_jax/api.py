@@ -257,7 +257,7 @@ def _forward(static: _Static, q, k, v, slopes, segments, block_mask):
     if static.implementation == "mosaic":
         from fa3_jax import _mosaic
 
-        return _mosaic.mha_forward(q, k, v, **kwargs)
+        return _mosaic.sharded_forward(q, k, v, **kwargs)
     return attention_reference(q, k, v, **kwargs)
 
 
@@ -285,7 +285,7 @@ def _attention_bwd(static, residuals, cotangents):
     if use_kernel and _mosaic_backward_reason(static, q, k, v, *extras) is None:
         from fa3_jax import _mosaic
 
-        dq, dk, dv = _mosaic.mha_backward(q, k, v, out, lse, dout, dlse_BHS=dlse, **kwargs)
+        dq, dk, dv = _mosaic.sharded_backward(q, k, v, out, lse, dout, dlse_BHS=dlse, **kwargs)
     else:
         # The reference's backward: also serves inputs the Mosaic backward does not.
         ref_static = dataclasses.replace(static, implementation="reference")

@@ -3,14 +3,19 @@
 ``forward_unsupported_reason`` says why the forward kernel cannot serve some
 inputs (None when it can); ``mha_forward`` runs it. ``backward_unsupported_reason``
 and ``mha_backward`` are the same pair for the dQ/dK/dV kernels.
+``sharded_forward`` and ``sharded_backward`` take the same arguments and split
+the work over the batch and head shardings of their inputs under ``jit``.
 """
 
 from fa3_jax._mosaic.api_forward import forward_unsupported_reason, mha_forward
 from fa3_jax._mosaic.backward import backward_unsupported_reason, mha_backward
+from fa3_jax._mosaic.partition import sharded_backward, sharded_forward
 
 __all__ = [
     "backward_unsupported_reason",
     "forward_unsupported_reason",
     "mha_backward",
     "mha_forward",
+    "sharded_backward",
+    "sharded_forward",
 ]

@@ -23,6 +23,7 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 import fa3_jax
 from fa3_jax import _mosaic
 from fa3_jax._mosaic import backward as mosaic_backward
+from fa3_jax._mosaic import partition as mosaic_partition
 from fa3_jax.config import BackwardConfig, default_backward_config
 from fa3_jax.flax import Attention
 from fa3_jax.masks import BlockMask, MaskSpec
@@ -59,7 +60,7 @@ INTERPRET_GRAD_CASES = [
 
 
 class _CountingBackward:
-    """Wraps ``_mosaic.mha_backward`` to prove the kernels ran."""
+    """Wraps ``mosaic_partition.mha_backward`` to prove the kernels ran."""
 
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
@@ -75,8 +76,8 @@ class _MosaicBackwardBase(AttentionTestBase):
     CASES = [Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, seq_q=17, seq_k=130, causal=True)]
 
     def test_grad(self, grad_case, request, monkeypatch):
-        spy = _CountingBackward(_mosaic.mha_backward)
-        monkeypatch.setattr(_mosaic, "mha_backward", spy)
+        spy = _CountingBackward(mosaic_partition.mha_backward)
+        monkeypatch.setattr(mosaic_partition, "mha_backward", spy)
         super().test_grad(grad_case, request)
         assert spy.calls == 1, "the Mosaic backward did not run (fell back to the reference)"
 
@@ -135,12 +136,12 @@ def test_flax_model_grad_matches_reference():
     """jax.grad of a Flax layer through the Mosaic kernels matches the reference path."""
     sizes = dict(batch=1, seq=130, features=128, heads=2)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-        spy = _CountingBackward(_mosaic.mha_backward)
-        _mosaic.mha_backward, original = spy, _mosaic.mha_backward
+        spy = _CountingBackward(mosaic_partition.mha_backward)
+        mosaic_partition.mha_backward, original = spy, mosaic_partition.mha_backward
         try:
             got = _flax_param_grads("mosaic", **sizes)
         finally:
-            _mosaic.mha_backward = original
+            mosaic_partition.mha_backward = original
     assert spy.calls == 1
     _assert_same_grads(got, _flax_param_grads("reference", **sizes), 2e-2)
 
@@ -150,8 +151,8 @@ def test_deterministic_bit_identical():
     case = Case(dtype=F16, batch=1, heads_q=4, heads_kv=1, seq_q=130, seq_k=200, causal=True)
     args, kwargs, _ = _grads_direct(case, 3)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-        first = _mosaic.mha_backward(*args, **kwargs)
-        second = _mosaic.mha_backward(*args, **kwargs)
+        first = mosaic_partition.mha_backward(*args, **kwargs)
+        second = mosaic_partition.mha_backward(*args, **kwargs)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -171,7 +172,7 @@ def test_config_variants(cfg):
                 window=(100, 0), softcap=8.0)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 13)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-        grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
+        grads = mosaic_partition.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs)[0], *f32)
     truth = vjp(dout.astype(jnp.float32))
@@ -186,7 +187,7 @@ def test_no_races_and_lse_cotangent():
                 softcap=4.0)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 5, dlse=True)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
-        grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs)
+        grads = mosaic_partition.mha_backward(q, k, v, out, lse, dout, **kwargs)
     assert not interpret_pallas_call.get_races().races_found, "race detected in the backward"
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs), *f32)
@@ -218,7 +219,7 @@ def test_unsupported_reasons(dtype, head_dim, head_dim_v, block, match):
         block_mask=block_mask)
     assert reason is not None and match in reason
     with pytest.raises(NotImplementedError, match=match):
-        _mosaic.mha_backward(q, q, v, q, jnp.zeros((1, 2, 128)), q, spec=spec,
+        mosaic_partition.mha_backward(q, q, v, q, jnp.zeros((1, 2, 128)), q, spec=spec,
                              softmax_scale=0.1, block_mask=block_mask)
 
 
@@ -242,7 +243,7 @@ def test_config_validation_and_heuristic():
 
 
 def test_backward_module_exports():
-    assert _mosaic.mha_backward is mosaic_backward.mha_backward
+    assert mosaic_partition.mha_backward is mosaic_backward.mha_backward
     assert "mha_backward" in _mosaic.__all__ and "backward_unsupported_reason" in _mosaic.__all__
 
 
@@ -272,13 +273,13 @@ def test_gpu_grad_realistic(case):
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * dl.astype(jnp.float32))
 
-    spy = _CountingBackward(_mosaic.mha_backward)
-    _mosaic.mha_backward, original = spy, _mosaic.mha_backward
+    spy = _CountingBackward(mosaic_partition.mha_backward)
+    mosaic_partition.mha_backward, original = spy, mosaic_partition.mha_backward
     try:
         grads = jax.jit(jax.grad(loss(lambda q, k, v: fa3_jax.attention(
             q, k, v, implementation="mosaic", **kwargs)), argnums=(0, 1, 2)))(ql, kl, vl)
     finally:
-        _mosaic.mha_backward = original
+        mosaic_partition.mha_backward = original
     assert spy.calls == 1
     low = jax.grad(loss(lambda q, k, v: naive_attention(q, k, v, xp=jnp, **naive)[0]),
                    argnums=(0, 1, 2))(ql, kl, vl)
@@ -300,7 +301,7 @@ def test_gpu_flax_model_grad_matches_reference():
 def test_gpu_deterministic():
     case = dataclasses.replace(GPU_GRAD_CASES[1], causal=True)
     args, kwargs, _ = _grads_direct(case, 11)
-    run = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))
+    run = jax.jit(lambda *a: mosaic_partition.mha_backward(*a, **kwargs))
     first, second = run(*args), run(*args)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -308,8 +309,8 @@ def test_gpu_deterministic():
 
 def test_unsupported_backward_falls_back_to_the_reference(monkeypatch):
     """Head dim 96: Mosaic forward, reference backward; gradients still right."""
-    spy = _CountingBackward(_mosaic.mha_backward)
-    monkeypatch.setattr(_mosaic, "mha_backward", spy)
+    spy = _CountingBackward(mosaic_partition.mha_backward)
+    monkeypatch.setattr(mosaic_partition, "mha_backward", spy)
     case = Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, head_dim=96, seq_q=64, seq_k=64,
                 causal=True)
     q, k, v, kwargs, naive = make_inputs(case, 11)

@@ -1,8 +1,5 @@
 import json
-import os
 import struct
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,9 +14,8 @@ from pretrain.sharding import make_mesh
 from pretrain.step import make_train_step
 from pretrain.tensorboard import _masked_crc, crc32c
 from pretrain.train import NonFiniteLossError, build_state, train
+from tests.fake_devices import run_on_fake_devices
 from tests.pretrain.helpers import small_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _records(run_dir, kind="train"):
@@ -154,22 +150,7 @@ _FSDP_SCRIPT = textwrap.dedent(
 
 
 def test_same_loss_on_one_and_eight_fake_devices_with_fsdp():
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(REPO),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", _FSDP_SCRIPT],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_on_fake_devices(_FSDP_SCRIPT, devices=8, timeout=300)
     assert out["fsdp8"]["shards"] == 8 and out["fsdp8"]["shard_shape"] == [4, 128]  # d_model 32 / 8
     np.testing.assert_allclose(out["fsdp8"]["losses"], out["1"]["losses"], rtol=2e-5)
     np.testing.assert_allclose(out["data2_fsdp4"]["losses"], out["1"]["losses"], rtol=2e-5)

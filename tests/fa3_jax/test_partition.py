@@ -1,0 +1,149 @@
+"""Sharding of the Mosaic kernel calls under jit (`fa3_jax._mosaic.partition`).
+
+GPU interpret mode cannot run inside XLA's per-device partitioning (its host callbacks carry
+ordered effects, and no host callback survives it), so on the CPU the kernels are replaced by the
+reference with the kernels' signatures, recording the shapes it is traced with: a call split
+over devices is traced with per-device shapes. Checked: each device runs its own batch rows and
+heads (no operand is gathered), results keep q's sharding and equal the unsplit call, and head
+shardings the kernels cannot split (kv heads not dividing) fall back to gathering the heads.
+The real kernels under this partitioning run on GPUs in `benchmarks/sharded_gpu_check.py`.
+"""
+
+import textwrap
+
+import pytest
+
+from tests.fake_devices import run_on_fake_devices
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from fa3_jax._mosaic import partition
+    from fa3_jax.masks import BlockMask, MaskSpec
+    from fa3_jax.reference import attention_reference
+
+    seen = []  # q shapes the kernels were traced with: per-device ones mean a split call
+
+    def fake_forward(q, k, v, *, alibi_slopes_BH, **kw):
+        seen.append(q.shape)
+        return attention_reference(q, k, v, alibi_slopes=alibi_slopes_BH, **kw)
+
+    def fake_backward(q, k, v, out, lse, dout, *, dlse_BHS, alibi_slopes_BH, **kw):
+        seen.append(q.shape)
+        f = lambda q, k, v: attention_reference(q, k, v, alibi_slopes=alibi_slopes_BH, **kw)
+        return jax.vjp(f, q, k, v)[1]((dout, dlse_BHS))
+
+    partition.mha_forward, partition.mha_backward = fake_forward, fake_backward
+    unsplit = lambda fn, *letters: fn
+    split_fn = partition.batch_head_partitioned
+    mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+
+    def case(batch, heads_q, heads_kv, per_batch_slopes, with_mask, partitioned=True):
+        partition.batch_head_partitioned = split_fn if partitioned else unsplit
+        seen.clear()
+        S, D = 128, 32
+        keys = jax.random.split(jax.random.key(batch * 10 + heads_kv), 6)
+        q = jax.random.normal(keys[0], (batch, S, heads_q, D))
+        k = jax.random.normal(keys[1], (batch, S, heads_kv, D))
+        v = jax.random.normal(keys[2], (batch, S, heads_kv, D))
+        dout = jax.random.normal(keys[3], q.shape)
+        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (batch, S)), 1).astype(jnp.int32)
+        slopes = jnp.linspace(0.05, 0.4, heads_q)
+        slopes = jnp.tile(slopes, (batch, 1)) if per_batch_slopes else slopes[None]
+        mask = None
+        if with_mask:
+            bits = jax.random.bernoulli(keys[5], 0.6, (1, heads_q, 2, 2)).at[..., 0].set(True)
+            mask = BlockMask(bits, 64, 64)
+        static = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
+        extra = dict(alibi_slopes_BH=slopes, segment_ids=(seg, seg), block_mask=mask)
+
+        def run(q, k, v, dout):
+            out, lse = partition.sharded_forward(q, k, v, **extra, **static)
+            grads = partition.sharded_backward(
+                q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **static)
+            return out, lse, *grads
+
+        sh = NamedSharding(mesh, P("data", None, "model", None))
+        kv_sh = sh if heads_kv % 2 == 0 else NamedSharding(mesh, P("data"))
+        args = [jax.device_put(x, s) for x, s in ((q, sh), (k, kv_sh), (v, kv_sh), (dout, sh))]
+        fn = jax.jit(run)
+        hlo = fn.lower(*args).compile().as_text()
+        split = [fn(*args)[i] for i in range(5)]
+        one = jax.devices()[0]  # one device: custom_partitioning runs the call unsplit
+        whole = jax.jit(run)(*(jax.device_put(x, one) for x in (q, k, v, dout)))
+        # nan_to_num: rows that see no key have lse -inf in both
+        with np.errstate(invalid="ignore"):
+            err = max(float(np.abs(np.nan_to_num(np.asarray(a) - np.asarray(b))).max())
+                      for a, b in zip(split, whole))
+        assert all(np.array_equal(np.isfinite(a), np.isfinite(b)) for a, b in zip(split, whole))
+        return {"gathers": hlo.count("all-gather"), "err": err, "traced": sorted(set(seen)),
+                "out_spec": str(split[0].sharding.spec), "dk_spec": str(split[3].sharding.spec)}
+
+    def vmap_case():
+        partition.batch_head_partitioned = split_fn
+        seen.clear()
+        S, D, B, H, G, V = 128, 32, 2, 4, 2, 3
+        keys = jax.random.split(jax.random.key(7), 5)
+        q = jax.random.normal(keys[0], (V, B, S, H, D))
+        k = jax.random.normal(keys[1], (V, B, S, G, D))
+        v = jax.random.normal(keys[2], (V, B, S, G, D))
+        dout = jax.random.normal(keys[3], q.shape)
+        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (V, B, S)), -1).astype(jnp.int32)
+        slopes = jnp.linspace(0.05, 0.4, H)[None]  # not mapped, broadcast over the batch
+        static = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
+
+        def run(q, k, v, dout, seg):
+            extra = dict(alibi_slopes_BH=slopes, segment_ids=(seg, seg), block_mask=None)
+            out, lse = partition.sharded_forward(q, k, v, **extra, **static)
+            grads = partition.sharded_backward(
+                q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **static)
+            return out, lse, *grads
+
+        mapped = jax.jit(jax.vmap(run))(q, k, v, dout, seg)
+        looped = [jax.jit(run)(q[i], k[i], v[i], dout[i], seg[i]) for i in range(V)]
+        err = max(float(jnp.abs(mapped[j][i] - looped[i][j]).max())
+                  for i in range(V) for j in range(5))
+        return {"err": err, "traced": sorted(set(seen))}
+
+    print(json.dumps({
+        "vmap": vmap_case(),
+        "split": case(4, 4, 2, False, True),
+        "per_batch_slopes": case(4, 4, 2, True, False),
+        "kv_heads_indivisible": case(4, 4, 1, False, False),
+        "control_unpartitioned": case(4, 4, 2, False, False, partitioned=False),
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_on_fake_devices(_SCRIPT, devices=4)
+
+
+@pytest.mark.parametrize("name", ["split", "per_batch_slopes"])
+def test_batch_and_heads_split_without_gathering(results, name):
+    r = results[name]
+    assert r["gathers"] == 0, r
+    assert [2, 128, 2, 32] in r["traced"], r  # each device: half the batch, half the heads
+    assert r["out_spec"] == r["dk_spec"] == "P('data', None, 'model', None)"
+    assert r["err"] < 1e-5, r
+
+
+def test_control_without_the_partitioning_traces_global_shapes(results):
+    r = results["control_unpartitioned"]
+    assert r["traced"] == [[4, 128, 4, 32]] and r["err"] < 1e-5, r
+
+
+def test_heads_gathered_when_kv_heads_do_not_divide(results):
+    r = results["kv_heads_indivisible"]
+    assert r["gathers"] > 0 and r["err"] < 1e-5, r
+    assert [2, 128, 4, 32] in r["traced"], r  # batch still split
+
+
+def test_vmap_folds_the_mapped_axis_into_the_batch(results):
+    r = results["vmap"]
+    assert [6, 128, 4, 32] in r["traced"], r  # 3 mapped x 2 batch rows in one call
+    assert r["err"] < 1e-5, r
