@@ -165,6 +165,33 @@ def persistent_runs(report, save):
         save()
 
 
+def _three(base, **kw):
+    """``base`` with three consumer warpgroups (FA3's 192-row tiles) and their register split."""
+    return dataclasses.replace(base, num_consumers=3, consumer_registers=160,
+                               producer_registers=32, **kw)
+
+
+def consumer_runs(report, save):
+    """Two vs three consumer warpgroups: D64 over the grid (fp16 and bf16), D128 at 4k."""
+    for s in (1024, 4096, 16384):
+        for causal in (False, True):
+            for dtype in (jnp.float16, jnp.bfloat16):
+                base = forward_config(64, dtype, causal=causal)
+                variants = [("c2", base), ("c3kv128st3", _three(base)),
+                            ("c3kv192st2", _three(base, block_kv=192, num_stages=2))]
+                r = bench(64, s, causal, dtype, variants, peers=True)
+                print(r, flush=True)
+                report["bench"].append(r)
+                save()
+    for causal in (False, True):
+        base = forward_config(128, jnp.float16, causal=causal)
+        r = bench(128, 4096, causal, jnp.float16, [("c2", base), ("c3", _three(base))],
+                  peers=False)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -173,6 +200,8 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="first 8 checks only")
     ap.add_argument("--ablation", action="store_true",
                     help="only the ping-pong x overlap ablation at D=64/128, S=4096 (no peers)")
+    ap.add_argument("--consumers", action="store_true",
+                    help="only three-consumer checks and 2-vs-3-consumer timings")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -211,6 +240,12 @@ def main():
         checks = checks[:4]
     if args.persistent:
         checks = [_persistent_check(name, kw) for name, kw in checks]
+    if args.consumers:
+        checks = [
+            (f"{name}-c3", {**kw, "config": _three(forward_config(kw["d"], kw["dtype"]))})
+            for name, kw in checks
+            if kw["d"] in (64, 128) and "config" not in kw and "block" not in kw
+        ]
     if args.sweep:
         checks = checks[:8]
     if not args.skip_checks and not args.ablation:
@@ -228,6 +263,9 @@ def main():
 
     if args.persistent:
         persistent_runs(report, save)
+        return _summary(report)
+    if args.consumers:
+        consumer_runs(report, save)
         return _summary(report)
 
     # 1) Sweep schedules and tiles at S=4096; 2) run the best per (D, causal)

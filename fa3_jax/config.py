@@ -41,16 +41,19 @@ WARPGROUP = 128
 class ForwardConfig:
     """Forward kernel configuration.
 
-    A CTA runs two consumer warpgroups and one producer warpgroup; each consumer
-    owns ``block_q`` query rows, so a CTA covers ``2 * block_q`` rows (the q tile
-    of the tile metadata) and walks kv tiles of ``block_kv`` keys.
+    A CTA runs ``num_consumers`` consumer warpgroups and one producer warpgroup;
+    each consumer owns ``block_q`` query rows, so a CTA covers
+    ``num_consumers * block_q`` rows (the q tile of the tile metadata) and walks
+    kv tiles of ``block_kv`` keys.
 
     Attributes:
       block_q: query rows per consumer warpgroup (wgmma M: 64).
       block_kv: keys per kv tile (multiple of 64).
       num_stages: depth of the K/V shared-memory ring filled by the producer.
-      pingpong: order the two consumers' GEMMs and softmaxes so one's softmax
-        overlaps the other's GEMMs (FA3 technique 2).
+      num_consumers: consumer warpgroups per CTA, 2 or 3 (FA3 runs 3 at head_dim
+        64: 192-row q tiles, each K/V tile loaded once for more rows).
+      pingpong: order the consumers' GEMMs and softmaxes so one's softmax
+        overlaps the others' GEMMs (FA3 technique 2).
       overlap: issue the next tile's Q.K^T before this tile's P.V and softmax
         (FA3 technique 3, intra-warpgroup overlap).
       p_in_smem: stage P through shared memory for the P.V wgmma and accumulate
@@ -71,6 +74,7 @@ class ForwardConfig:
     block_q: int = 64
     block_kv: int = 128
     num_stages: int = 2
+    num_consumers: int = 2
     pingpong: bool = True
     overlap: bool = True
     p_in_smem: bool = False
@@ -88,6 +92,10 @@ class ForwardConfig:
             raise ValueError(
                 f"ForwardConfig.block_kv must be a positive multiple of 64, got {self.block_kv}"
             )
+        if self.num_consumers not in (2, 3):
+            raise ValueError(
+                f"ForwardConfig.num_consumers must be 2 or 3, got {self.num_consumers}"
+            )
         if not 2 <= self.num_stages <= 8:
             raise ValueError(f"ForwardConfig.num_stages must be in [2, 8], got {self.num_stages}")
         for name in ("consumer_registers", "producer_registers"):
@@ -96,17 +104,17 @@ class ForwardConfig:
                 raise ValueError(
                     f"ForwardConfig.{name} must be a multiple of 8 in [24, 256], got {value}"
                 )
-        used = WARPGROUP * (2 * self.consumer_registers + self.producer_registers)
+        used = WARPGROUP * (self.num_consumers * self.consumer_registers + self.producer_registers)
         if used > REGISTER_FILE:
             raise ValueError(
-                f"ForwardConfig registers {self.consumer_registers}x2 + "
+                f"ForwardConfig registers {self.consumer_registers}x{self.num_consumers} + "
                 f"{self.producer_registers} per thread need {used} > {REGISTER_FILE}"
             )
 
     @property
     def tile_q(self) -> int:
         """Query rows per CTA (the q tile of the tile metadata)."""
-        return 2 * self.block_q
+        return self.num_consumers * self.block_q
 
 
 #: What Mosaic allocates beyond the buffers itemized below (segment-id rings,
@@ -117,11 +125,12 @@ _FORWARD_UNITEMIZED_BYTES = 7 * 1024
 
 def forward_smem_bytes(config: ForwardConfig, head_dim: int, itemsize: int) -> int:
     """Shared memory the forward kernel allocates for ``config``."""
-    q_o = 2 * config.block_q * head_dim * itemsize  # Q, reused for O
+    n = config.num_consumers
+    q_o = n * config.block_q * head_dim * itemsize  # Q, reused for O
     kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
-    p = 2 * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
-    lse = 2 * config.block_q * 4
-    barriers = 8 * (4 * config.num_stages + 3)
+    p = n * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
+    lse = n * config.block_q * 4
+    barriers = 8 * (4 * config.num_stages + 3 * n)
     return q_o + kv + p + lse + barriers + _FORWARD_UNITEMIZED_BYTES
 
 
@@ -144,11 +153,22 @@ def _mask_kind(causal: bool, masked: bool) -> str:
 TUNED_FORWARD: dict[tuple[int, str, str], ForwardConfig] = {}
 
 
-def _heuristic(head_dim: int) -> ForwardConfig:
+def _heuristic(head_dim: int, *, causal: bool, masked: bool) -> ForwardConfig:
     # H100, 2026-11-25 (benchmarks/NOTES.md): at D=128 intra-warpgroup overlap
     # alone measured best (573 TFLOP/s dense, 510 causal at 4k); ping-pong is
     # kept as a switch until its turn-barrier form is measured.
     if head_dim <= 64:
+        if not causal and not masked:
+            # H100, 2026-11-26: three consumers (192-row tiles) +3% at 1k, +11-17% at 4k-16k
+            # dense; causal they lose 16% at 1k (fewer, longer tiles) and gain 0-7% above.
+            return ForwardConfig(
+                block_kv=128,
+                num_stages=3,
+                num_consumers=3,
+                consumer_registers=160,
+                producer_registers=32,
+                pingpong=False,
+            )
         return ForwardConfig(block_kv=128, num_stages=3, pingpong=False)
     if head_dim <= 128:
         return ForwardConfig(block_kv=128, num_stages=2, pingpong=False)
@@ -165,7 +185,7 @@ def forward_config(
     name = np.dtype(dtype).name
     config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked)))
     if config is None:
-        config = _heuristic(head_dim)
+        config = _heuristic(head_dim, causal=causal, masked=masked)
     if interpret:
         config = dataclasses.replace(config, p_in_smem=True)
     return config
@@ -236,8 +256,10 @@ class BackwardConfig:
         if self.compute_wgs not in (1, 2):
             raise ValueError(f"BackwardConfig.compute_wgs must be 1 or 2, got {self.compute_wgs!r}")
         if self.overlap and self.stages < 2:
-            raise ValueError("BackwardConfig.overlap needs stages >= 2 (the next tile must be "
-                             f"in flight), got stages={self.stages}")
+            raise ValueError(
+                "BackwardConfig.overlap needs stages >= 2 (the next tile must be "
+                f"in flight), got stages={self.stages}"
+            )
 
     @property
     def tile_kv_dkv(self) -> int:
@@ -268,8 +290,9 @@ class BackwardConfig:
         return {"dkdv": dkdv, "dq": dq}
 
 
-def default_backward_config(head_dim: int, block_mask=None, *,
-                            interpret: bool = False) -> BackwardConfig:
+def default_backward_config(
+    head_dim: int, block_mask=None, *, interpret: bool = False
+) -> BackwardConfig:
     """Heuristic choice: two consumer warpgroups per CTA (128-row tiles).
 
     A block mask with 64-row/64-column blocks gets one consumer warpgroup per CTA,

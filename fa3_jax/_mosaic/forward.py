@@ -1,16 +1,17 @@
 """FlashAttention-3 forward kernel in Pallas Mosaic GPU (Hopper).
 
-One CTA computes ``tile_q = 2 * block_q`` query rows of one (batch, head):
+One CTA computes ``tile_q = num_consumers * block_q`` query rows of one (batch, head):
 
-* warpgroup 2, the producer, gives up registers and streams the K/V tiles the
-  tile metadata lists for this q tile into a ``num_stages`` shared-memory ring
-  with TMA, each slot guarded by a "loaded" barrier (TMA) and a "free" barrier
-  (both consumers arrive when done with it);
-* warpgroups 0 and 1, the consumers, each own ``block_q`` rows: S = Q K^T
-  (wgmma), online softmax in base 2, O += P V (wgmma). With ``pingpong`` they
-  take turns issuing GEMMs (one turn barrier each) so one's softmax overlaps
-  the other's GEMMs; with ``overlap`` Q K^T of the next tile is issued together
-  with P V of this one, and the next softmax runs under P V.
+* the last warpgroup (index ``num_consumers``), the producer, gives up registers
+  and streams the K/V tiles the tile metadata lists for this q tile into a
+  ``num_stages`` shared-memory ring with TMA, each slot guarded by a "loaded"
+  barrier (TMA) and a "free" barrier (every consumer arrives when done with it);
+* warpgroups 0 … num_consumers - 1 (2, or 3 as FA3 does at head_dim 64), the
+  consumers, each own ``block_q`` rows: S = Q K^T (wgmma), online softmax in
+  base 2, O += P V (wgmma). With ``pingpong`` they take turns issuing GEMMs, in
+  a ring of turn barriers, so one's softmax overlaps the others' GEMMs; with
+  ``overlap`` Q K^T of the next tile is issued together with P V of this one,
+  and the next softmax runs under P V.
 
 With ``persistent`` the grid is ``num_ctas`` CTAs (default: one per SM) that
 each loop over work items (q tile, head, batch), the longest causal q tiles
@@ -96,6 +97,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
     head_dim = q_ref.shape[-1]
 
     wg = lax.axis_index("wg")
+    n_consumers = cfg.num_consumers
     masked = st.element_block_mask is not None or needs_element_masks(
         st.spec, tile_k=bkv, has_segments=st.has_segments
     )
@@ -129,13 +131,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
     def tile_count(b, h, qt):
         return count_ref[b if batch_m > 1 else 0, h if heads_m > 1 else 0, qt]
 
-    @pl.when(wg < 2)
+    @pl.when(wg < n_consumers)
     def _consumer():
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
 
-        # Ping-pong: the consumers take turns issuing their GEMMs (a turn barrier
-        # per warpgroup, FA3's scheduler barriers); softmaxes run unordered, so
-        # one warpgroup's softmax overlaps the other's GEMMs. Both warpgroups
+        # Ping-pong: the consumers take turns issuing their GEMMs (a ring of turn
+        # barriers, one per warpgroup: FA3's scheduler barriers); softmaxes run
+        # unordered, so one warpgroup's softmax overlaps the others' GEMMs. All
         # issue the same number of GEMMs per item, so in persistent mode the
         # alternation simply continues from one item to the next.
         def take_turn():
@@ -144,7 +146,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         def pass_turn():
             if cfg.pingpong:
-                plgpu.barrier_arrive(turn.at[1 - wg])
+                plgpu.barrier_arrive(turn.at[lax.rem(wg + 1, n_consumers)])
 
         # Without softcap/ALiBi the scale is folded into the softmax's exp2 FMA:
         # logits stay raw and are multiplied by ``fold`` there.
@@ -357,13 +359,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         if cfg.pingpong:
             # Warpgroup 0 issues first.
-            pl.when(wg == 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
+            pl.when(wg == n_consumers - 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
         for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
         if cfg.pingpong:
-            # Consume warpgroup 1's last hand-over (every barrier phase is observed).
+            # Consume the last warpgroup's last hand-over (every barrier phase is observed).
             pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
 
-    @pl.when(wg == 2)
+    @pl.when(wg == n_consumers)
     def _producer():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
 
@@ -487,28 +489,30 @@ def forward_kernel_call(
             )
         inputs.append(block_mask_int)
 
-    bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
+    bq, bkv, stages, n_consumers = cfg.block_q, cfg.block_kv, cfg.num_stages, cfg.num_consumers
     scratch = (
-        plgpu.SMEM((2, bq, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
+        plgpu.SMEM(
+            (n_consumers, bq, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)
+        ),
         plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
         plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
-        plgpu.SMEM((2, bq), jnp.float32),
-        plgpu.SMEM((2, bq, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
+        plgpu.SMEM((n_consumers, bq), jnp.float32),
+        plgpu.SMEM((n_consumers, bq, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
         if cfg.p_in_smem
         else None,
-        plgpu.SMEM((2, bq), jnp.int32) if st.has_segments else None,
+        plgpu.SMEM((n_consumers, bq), jnp.int32) if st.has_segments else None,
         plgpu.SMEM((stages, bkv), jnp.int32) if st.has_segments else None,
     )
     # With segment ids the producer's K copy and kv-id copy both arrive on k_bar.
     k_arrivals = 2 if st.has_segments else 1
     barriers = (
-        plgpu.Barrier(num_barriers=2),
+        plgpu.Barrier(num_barriers=n_consumers),
         plgpu.Barrier(num_arrivals=k_arrivals, num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-        plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-        plgpu.Barrier(num_barriers=2),
-        plgpu.Barrier(num_barriers=2) if st.has_segments else None,
+        plgpu.Barrier(num_arrivals=n_consumers, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=n_consumers, num_barriers=stages),
+        plgpu.Barrier(num_barriers=n_consumers),
+        plgpu.Barrier(num_barriers=n_consumers) if st.has_segments else None,
     )
     if cfg.persistent:
         n_ctas = min(cfg.num_ctas or _sm_count(), batch * heads_q * n_q_tiles)
@@ -536,7 +540,7 @@ def forward_kernel_call(
         scratch_types=(scratch, barriers),
         grid=grid,
         grid_names=grid_names,
-        num_threads=3,
+        num_threads=n_consumers + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )

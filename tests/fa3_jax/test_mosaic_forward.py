@@ -124,12 +124,19 @@ _VARIANTS = [
     (_variant(pingpong=False, overlap=False, num_stages=2, persistent=True, num_ctas=2),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
           window=(70, 0), segments="shared")),
+    # three consumer warpgroups (192-row q tiles): the turn ring, then masks across 3 row blocks
+    (_variant(num_consumers=3, consumer_registers=160, producer_registers=32, pingpong=True,
+              overlap=True, num_stages=3), _VARIANT_CASE),
+    (_variant(num_consumers=3, consumer_registers=160, producer_registers=32, pingpong=False,
+              overlap=True, num_stages=2),
+     Case(dtype=jnp.float16, batch=2, heads_q=2, heads_kv=2, seq_q=250, seq_k=250, causal=True,
+          segments="shared", alibi="head")),
 ]
 
 
 def _variant_id(variant):
     config, _ = variant
-    name = f"pp{config.pingpong:d}ov{config.overlap:d}"
+    name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
     return name + f"-persistent{config.num_ctas}" * config.persistent
 
 
@@ -167,7 +174,8 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(persistent=True, num_ctas=7, pingpong=True, overlap=False, block_kv=64,
                   num_stages=3),
     ForwardConfig(),
-], ids=["persistent-sm", "persistent7-pp", "grid"])
+    ForwardConfig(num_consumers=3, consumer_registers=160, producer_registers=32),
+], ids=["persistent-sm", "persistent7-pp", "grid", "grid-3consumers"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
