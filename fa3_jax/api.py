@@ -84,6 +84,10 @@ def attention(
       with ``return_lse``. A query with no visible key gets output 0 and lse
       ``-inf``. Differentiable in ``q``, ``k``, ``v`` (not in the slopes, masks
       or softcap).
+
+    Sharding: under ``jit`` the Mosaic kernels run on each device's shard of the
+    batch and heads of q (heads only when both head counts divide the head
+    sharding); sharded sequence or head_dim axes are gathered first.
     """
     q, k, v = (_as_array(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
     _check_qkv(q, k, v)

@@ -14,6 +14,11 @@ Operands and results are described by a string of axis letters, one per axis:
 letter is kept whole. A ``b``/``h`` axis of size 1 (a broadcast slope or mask) is
 kept whole too. ``custom_partitioning`` has no batching rule, so ``jax.vmap`` is
 served by folding the mapped axis into the batch axis.
+
+With explicit sharding (``jax.sharding.AxisType.Explicit``, the default of
+``jax.make_mesh``) the array types carry the sharding, so the split is decided
+at trace time instead: the call runs under ``jax.shard_map`` with the same
+batch/head rule, its operands resharded to it first.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from jax.experimental.custom_partitioning import (
     SdyShardingRule,
     custom_partitioning,
 )
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from fa3_jax import _platform
 from fa3_jax._mosaic.api_forward import mha_forward
@@ -57,10 +62,9 @@ def _spec_entry(axes: tuple[str, ...]):
     return axes[0] if len(axes) == 1 else axes
 
 
-def _split_axes(mesh, q_info, batch: int, heads_q: int, heads_kv: int) -> dict[str, tuple]:
-    """Mesh axes for the batch and head letters, from q's sharding ([b, s, h, d])."""
-    sharding = q_info.sharding
-    spec = tuple(sharding.spec) + (None,) * 4 if sharding is not None else (None,) * 4
+def _split_axes(mesh, spec, batch: int, heads_q: int, heads_kv: int) -> dict[str, tuple]:
+    """Mesh axes for the batch and head letters, from q's PartitionSpec ([b, s, h, d])."""
+    spec = tuple(spec or ()) + (None,) * 4
     batch_axes = _axes(spec[0])
     if batch % _size(mesh, batch_axes):
         batch_axes = ()
@@ -71,12 +75,13 @@ def _split_axes(mesh, q_info, batch: int, heads_q: int, heads_kv: int) -> dict[s
     return {"b": batch_axes, "h": head_axes, "g": head_axes}
 
 
-def _sharding(mesh, letters: str, shape, split: dict[str, tuple]) -> NamedSharding:
-    entries = [
-        _spec_entry(split[c]) if c in _SPLIT and size > 1 else None
-        for c, size in zip(letters, shape, strict=True)
-    ]
-    return NamedSharding(mesh, PartitionSpec(*entries))
+def _spec(letters: str, shape, split: dict[str, tuple]) -> PartitionSpec:
+    return PartitionSpec(
+        *(
+            _spec_entry(split[c]) if c in _SPLIT and size > 1 else None
+            for c, size in zip(letters, shape, strict=True)
+        )
+    )
 
 
 def _mapping(letters: str, shape, operand: int) -> ArrayMapping:
@@ -92,7 +97,9 @@ def _mapping(letters: str, shape, operand: int) -> ArrayMapping:
 def batch_head_partitioned(
     fn: Callable, arg_letters: Sequence[str], out_letters: Sequence[str]
 ) -> Callable:
-    """``fn(*arrays) -> tuple of arrays``, partitioned over batch and heads under ``jit``.
+    """``fn(*arrays) -> tuple of arrays``, partitioned over batch and heads under ``jit``:
+    by ``custom_partitioning`` at compile time, or by ``jax.shard_map`` at trace time when
+    q's type carries an explicit sharding.
 
     Args:
       fn: a kernel call on local (per-device) arrays; closes over everything static.
@@ -112,19 +119,41 @@ def batch_head_partitioned(
     if not all(s[0] == "b" for s in arg_letters + out_letters):
         raise ValueError(f"every operand and result must lead with a batch axis: {arg_letters}")
     kv_arg = next(i for i, s in enumerate(arg_letters) if "g" in s)
+
+    def split_of(mesh, q_spec, arrays):
+        q_shape = arrays[0].shape
+        heads_kv = arrays[kv_arg].shape[arg_letters[kv_arg].index("g")]
+        return _split_axes(mesh, q_spec, q_shape[0], q_shape[2], heads_kv)
+
+    def shard_mapped(mesh, arrays):
+        """The call under shard_map over an explicit mesh (operands resharded to the rule)."""
+        split = split_of(mesh, jax.typeof(arrays[0]).sharding.spec, arrays)
+        in_specs = tuple(_spec(s, x.shape, split) for s, x in zip(arg_letters, arrays, strict=True))
+        # shapes only: evaluated without the operands' (explicit) shardings
+        out_avals = jax.eval_shape(fn, *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in arrays))
+        out_specs = tuple(
+            _spec(s, o.shape, split) for s, o in zip(out_letters, out_avals, strict=True)
+        )
+        arrays = [jax.sharding.reshard(x, spec) for x, spec in zip(arrays, in_specs, strict=True)]
+        mapped = jax.shard_map(
+            fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+        )
+        return mapped(*arrays)
+
     # custom_partitioning rejects a traced function with constants; jit keeps them inside
     wrapped = custom_partitioning(jax.jit(fn))
 
     def partition(mesh, arg_shapes, result_shape):
-        q_shape = arg_shapes[0].shape
-        heads_kv = arg_shapes[kv_arg].shape[arg_letters[kv_arg].index("g")]
-        split = _split_axes(mesh, arg_shapes[0], q_shape[0], q_shape[2], heads_kv)
+        q_sharding = arg_shapes[0].sharding
+        split = split_of(mesh, None if q_sharding is None else q_sharding.spec, arg_shapes)
         arg_shardings = tuple(
-            _sharding(mesh, s, a.shape, split) for s, a in zip(arg_letters, arg_shapes, strict=True)
+            NamedSharding(mesh, _spec(s, a.shape, split))
+            for s, a in zip(arg_letters, arg_shapes, strict=True)
         )
         results = result_shape if isinstance(result_shape, (tuple, list)) else (result_shape,)
         out_shardings = tuple(
-            _sharding(mesh, s, r.shape, split) for s, r in zip(out_letters, results, strict=True)
+            NamedSharding(mesh, _spec(s, r.shape, split))
+            for s, r in zip(out_letters, results, strict=True)
         )
         return mesh, fn, out_shardings, arg_shardings
 
@@ -145,6 +174,9 @@ def batch_head_partitioned(
 
     @jax.custom_batching.custom_vmap
     def call(*arrays):
+        mesh = jax.typeof(arrays[0]).sharding.mesh
+        if AxisType.Explicit in mesh.axis_types:
+            return shard_mapped(mesh, arrays)
         return wrapped(*arrays)
 
     @call.def_vmap

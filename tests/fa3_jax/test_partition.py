@@ -21,13 +21,16 @@ _SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     from fa3_jax._mosaic import partition
-    from fa3_jax.masks import BlockMask, MaskSpec
+    from fa3_jax.masks import BlockMask, MaskSpec, tile_metadata
     from fa3_jax.reference import attention_reference
 
     seen = []  # q shapes the kernels were traced with: per-device ones mean a split call
 
     def fake_forward(q, k, v, *, alibi_slopes_BH, **kw):
         seen.append(q.shape)
+        # like the kernels, build tile metadata (what fails on explicitly sharded types)
+        tile_metadata(kw["spec"], 128, 64, segment_ids=kw["segment_ids"],
+                      block_mask=kw["block_mask"])
         return attention_reference(q, k, v, alibi_slopes=alibi_slopes_BH, **kw)
 
     def fake_backward(q, k, v, out, lse, dout, *, dlse_BHS, alibi_slopes_BH, **kw):
@@ -107,7 +110,38 @@ _SCRIPT = textwrap.dedent(
                   for i in range(V) for j in range(5))
         return {"err": err, "traced": sorted(set(seen))}
 
+    def explicit_case():
+        # jax.make_mesh's default axis types are Explicit: shardings live in the array types
+        partition.batch_head_partitioned = split_fn
+        seen.clear()
+        B, S, H, G, D = 4, 128, 4, 2, 32
+        keys = jax.random.split(jax.random.key(11), 5)
+        q = jax.random.normal(keys[0], (B, S, H, D))
+        k = jax.random.normal(keys[1], (B, S, G, D))
+        v = jax.random.normal(keys[2], (B, S, G, D))
+        dout = jax.random.normal(keys[3], q.shape)
+        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (B, S)), 1).astype(jnp.int32)
+        static = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
+
+        def run(q, k, v, dout, seg):
+            extra = dict(alibi_slopes_BH=None, segment_ids=(seg, seg), block_mask=None)
+            out, lse = partition.sharded_forward(q, k, v, **extra, **static)
+            grads = partition.sharded_backward(
+                q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **static)
+            return out, lse, *grads
+
+        whole = jax.jit(run)(q, k, v, dout, seg)
+        explicit = jax.make_mesh((2, 2), ("data", "model"))
+        with jax.set_mesh(explicit):
+            sh = NamedSharding(explicit, P("data", None, "model", None))
+            args = [jax.device_put(x, sh) for x in (q, k, v, dout)]
+            split = jax.jit(run)(*args, jax.device_put(seg, NamedSharding(explicit, P("data"))))
+        err = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                  for a, b in zip(split, whole))
+        return {"err": err, "traced": sorted(set(seen)), "out_spec": str(split[0].sharding.spec)}
+
     print(json.dumps({
+        "explicit": explicit_case(),
         "vmap": vmap_case(),
         "split": case(4, 4, 2, False, True),
         "per_batch_slopes": case(4, 4, 2, True, False),
@@ -146,4 +180,11 @@ def test_heads_gathered_when_kv_heads_do_not_divide(results):
 def test_vmap_folds_the_mapped_axis_into_the_batch(results):
     r = results["vmap"]
     assert [6, 128, 4, 32] in r["traced"], r  # 3 mapped x 2 batch rows in one call
+    assert r["err"] < 1e-5, r
+
+
+def test_explicit_mesh_runs_the_kernels_under_shard_map(results):
+    r = results["explicit"]
+    assert [2, 128, 2, 32] in r["traced"], r
+    assert r["out_spec"] == "P('data', None, 'model', None)", r
     assert r["err"] < 1e-5, r
