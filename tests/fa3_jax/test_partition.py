@@ -5,7 +5,8 @@ ordered effects, and no host callback survives it), so on the CPU the kernels ar
 reference with the kernels' signatures, recording the shapes it is traced with: a call split
 over devices is traced with per-device shapes. Checked: each device runs its own batch rows and
 heads (no operand is gathered), results keep q's sharding and equal the unsplit call, and head
-shardings the kernels cannot split (kv heads not dividing) fall back to gathering the heads.
+shardings the kernels cannot split (kv heads not dividing) fall back to gathering the heads; vmap
+folds into the batch; an explicit-sharding mesh runs the same split under shard_map.
 The real kernels under this partitioning run on GPUs in `benchmarks/sharded_gpu_check.py`.
 """
 
@@ -43,102 +44,82 @@ _SCRIPT = textwrap.dedent(
     split_fn = partition.batch_head_partitioned
     mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
 
+    S, D = 128, 32
+    STATIC = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
+
+    def inputs(seed, lead, heads_q, heads_kv):
+        # q, k, v, dout [*lead, S, heads, D] and packed-document ids [*lead, S]
+        keys = jax.random.split(jax.random.key(seed), 5)
+        q = jax.random.normal(keys[0], (*lead, S, heads_q, D))
+        k = jax.random.normal(keys[1], (*lead, S, heads_kv, D))
+        v = jax.random.normal(keys[2], (*lead, S, heads_kv, D))
+        dout = jax.random.normal(keys[3], q.shape)
+        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (*lead, S)), -1).astype(jnp.int32)
+        return q, k, v, dout, seg
+
+    def fwd_bwd(q, k, v, dout, seg, slopes=None, mask=None):
+        extra = dict(alibi_slopes_BH=slopes, segment_ids=(seg, seg), block_mask=mask)
+        out, lse = partition.sharded_forward(q, k, v, **extra, **STATIC)
+        grads = partition.sharded_backward(
+            q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **STATIC)
+        return out, lse, *grads
+
+    def max_err(xs, ys):
+        # nan_to_num: rows that see no key have lse -inf in both
+        assert all(np.array_equal(np.isfinite(a), np.isfinite(b)) for a, b in zip(xs, ys))
+        with np.errstate(invalid="ignore"):
+            return max(float(np.abs(np.nan_to_num(np.asarray(a) - np.asarray(b))).max())
+                       for a, b in zip(xs, ys))
+
     def case(batch, heads_q, heads_kv, per_batch_slopes, with_mask, partitioned=True):
         partition.batch_head_partitioned = split_fn if partitioned else unsplit
         seen.clear()
-        S, D = 128, 32
-        keys = jax.random.split(jax.random.key(batch * 10 + heads_kv), 6)
-        q = jax.random.normal(keys[0], (batch, S, heads_q, D))
-        k = jax.random.normal(keys[1], (batch, S, heads_kv, D))
-        v = jax.random.normal(keys[2], (batch, S, heads_kv, D))
-        dout = jax.random.normal(keys[3], q.shape)
-        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (batch, S)), 1).astype(jnp.int32)
+        q, k, v, dout, seg = inputs(batch * 10 + heads_kv, (batch,), heads_q, heads_kv)
         slopes = jnp.linspace(0.05, 0.4, heads_q)
         slopes = jnp.tile(slopes, (batch, 1)) if per_batch_slopes else slopes[None]
         mask = None
         if with_mask:
-            bits = jax.random.bernoulli(keys[5], 0.6, (1, heads_q, 2, 2)).at[..., 0].set(True)
-            mask = BlockMask(bits, 64, 64)
-        static = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
-        extra = dict(alibi_slopes_BH=slopes, segment_ids=(seg, seg), block_mask=mask)
-
-        def run(q, k, v, dout):
-            out, lse = partition.sharded_forward(q, k, v, **extra, **static)
-            grads = partition.sharded_backward(
-                q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **static)
-            return out, lse, *grads
-
+            bits = jax.random.bernoulli(jax.random.key(5), 0.6, (1, heads_q, 2, 2))
+            mask = BlockMask(bits.at[..., 0].set(True), 64, 64)
+        run = lambda q, k, v, dout: fwd_bwd(q, k, v, dout, seg, slopes, mask)
         sh = NamedSharding(mesh, P("data", None, "model", None))
         kv_sh = sh if heads_kv % 2 == 0 else NamedSharding(mesh, P("data"))
         args = [jax.device_put(x, s) for x, s in ((q, sh), (k, kv_sh), (v, kv_sh), (dout, sh))]
         fn = jax.jit(run)
         hlo = fn.lower(*args).compile().as_text()
-        split = [fn(*args)[i] for i in range(5)]
+        split = fn(*args)
         one = jax.devices()[0]  # one device: custom_partitioning runs the call unsplit
         whole = jax.jit(run)(*(jax.device_put(x, one) for x in (q, k, v, dout)))
-        # nan_to_num: rows that see no key have lse -inf in both
-        with np.errstate(invalid="ignore"):
-            err = max(float(np.abs(np.nan_to_num(np.asarray(a) - np.asarray(b))).max())
-                      for a, b in zip(split, whole))
-        assert all(np.array_equal(np.isfinite(a), np.isfinite(b)) for a, b in zip(split, whole))
-        return {"gathers": hlo.count("all-gather"), "err": err, "traced": sorted(set(seen)),
-                "out_spec": str(split[0].sharding.spec), "dk_spec": str(split[3].sharding.spec)}
+        return {"gathers": hlo.count("all-gather"), "err": max_err(split, whole),
+                "traced": sorted(set(seen)), "out_spec": str(split[0].sharding.spec),
+                "dk_spec": str(split[3].sharding.spec)}
 
     def vmap_case():
         partition.batch_head_partitioned = split_fn
         seen.clear()
-        S, D, B, H, G, V = 128, 32, 2, 4, 2, 3
-        keys = jax.random.split(jax.random.key(7), 5)
-        q = jax.random.normal(keys[0], (V, B, S, H, D))
-        k = jax.random.normal(keys[1], (V, B, S, G, D))
-        v = jax.random.normal(keys[2], (V, B, S, G, D))
-        dout = jax.random.normal(keys[3], q.shape)
-        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (V, B, S)), -1).astype(jnp.int32)
-        slopes = jnp.linspace(0.05, 0.4, H)[None]  # not mapped, broadcast over the batch
-        static = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
-
-        def run(q, k, v, dout, seg):
-            extra = dict(alibi_slopes_BH=slopes, segment_ids=(seg, seg), block_mask=None)
-            out, lse = partition.sharded_forward(q, k, v, **extra, **static)
-            grads = partition.sharded_backward(
-                q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **static)
-            return out, lse, *grads
-
-        mapped = jax.jit(jax.vmap(run))(q, k, v, dout, seg)
-        looped = [jax.jit(run)(q[i], k[i], v[i], dout[i], seg[i]) for i in range(V)]
-        err = max(float(jnp.abs(mapped[j][i] - looped[i][j]).max())
-                  for i in range(V) for j in range(5))
+        V = 3
+        args = inputs(7, (V, 2), 4, 2)
+        slopes = jnp.linspace(0.05, 0.4, 4)[None]  # not mapped, broadcast over the batch
+        run = lambda *a: fwd_bwd(*a, slopes)
+        mapped = jax.jit(jax.vmap(run))(*args)
+        looped = [jax.jit(run)(*(x[i] for x in args)) for i in range(V)]
+        err = max(max_err([m[i] for m in mapped], looped[i]) for i in range(V))
         return {"err": err, "traced": sorted(set(seen))}
 
     def explicit_case():
         # jax.make_mesh's default axis types are Explicit: shardings live in the array types
         partition.batch_head_partitioned = split_fn
         seen.clear()
-        B, S, H, G, D = 4, 128, 4, 2, 32
-        keys = jax.random.split(jax.random.key(11), 5)
-        q = jax.random.normal(keys[0], (B, S, H, D))
-        k = jax.random.normal(keys[1], (B, S, G, D))
-        v = jax.random.normal(keys[2], (B, S, G, D))
-        dout = jax.random.normal(keys[3], q.shape)
-        seg = jnp.cumsum(jax.random.bernoulli(keys[4], 0.03, (B, S)), 1).astype(jnp.int32)
-        static = dict(spec=MaskSpec(S, S, True, None, None), softmax_scale=0.2, softcap=None)
-
-        def run(q, k, v, dout, seg):
-            extra = dict(alibi_slopes_BH=None, segment_ids=(seg, seg), block_mask=None)
-            out, lse = partition.sharded_forward(q, k, v, **extra, **static)
-            grads = partition.sharded_backward(
-                q, k, v, out, lse, dout, dlse_BHS=jnp.zeros_like(lse), **extra, **static)
-            return out, lse, *grads
-
-        whole = jax.jit(run)(q, k, v, dout, seg)
+        args = inputs(11, (4,), 4, 2)
+        whole = jax.jit(fwd_bwd)(*args)
         explicit = jax.make_mesh((2, 2), ("data", "model"))
         with jax.set_mesh(explicit):
             sh = NamedSharding(explicit, P("data", None, "model", None))
-            args = [jax.device_put(x, sh) for x in (q, k, v, dout)]
-            split = jax.jit(run)(*args, jax.device_put(seg, NamedSharding(explicit, P("data"))))
-        err = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-                  for a, b in zip(split, whole))
-        return {"err": err, "traced": sorted(set(seen)), "out_spec": str(split[0].sharding.spec)}
+            placed = [jax.device_put(x, sh) for x in args[:4]]
+            placed.append(jax.device_put(args[4], NamedSharding(explicit, P("data"))))
+            split = jax.jit(fwd_bwd)(*placed)
+        return {"err": max_err(split, whole), "traced": sorted(set(seen)),
+                "out_spec": str(split[0].sharding.spec)}
 
     print(json.dumps({
         "explicit": explicit_case(),
