@@ -192,6 +192,26 @@ def consumer_runs(report, save):
         save()
 
 
+def short_runs(report, save):
+    """The configurations furthest under the bar (short sequences, causal D64): schedule and tile
+    variants of the default config, fp16, with cuDNN in the same run."""
+    for d, s, causal in ((64, 1024, True), (64, 4096, True), (64, 16384, True),
+                         (128, 512, False), (128, 1024, True)):
+        base = forward_config(d, jnp.float16, causal=causal)
+        variants = [("default", base),
+                    ("pp", dataclasses.replace(base, pingpong=True)),
+                    ("kv64st4", dataclasses.replace(base, block_kv=64, num_stages=4)),
+                    ("st3" if base.num_stages == 2 else "st2",
+                     dataclasses.replace(base, num_stages=5 - base.num_stages))]
+        if d == 64:
+            variants.append(("c3pp", _three(base, pingpong=True)))
+        r = bench(d, s, causal, jnp.float16, variants, peers=False)
+        r["tflops"]["cudnn"] = bench(d, s, causal, jnp.float16, [], peers=True)["tflops"]["cudnn"]
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -202,6 +222,8 @@ def main():
                     help="only the ping-pong x overlap ablation at D=64/128, S=4096 (no peers)")
     ap.add_argument("--consumers", action="store_true",
                     help="only three-consumer checks and 2-vs-3-consumer timings")
+    ap.add_argument("--short", action="store_true",
+                    help="no checks; schedule/tile variants where we trail most")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -248,7 +270,7 @@ def main():
         ]
     if args.sweep:
         checks = checks[:8]
-    if not args.skip_checks and not args.ablation:
+    if not args.skip_checks and not args.ablation and not args.short:
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -266,6 +288,9 @@ def main():
         return _summary(report)
     if args.consumers:
         consumer_runs(report, save)
+        return _summary(report)
+    if args.short:
+        short_runs(report, save)
         return _summary(report)
 
     # 1) Sweep schedules and tiles at S=4096; 2) run the best per (D, causal)
