@@ -194,11 +194,19 @@ def forward_config(
 def forward_search_space(head_dim: int, itemsize: int = 2) -> list[ForwardConfig]:
     """Configs worth timing at ``head_dim`` (only those that fit shared memory)."""
     space = []
-    for block_kv, stages, pingpong, overlap in itertools.product(
-        (64, 128, 192), (2, 3, 4), (True, False), (True, False)
+    # three consumers only where their 160 registers hold the accumulators (measured: D64)
+    consumers = (2, 3) if head_dim <= 64 else (2,)
+    for block_kv, stages, pingpong, overlap, n in itertools.product(
+        (64, 128, 192), (2, 3, 4), (True, False), (True, False), consumers
     ):
+        registers = {} if n == 2 else {"consumer_registers": 160, "producer_registers": 32}
         config = ForwardConfig(
-            block_kv=block_kv, num_stages=stages, pingpong=pingpong, overlap=overlap
+            block_kv=block_kv,
+            num_stages=stages,
+            pingpong=pingpong,
+            overlap=overlap,
+            num_consumers=n,
+            **registers,
         )
         try:
             check_forward_fits(config, head_dim, itemsize)

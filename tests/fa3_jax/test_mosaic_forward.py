@@ -210,7 +210,8 @@ def test_unsupported_reasons():
 @pytest.mark.parametrize("bad", [dict(block_q=128), dict(block_kv=96), dict(num_stages=1),
                                  dict(consumer_registers=250),
                                  dict(consumer_registers=256, producer_registers=64),
-                                 dict(num_ctas=-1)])
+                                 dict(num_ctas=-1), dict(num_consumers=4),
+                                 dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
         ForwardConfig(**bad)
