@@ -60,7 +60,8 @@ INTERPRET_GRAD_CASES = [
 
 
 class _CountingBackward:
-    """Wraps ``mosaic_partition.mha_backward`` to prove the kernels ran."""
+    """Wraps the backward entry the partitioning calls (``partition.mha_backward``) to prove
+    the kernels ran."""
 
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
@@ -151,8 +152,8 @@ def test_deterministic_bit_identical():
     case = Case(dtype=F16, batch=1, heads_q=4, heads_kv=1, seq_q=130, seq_k=200, causal=True)
     args, kwargs, _ = _grads_direct(case, 3)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-        first = mosaic_partition.mha_backward(*args, **kwargs)
-        second = mosaic_partition.mha_backward(*args, **kwargs)
+        first = _mosaic.mha_backward(*args, **kwargs)
+        second = _mosaic.mha_backward(*args, **kwargs)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -172,7 +173,7 @@ def test_config_variants(cfg):
                 window=(100, 0), softcap=8.0)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 13)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-        grads = mosaic_partition.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
+        grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs)[0], *f32)
     truth = vjp(dout.astype(jnp.float32))
@@ -187,7 +188,7 @@ def test_no_races_and_lse_cotangent():
                 softcap=4.0)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 5, dlse=True)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
-        grads = mosaic_partition.mha_backward(q, k, v, out, lse, dout, **kwargs)
+        grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs)
     assert not interpret_pallas_call.get_races().races_found, "race detected in the backward"
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs), *f32)
@@ -219,7 +220,7 @@ def test_unsupported_reasons(dtype, head_dim, head_dim_v, block, match):
         block_mask=block_mask)
     assert reason is not None and match in reason
     with pytest.raises(NotImplementedError, match=match):
-        mosaic_partition.mha_backward(q, q, v, q, jnp.zeros((1, 2, 128)), q, spec=spec,
+        _mosaic.mha_backward(q, q, v, q, jnp.zeros((1, 2, 128)), q, spec=spec,
                              softmax_scale=0.1, block_mask=block_mask)
 
 
@@ -243,7 +244,7 @@ def test_config_validation_and_heuristic():
 
 
 def test_backward_module_exports():
-    assert mosaic_partition.mha_backward is mosaic_backward.mha_backward
+    assert _mosaic.mha_backward is mosaic_backward.mha_backward
     assert "mha_backward" in _mosaic.__all__ and "backward_unsupported_reason" in _mosaic.__all__
 
 
@@ -301,7 +302,7 @@ def test_gpu_flax_model_grad_matches_reference():
 def test_gpu_deterministic():
     case = dataclasses.replace(GPU_GRAD_CASES[1], causal=True)
     args, kwargs, _ = _grads_direct(case, 11)
-    run = jax.jit(lambda *a: mosaic_partition.mha_backward(*a, **kwargs))
+    run = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))
     first, second = run(*args), run(*args)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
