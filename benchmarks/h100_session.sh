@@ -4,17 +4,18 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests}
+stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests | forward-variants | sharded}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tail -3; fi
-grid=(--head-dims 64,128,256 --seqlens 1024,4096,16384 --causal no,yes --iters 20 --repeats 3)
 case "$stage" in
   gpu-tests) timeout 200 python -m pytest -q -m gpu tests/fa3_jax 2>&1 | tail -25 ;;
-  fwd) python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${grid[@]}" \
-         --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16 2>&1 | tail -24
-       python -m fa3_jax.benchmark --mode fwd --dtype bf16 --head-dims 128 --seqlens 1024,4096,16384 \
-         --causal no,yes --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16 2>&1 | tail -10 ;;
+  # the full FA3 grid (S 512…16k), ~5 + 3 minutes on the H100
+  fwd) full=(--head-dims 64,128,256 --seqlens 512,1024,2048,4096,8192,16384 --causal no,yes --iters 20 --repeats 3)
+       python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${full[@]}" \
+         --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16-grid 2>&1 | tail -40
+       python -m fa3_jax.benchmark --mode fwd --dtype bf16 "${full[@]}" \
+         --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tail -40 ;;
   bwd) python -m fa3_jax.benchmark --mode bwd --dtype fp16,bf16 --head-dims 64,128 \
          --seqlens 1024,4096,16384 --causal no,yes --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
          --tag h100-bwd 2>&1 | tail -40 ;;
@@ -24,6 +25,14 @@ case "$stage" in
          --masks none,block_sparse:0.2,block_sparse:0.5,block_sparse:0.8 --impls fa3_jax,cudnn \
          --tag h100-masks-sparse 2>&1 | tail -12 ;;
   pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tail -20 ;;
+  forward-variants) mkdir -p "$OUT/consumers" "$OUT/short"
+         python benchmarks/mosaic_forward_check.py --out "$OUT/consumers" --consumers 2>&1 | tail -30
+         python benchmarks/mosaic_forward_check.py --out "$OUT/short" --short 2>&1 | tail -8 ;;
+  # two or more GPUs: the kernels split per device, then the 1.3b scaling run
+  sharded) export NCCL_NVLS_ENABLE=0
+         python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tail -20
+         python -m pretrain.benchmark --preset 1.3b --devices 1,2 --attention auto \
+           --parallelism data,fsdp --out "$OUT/scaling.json" 2>&1 | grep "^{\|^|" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 cp benchmarks/results/*h100* benchmarks/results/pretrain_* "$OUT/" 2>/dev/null || true
