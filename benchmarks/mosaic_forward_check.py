@@ -28,7 +28,7 @@ import numpy as np
 
 from fa3_jax import _mosaic
 from fa3_jax.alibi import alibi_slopes
-from fa3_jax.config import ForwardConfig, forward_config
+from fa3_jax.config import ForwardConfig, forward_config, with_consumers
 from fa3_jax.masks import BlockMask, MaskSpec
 from fa3_jax.reference import attention_reference
 
@@ -165,27 +165,21 @@ def persistent_runs(report, save):
         save()
 
 
-def _three(base, **kw):
-    """``base`` with three consumer warpgroups (FA3's 192-row tiles) and their register split."""
-    return dataclasses.replace(base, num_consumers=3, consumer_registers=160,
-                               producer_registers=32, **kw)
-
-
 def consumer_runs(report, save):
     """Two vs three consumer warpgroups: D64 over the grid (fp16 and bf16), D128 at 4k."""
     for s in (1024, 4096, 16384):
         for causal in (False, True):
             for dtype in (jnp.float16, jnp.bfloat16):
                 base = forward_config(64, dtype, causal=causal)
-                variants = [("c2", base), ("c3kv128st3", _three(base)),
-                            ("c3kv192st2", _three(base, block_kv=192, num_stages=2))]
+                variants = [("c2", base), ("c3kv128st3", with_consumers(base, 3)),
+                            ("c3kv192st2", with_consumers(base, 3, block_kv=192, num_stages=2))]
                 r = bench(64, s, causal, dtype, variants, peers=True)
                 print(r, flush=True)
                 report["bench"].append(r)
                 save()
     for causal in (False, True):
         base = forward_config(128, jnp.float16, causal=causal)
-        r = bench(128, 4096, causal, jnp.float16, [("c2", base), ("c3", _three(base))],
+        r = bench(128, 4096, causal, jnp.float16, [("c2", base), ("c3", with_consumers(base, 3))],
                   peers=False)
         print(r, flush=True)
         report["bench"].append(r)
@@ -204,7 +198,7 @@ def short_runs(report, save):
                     ("st3" if base.num_stages == 2 else "st2",
                      dataclasses.replace(base, num_stages=5 - base.num_stages))]
         if d == 64:
-            variants.append(("c3pp", _three(base, pingpong=True)))
+            variants.append(("c3pp", with_consumers(base, 3, pingpong=True)))
         r = bench(d, s, causal, jnp.float16, variants, peers=False)
         r["tflops"]["cudnn"] = bench(d, s, causal, jnp.float16, [], peers=True)["tflops"]["cudnn"]
         print(r, flush=True)
@@ -264,7 +258,8 @@ def main():
         checks = [_persistent_check(name, kw) for name, kw in checks]
     if args.consumers:
         checks = [
-            (f"{name}-c3", {**kw, "config": _three(forward_config(kw["d"], kw["dtype"]))})
+            (f"{name}-c3",
+             {**kw, "config": with_consumers(forward_config(kw["d"], kw["dtype"]), 3)})
             for name, kw in checks
             if kw["d"] in (64, 128) and "config" not in kw and "block" not in kw
         ]

@@ -23,6 +23,8 @@ __all__ = [
     "check_forward_fits",
     "forward_config",
     "forward_search_space",
+    "with_consumers",
+    "REGISTER_SPLIT",
     "TUNED_FORWARD",
     "BackwardConfig",
     "default_backward_config",
@@ -117,6 +119,23 @@ class ForwardConfig:
         return self.num_consumers * self.block_q
 
 
+#: (consumer, producer) registers per thread for each consumer count: FA3's splits, which fill
+#: the 64K-entry register file (2 x 240 + 24 and 3 x 160 + 32, times 128 threads).
+REGISTER_SPLIT = {2: (240, 24), 3: (160, 32)}
+
+
+def with_consumers(config: ForwardConfig, num_consumers: int, **changes) -> ForwardConfig:
+    """``config`` with ``num_consumers`` consumer warpgroups, their register split, ``changes``."""
+    consumer, producer = REGISTER_SPLIT[num_consumers]
+    return dataclasses.replace(
+        config,
+        num_consumers=num_consumers,
+        consumer_registers=consumer,
+        producer_registers=producer,
+        **changes,
+    )
+
+
 #: What Mosaic allocates beyond the buffers itemized below (segment-id rings,
 #: alignment padding): at D=128, block_kv=128, 3 stages Mosaic asked for 5,656
 #: bytes more than the itemized sum and rejected a config this check had passed.
@@ -161,14 +180,7 @@ def _heuristic(head_dim: int, *, causal: bool, masked: bool) -> ForwardConfig:
         if not causal and not masked:
             # H100, 2026-11-26: three consumers (192-row tiles) +3% at 1k, +11-17% at 4k-16k
             # dense; causal they lose 16% at 1k (fewer, longer tiles) and gain 0-7% above.
-            return ForwardConfig(
-                block_kv=128,
-                num_stages=3,
-                num_consumers=3,
-                consumer_registers=160,
-                producer_registers=32,
-                pingpong=False,
-            )
+            return with_consumers(ForwardConfig(block_kv=128, num_stages=3, pingpong=False), 3)
         return ForwardConfig(block_kv=128, num_stages=3, pingpong=False)
     if head_dim <= 128:
         return ForwardConfig(block_kv=128, num_stages=2, pingpong=False)
@@ -194,19 +206,18 @@ def forward_config(
 def forward_search_space(head_dim: int, itemsize: int = 2) -> list[ForwardConfig]:
     """Configs worth timing at ``head_dim`` (only those that fit shared memory)."""
     space = []
-    # three consumers only where their 160 registers hold the accumulators (measured: D64)
+    # three consumers only where their registers hold the accumulators (measured: D64)
     consumers = (2, 3) if head_dim <= 64 else (2,)
     for block_kv, stages, pingpong, overlap, n in itertools.product(
         (64, 128, 192), (2, 3, 4), (True, False), (True, False), consumers
     ):
-        registers = {} if n == 2 else {"consumer_registers": 160, "producer_registers": 32}
-        config = ForwardConfig(
+        config = with_consumers(
+            ForwardConfig(),
+            n,
             block_kv=block_kv,
             num_stages=stages,
             pingpong=pingpong,
             overlap=overlap,
-            num_consumers=n,
-            **registers,
         )
         try:
             check_forward_fits(config, head_dim, itemsize)

@@ -24,6 +24,7 @@ from fa3_jax.config import (
     check_forward_fits,
     forward_config,
     forward_search_space,
+    with_consumers,
 )
 from fa3_jax.masks import MaskSpec
 from tests.fa3_jax import attention_base
@@ -125,10 +126,8 @@ _VARIANTS = [
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
           window=(70, 0), segments="shared")),
     # three consumer warpgroups (192-row q tiles): the turn ring, then masks across 3 row blocks
-    (_variant(num_consumers=3, consumer_registers=160, producer_registers=32, pingpong=True,
-              overlap=True, num_stages=3), _VARIANT_CASE),
-    (_variant(num_consumers=3, consumer_registers=160, producer_registers=32, pingpong=False,
-              overlap=True, num_stages=2),
+    (with_consumers(_variant(), 3, pingpong=True, overlap=True, num_stages=3), _VARIANT_CASE),
+    (with_consumers(_variant(), 3, pingpong=False, overlap=True, num_stages=2),
      Case(dtype=jnp.float16, batch=2, heads_q=2, heads_kv=2, seq_q=250, seq_k=250, causal=True,
           segments="shared", alibi="head")),
 ]
@@ -174,7 +173,7 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(persistent=True, num_ctas=7, pingpong=True, overlap=False, block_kv=64,
                   num_stages=3),
     ForwardConfig(),
-    ForwardConfig(num_consumers=3, consumer_registers=160, producer_registers=32),
+    with_consumers(ForwardConfig(), 3),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-3consumers"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
