@@ -250,7 +250,17 @@ class BackwardConfig:
       overlap: issue the next step's S and dP wgmmas before this step's softmax
         (FA3's intra-warpgroup overlap; one extra tile per CTA is loaded and its
         scores dropped). dQ kernel always; dK/dV kernel at head_dim 64 only
-        (registers).
+        (registers). Only with ``dq='kernel'``.
+      dq: how dQ is computed.
+        ``'kernel'``: a second kernel owns each q tile and recomputes S and dP
+        (7 GEMMs per tile pair, no atomics: bit-identical run to run).
+        ``'atomic'``: the dK/dV kernel also computes dQ = dS·K (5 GEMMs, as FA3)
+        and adds it into a zeroed fp32 buffer with TMA reduce-add; the order of
+        the adds, hence the rounding, varies run to run.
+        ``'partials'``: as ``'atomic'``, but each kv tile's contribution goes to
+        its own fp32 slot and XLA sums the slots in a fixed order (deterministic;
+        kv-tiles-times more memory). GPU interpret mode has no TMA reductions, so
+        it runs ``'partials'`` where ``'atomic'`` is asked for.
     """
 
     block_q_dkv: int = 64
@@ -262,6 +272,7 @@ class BackwardConfig:
     register_operands: bool = False
     defer_release: bool = False
     overlap: bool = False
+    dq: str = "kernel"
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):
@@ -279,11 +290,28 @@ class BackwardConfig:
                 "BackwardConfig.overlap needs stages >= 2 (the next tile must be "
                 f"in flight), got stages={self.stages}"
             )
+        if self.dq not in DQ_MODES:
+            raise ValueError(f"BackwardConfig.dq must be one of {DQ_MODES}, got {self.dq!r}")
+        if self.dq != "kernel" and (self.overlap or self.defer_release):
+            raise ValueError(
+                f"BackwardConfig.dq={self.dq!r} supports neither overlap nor defer_release "
+                "(each step waits for its dQ GEMM)"
+            )
 
     @property
     def tile_kv_dkv(self) -> int:
         """kv rows per CTA of the dK/dV kernel (the transposed metadata's tile_k)."""
         return self.compute_wgs * self.block_kv_dkv
+
+    def dq_columns_shared(self, head_dim: int, itemsize: int) -> bool:
+        """Fused dQ: do the consumers split dQ's columns (True) or its kv rows?
+
+        wgmma gives both SMEM operands one swizzle, so a consumer's block of K
+        columns must span the 128-byte swizzle of dS^T (e.g. D=128 splits in
+        two 64-column blocks; D=64 does not).
+        """
+        w = self.compute_wgs
+        return w > 1 and head_dim // w * itemsize >= 128
 
     @property
     def tile_q_dq(self) -> int:
@@ -294,12 +322,19 @@ class BackwardConfig:
         """Shared memory each kernel needs (bytes), before Mosaic's own scratch."""
         d, s, w = head_dim, self.stages, self.compute_wgs
         staged = 0 if self.register_operands else 1  # P/dS staging buffers
+        tile = w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P^T or dS^T of the CTA
         dkdv = (
             2 * w * self.block_kv_dkv * d * itemsize  # K, V of the owned tile
             + 2 * s * self.block_q_dkv * d * itemsize  # Q, dO ring
             + 3 * s * self.block_q_dkv * 4  # lse, delta, q segment ids ring
-            + staged * 2 * w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P^T, dS^T
         )
+        if self.dq == "kernel":
+            dkdv += staged * 2 * tile
+        else:
+            # P^T staged unless in registers, dS^T double-buffered (the other
+            # warpgroup may read it for dQ), fp32 dQ columns on their way out.
+            dq_copies = 1 if self.dq_columns_shared(d, itemsize) else w
+            dkdv += staged * tile + 2 * tile + dq_copies * self.block_q_dkv * d * 4
         dq = (
             2 * w * self.block_q_dq * d * itemsize  # Q, dO of the owned tile
             + 2 * s * self.block_kv_dq * d * itemsize  # K, V ring
@@ -309,8 +344,11 @@ class BackwardConfig:
         return {"dkdv": dkdv, "dq": dq}
 
 
+DQ_MODES = ("kernel", "atomic", "partials")
+
+
 def default_backward_config(
-    head_dim: int, block_mask=None, *, interpret: bool = False
+    head_dim: int, block_mask=None, *, interpret: bool = False, deterministic: bool = False
 ) -> BackwardConfig:
     """Heuristic choice: two consumer warpgroups per CTA (128-row tiles).
 
@@ -321,4 +359,6 @@ def default_backward_config(
     del head_dim
     small_blocks = block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128)
     wgs = 1 if small_blocks else 2
-    return BackwardConfig(compute_wgs=wgs, register_operands=not interpret)
+    return BackwardConfig(
+        compute_wgs=wgs, register_operands=not interpret, dq="kernel" if deterministic else "atomic"
+    )

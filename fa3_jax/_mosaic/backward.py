@@ -1,10 +1,12 @@
 """Entry points of the Mosaic GPU attention backward (called by ``fa3_jax.api``).
 
 ``mha_backward`` pads ragged sequence tails to the kernels' tiles, computes
-the per-row residuals, builds the per-tile metadata for both walks and runs
-the dK/dV kernel (kv tile owns, q tiles walked; GQA sums in fp32 registers)
-and the dQ kernel (q tile owns, kv tiles walked). Neither uses atomics, so
-gradients are bit-identical run to run.
+the per-row residuals, builds the per-tile metadata and runs the dK/dV kernel
+(kv tile owns, q tiles walked; GQA sums in fp32 registers). dQ comes either
+from that same kernel (FA3's five GEMMs; fp32 TMA reduce-adds whose order
+varies, the default) or, with ``deterministic=True``, from a second kernel that
+owns a q tile and walks its kv tiles (seven GEMMs, no atomics: gradients are
+bit-identical run to run). See ``BackwardConfig.dq``.
 
 Not differentiated: ALiBi slopes, masks and softcap are constants of the
 backward (their cotangents are not computed).
@@ -38,9 +40,41 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def backward_unsupported_reason(q, k, v, *, spec: MaskSpec, softcap, has_alibi: bool,
-                                has_segments: bool, block_mask: BlockMask | None,
-                                config: BackwardConfig | None = None) -> str | None:
+def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
+    """(q, kv) lengths every kernel that runs tiles exactly."""
+    if cfg.dq != "kernel":
+        return cfg.block_q_dkv, cfg.tile_kv_dkv
+    return math.lcm(cfg.block_q_dkv, cfg.tile_q_dq), math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq)
+
+
+def _resolve_config(config, head_dim, block_mask, deterministic) -> BackwardConfig:
+    """The config to run: the heuristic's unless given, adapted to interpret mode."""
+    interpret = interpret_mode_active()
+    cfg = config or default_backward_config(
+        head_dim, block_mask, interpret=interpret, deterministic=deterministic
+    )
+    if interpret and cfg.register_operands:
+        # Interpret mode reads wgmma operand A only from SMEM.
+        cfg = dataclasses.replace(cfg, register_operands=False)
+    if interpret and cfg.dq == "atomic":
+        # Interpret mode has no TMA reductions; 'partials' runs the same GEMMs.
+        cfg = dataclasses.replace(cfg, dq="partials")
+    return cfg
+
+
+def backward_unsupported_reason(
+    q,
+    k,
+    v,
+    *,
+    spec: MaskSpec,
+    softcap,
+    has_alibi: bool,
+    has_segments: bool,
+    block_mask: BlockMask | None,
+    config: BackwardConfig | None = None,
+    deterministic: bool = False,
+) -> str | None:
     """Why the Mosaic backward cannot serve these inputs (None when it can)."""
     del spec, softcap, has_alibi, has_segments
     if q.dtype not in (jnp.float16, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -53,15 +87,13 @@ def backward_unsupported_reason(q, k, v, *, spec: MaskSpec, softcap, has_alibi: 
             f"mosaic backward supports head_dim {_HEAD_DIMS}, got {head_dim} (256 does not fit: "
             "fp32 dK+dV accumulators of a 64-row tile need 256 registers per thread)"
         )
-    cfg = config or default_backward_config(head_dim, block_mask,
-                                            interpret=interpret_mode_active())
+    cfg = _resolve_config(config, head_dim, block_mask, deterministic)
     need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize)
     for name, size in need.items():
-        if size > SMEM_LIMIT_BYTES:
+        if (name == "dkdv" or cfg.dq == "kernel") and size > SMEM_LIMIT_BYTES:
             return f"mosaic backward {name} kernel needs {size} B of SMEM > {SMEM_LIMIT_BYTES}"
     if block_mask is not None:
-        tq = math.lcm(cfg.block_q_dkv, cfg.tile_q_dq)
-        tk = math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq)
+        tq, tk = _seq_multiples(cfg)
         if block_mask.block_q % tq or block_mask.block_k % tk:
             return (
                 f"mosaic backward needs block masks aligned to its tiles: block_q % {tq} == 0 "
@@ -70,10 +102,24 @@ def backward_unsupported_reason(q, k, v, *, spec: MaskSpec, softcap, has_alibi: 
     return None
 
 
-def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: float,
-                 dlse_BHS=None, softcap: float | None = None, alibi_slopes_BH=None,
-                 segment_ids=None, block_mask: BlockMask | None = None,
-                 deterministic: bool = True, config: BackwardConfig | None = None):
+def mha_backward(
+    q,
+    k,
+    v,
+    out,
+    lse_BHS,
+    dout,
+    *,
+    spec: MaskSpec,
+    softmax_scale: float,
+    dlse_BHS=None,
+    softcap: float | None = None,
+    alibi_slopes_BH=None,
+    segment_ids=None,
+    block_mask: BlockMask | None = None,
+    deterministic: bool = False,
+    config: BackwardConfig | None = None,
+):
     """Gradients of attention w.r.t. q, k, v.
 
     Args:
@@ -85,30 +131,35 @@ def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: 
       spec: positional masks (``spec.seq_q == Sq``, ``spec.seq_k == Sk``).
       softmax_scale, softcap, alibi_slopes_BH (f32 ``[B or 1, Hq]``),
       segment_ids (int32 ``(q [B, Sq], kv [B, Sk])``), block_mask: as in the forward.
-      deterministic: accepted for the API; these kernels are always deterministic.
-      config: tiling (default: :func:`default_backward_config`); under GPU
-        interpret mode P/dS are always staged through SMEM.
+      deterministic: bit-identical gradients run to run (the heuristic picks
+        ``dq='kernel'``); ignored when ``config`` is given.
+      config: tiling and dQ mode (default: :func:`default_backward_config`);
+        under GPU interpret mode P/dS are always staged through SMEM and
+        ``dq='atomic'`` runs as ``'partials'``.
 
     Returns:
       ``(dq, dk, dv)`` shaped and typed like ``q, k, v``.
     """
-    del deterministic
+    cfg = _resolve_config(config, q.shape[-1], block_mask, deterministic)
     reason = backward_unsupported_reason(
-        q, k, v, spec=spec, softcap=softcap, has_alibi=alibi_slopes_BH is not None,
-        has_segments=segment_ids is not None, block_mask=block_mask, config=config)
+        q,
+        k,
+        v,
+        spec=spec,
+        softcap=softcap,
+        has_alibi=alibi_slopes_BH is not None,
+        has_segments=segment_ids is not None,
+        block_mask=block_mask,
+        config=cfg,
+    )
     if reason is not None:
         raise NotImplementedError(reason)
     batch, seq_q, heads_q, head_dim = q.shape
     seq_k = k.shape[1]
     if (spec.seq_q, spec.seq_k) != (seq_q, seq_k):
         raise ValueError(f"spec lengths {(spec.seq_q, spec.seq_k)} != inputs {(seq_q, seq_k)}")
-    interpret = interpret_mode_active()
-    cfg = config or default_backward_config(head_dim, block_mask, interpret=interpret)
-    if interpret and cfg.register_operands:
-        # Interpret mode reads wgmma operand A only from SMEM.
-        cfg = dataclasses.replace(cfg, register_operands=False)
-    seq_q_pad = _round_up(seq_q, math.lcm(cfg.block_q_dkv, cfg.tile_q_dq))
-    seq_k_pad = _round_up(seq_k, math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq))
+    tq, tk = _seq_multiples(cfg)
+    seq_q_pad, seq_k_pad = _round_up(seq_q, tq), _round_up(seq_k, tk)
 
     lse2, delta = backward_residuals(out, dout, lse_BHS, dlse_BHS, seq_q_pad)
     q_p, do_p = pad_seq(q, 1, seq_q_pad), pad_seq(dout, 1, seq_q_pad)
@@ -121,18 +172,53 @@ def mha_backward(q, k, v, out, lse_BHS, dout, *, spec: MaskSpec, softmax_scale: 
             pad_seq(kv_seg.astype(jnp.int32), 1, seq_k_pad, -2),
         )
     slopes = None if alibi_slopes_BH is None else jnp.asarray(alibi_slopes_BH, jnp.float32)
-    params = ScoreParams(spec, float(softmax_scale), None if softcap is None else float(softcap),
-                         slopes is not None, segments is not None)
+    params = ScoreParams(
+        spec,
+        float(softmax_scale),
+        None if softcap is None else float(softcap),
+        slopes is not None,
+        segments is not None,
+    )
 
     def metadata(tile_q, tile_k, transpose):
-        return tile_metadata(spec, tile_q, tile_k, segment_ids=segment_ids,
-                             block_mask=block_mask, transpose=transpose)
+        return tile_metadata(
+            spec,
+            tile_q,
+            tile_k,
+            segment_ids=segment_ids,
+            block_mask=block_mask,
+            transpose=transpose,
+        )
 
     meta_t = metadata(cfg.block_q_dkv, cfg.tile_kv_dkv, True)
-    meta = metadata(cfg.tile_q_dq, cfg.block_kv_dq, False)
-    dk, dv = dkdv_kernel_call(q_p, k_p, v_p, do_p, lse2, delta, meta_t, params=params,
-                              cfg=cfg, slopes=slopes, segments=segments)
-    dq = dq_kernel_call(q_p, k_p, v_p, do_p, lse2, delta, meta, params=params,
-                        cfg=cfg, slopes=slopes, segments=segments)
-    return dq[:, :seq_q], dk[:, :seq_k], dv[:, :seq_k]
-
+    dk, dv, dq_f32 = dkdv_kernel_call(
+        q_p,
+        k_p,
+        v_p,
+        do_p,
+        lse2,
+        delta,
+        meta_t,
+        params=params,
+        cfg=cfg,
+        slopes=slopes,
+        segments=segments,
+    )
+    if dq_f32 is not None:
+        dq = (dq_f32[:, :seq_q] * params.softmax_scale).astype(q.dtype)
+    else:
+        meta = metadata(cfg.tile_q_dq, cfg.block_kv_dq, False)
+        dq = dq_kernel_call(
+            q_p,
+            k_p,
+            v_p,
+            do_p,
+            lse2,
+            delta,
+            meta,
+            params=params,
+            cfg=cfg,
+            slopes=slopes,
+            segments=segments,
+        )[:, :seq_q]
+    return dq, dk[:, :seq_k], dv[:, :seq_k]

@@ -4,12 +4,23 @@ Grid: (kv tiles, kv heads, batch). A producer warpgroup streams Q, dO, lse,
 delta (and q segment ids) of every visited q tile of every query head in the
 GQA group through a ring of SMEM slots with TMA; ``compute_wgs`` consumer
 warpgroups each own ``block_kv_dkv`` kv rows and accumulate dK and dV in fp32
-registers over the whole walk, so GQA sums and the q-tile order are fixed:
-the result is deterministic.
+registers over the whole walk, so GQA sums and the q-tile order are fixed.
 
 Per visited q tile, a consumer computes (transposed so kv rows are the
 wgmma M dimension):  S^T = K Q^T,  dP^T = V dO^T,  P^T = exp2(S^T - lse),
 dS^T = P^T (dP^T - delta),  dV += P^T dO,  dK += dS^T Q.
+
+With ``cfg.dq != 'kernel'`` the kernel also produces dQ (FA3's five GEMMs):
+each consumer stages dS^T in SMEM and computes an fp32 part of dQ_tile = dS K,
+which it adds into ``dq_acc`` with a TMA reduce-add (``'atomic'``) or stores to
+its own slot (``'partials'``). dQ leaves unscaled. Which part:
+- shared (``D / compute_wgs`` columns span a whole 128-byte swizzle, e.g.
+  D=128): the consumers meet at a barrier once every dS^T is staged, and
+  consumer ``w`` computes columns ``[w*Dw, (w+1)*Dw)`` from every consumer's
+  dS^T and K rows: one add per q tile and column block;
+- own (D=64 with two consumers, where a 32-column block would need a
+  narrower swizzle than wgmma's other operands): each consumer computes all
+  D columns from its own kv rows, so two adds land on each dQ tile.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from fa3_jax.config import BackwardConfig
 
 __all__ = ["dkdv_kernel_call", "smem_transforms"]
 
+_DQ_CHUNK = 64  # dQ columns per wgmma accumulator (32 fp32 registers per thread)
+
 
 def smem_transforms(itemsize: int):
     swizzle = 128
@@ -41,6 +54,8 @@ class _Shapes:
 
     head_dim: int
     group: int  # query heads per kv head
+    dq_cols: int  # dQ columns each consumer computes (fused dQ only)
+    dq_shared: bool  # consumers split dQ by columns over every consumer's dS^T
     meta_b: int
     meta_h: int
     slope_b: int
@@ -51,11 +66,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
     rest = list(refs[9:])
     slope_ref = rest.pop(0) if params.has_alibi else None
     qseg_ref, kseg_ref = (rest.pop(0), rest.pop(0)) if params.has_segments else (None, None)
+    fused = cfg.dq != "kernel"
+    dq_ref = rest.pop(0) if fused else None
     dk_ref, dv_ref, scratch, barriers = rest
 
     k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem = scratch[:6]
-    qseg_smem, kseg_smem, p_smem, ds_smem = scratch[6:]
-    kv_bar, full_bar, consumed_bar = barriers
+    qseg_smem, kseg_smem, p_smem, ds_smem, dq_smem = scratch[6:]
+    kv_bar, full_bar, consumed_bar, ds_bar, end_bar = barriers
 
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
     group = shp.group
@@ -155,31 +172,51 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
             return pl.run_scoped(run, score_accs)
 
-        def issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp):
-            """Softmax recomputation and dS^T of one step; issues dV, dK wgmmas (no wait)."""
+        def issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp, ds_dst=None):
+            """Softmax recomputation and dS^T of one step; issues dV, dK wgmmas (no wait).
+
+            ``ds_dst``: SMEM tile that must receive dS^T (for the fused dQ GEMMs).
+            """
             hq = head_q(g)
             qi = index_ref[mb, meta_h(g), kv_tile, t]
             part = None if not masked else partial_ref[mb, meta_h(g), kv_tile, t]
             lse2 = lax.broadcast_in_dim(
-                plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+                plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
+            )
             delta = lax.broadcast_in_dim(
-                plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+                plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
+            )
             q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
             q_seg = None
             if params.has_segments:
                 q_seg = lax.broadcast_in_dim(
-                    plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1])
+                    plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
+                )
             slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
             p, ds = probs_and_dlogits(
-                params, qk, dp, lse2, delta, q_pos, k_pos,
-                slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
-            if cfg.register_operands:
-                p_op, ds_op = p.astype(dtype), ds.astype(dtype)
-            else:
-                p_smem.at[wg][...] = p.astype(dtype)
-                ds_smem.at[wg][...] = ds.astype(dtype)
+                params,
+                qk,
+                dp,
+                lse2,
+                delta,
+                q_pos,
+                k_pos,
+                slope=slope,
+                q_seg=q_seg,
+                k_seg=k_seg,
+                partial=part,
+            )
+            p_op, ds_op = p.astype(dtype), ds.astype(dtype)
+            if ds_dst is None and not cfg.register_operands:
+                ds_dst = ds_smem.at[wg]
+            if ds_dst is not None:
+                ds_dst[...] = ds_op
+                ds_op = ds_op if cfg.register_operands else ds_dst
+            if not cfg.register_operands:
+                p_smem.at[wg][...] = p_op
+                p_op = p_smem.at[wg]
+            if ds_dst is not None or not cfg.register_operands:
                 plgpu.commit_smem()
-                p_op, ds_op = p_smem.at[wg], ds_smem.at[wg]
             plgpu.wgmma(dv_acc, p_op, do_smem.at[slot])
             plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
 
@@ -204,9 +241,11 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             steps, last_slot = walk(step_body, jnp.int32(0))
             dk, dv = dk_acc[...], dv_acc[...]
             if cfg.defer_release:
+
                 @pl.when(steps > 0)
                 def _():
                     plgpu.barrier_arrive(consumed_bar.at[last_slot])
+
             return dk, dv
 
         def accumulate_overlapped(dk_acc, dv_acc):
@@ -230,8 +269,68 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.barrier_arrive(consumed_bar.at[lax.rem(steps, stages)])
             return dk_acc[...], dv_acc[...]
 
+        def dq_columns(w, buf, hq, qi):
+            """Consumer ``w``'s part of this step's dQ tile (see the module docstring)."""
+            cols = shp.dq_cols
+            col0, sources = (w * cols, range(wgs)) if shp.dq_shared else (0, (w,))
+            chunk = min(cols, _DQ_CHUNK)
+            for c in range(0, cols, chunk):
+
+                def run(acc, c=c):
+                    for j in sources:
+                        k_block = k_smem.at[j, :, pl.ds(col0 + c, chunk)]
+                        plgpu.wgmma(acc, ds_smem.at[j, buf].T, k_block)
+                    return acc[...]  # waits for this step's dV/dK wgmmas too
+
+                dq = pl.run_scoped(run, plgpu.ACC((bq, chunk), jnp.float32))
+                if c == 0:
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # last step's dQ store
+                dq_smem.at[w, :, pl.ds(c, chunk)][...] = dq
+            plgpu.commit_smem()
+            rows, dq_cols = pl.ds(qi * bq, bq), pl.ds(col0, cols)
+            if cfg.dq == "atomic":
+                plgpu.copy_smem_to_gmem(
+                    dq_smem.at[w], dq_ref.at[b, rows, hq, dq_cols], reduction_op="add"
+                )
+            else:
+                part = kv_tile if shp.dq_shared else kv_tile * wgs + w
+                plgpu.copy_smem_to_gmem(dq_smem.at[w], dq_ref.at[part, b, rows, hq, dq_cols])
+
+        def accumulate_fused(dk_acc, dv_acc):
+            def step_body(g, t, step, carry):
+                slot, buf = lax.rem(step, stages), lax.rem(step, 2)
+                plgpu.barrier_wait(full_bar.at[slot])
+                qk, dp = scores_now(slot)
+                issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp, ds_dst=ds_smem.at[wg, buf])
+                if shp.dq_shared:
+                    # Every consumer's dS^T of this step is in SMEM after this
+                    # barrier; the one two steps back (same buffer) is no longer read.
+                    plgpu.barrier_arrive(ds_bar.at[buf])
+                    plgpu.barrier_wait(ds_bar.at[buf])
+                qi = index_ref[mb, meta_h(g), kv_tile, t]
+                for w in range(wgs):
+
+                    @pl.when(wg == w)
+                    def _(w=w):
+                        dq_columns(w, buf, head_q(g), qi)
+
+                plgpu.barrier_arrive(consumed_bar.at[slot])
+                return carry
+
+            walk(step_body, jnp.int32(0))
+            plgpu.wait_smem_to_gmem(0)
+            if shp.dq_shared:
+                # The other consumers' dQ GEMMs read this consumer's K tile: wait
+                # for them before it is overwritten with dK.
+                plgpu.barrier_arrive(end_bar)
+                plgpu.barrier_wait(end_bar)
+            return dk_acc[...], dv_acc[...]
+
         def accumulate(dk_acc, dv_acc):
-            dk, dv = (accumulate_overlapped if overlap else accumulate_plain)(dk_acc, dv_acc)
+            if fused:
+                dk, dv = accumulate_fused(dk_acc, dv_acc)
+            else:
+                dk, dv = (accumulate_overlapped if overlap else accumulate_plain)(dk_acc, dv_acc)
             dk = dk * params.softmax_scale
             # K/V tiles are no longer read: reuse them to stage the results.
             k_smem.at[wg][...] = dk.astype(dtype)
@@ -248,8 +347,21 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         )
 
 
-def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
-                     cfg: BackwardConfig, slopes=None, segments=None, interpret=None):
+def dkdv_kernel_call(
+    q,
+    k,
+    v,
+    do,
+    lse2,
+    delta,
+    meta,
+    *,
+    params: ScoreParams,
+    cfg: BackwardConfig,
+    slopes=None,
+    segments=None,
+    interpret=None,
+):
     """Runs the dK/dV kernel on padded inputs.
 
     Args:
@@ -262,15 +374,30 @@ def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
       segments: int32 ``([B, Sq_pad], [B, Sk_pad])`` when ``params.has_segments``.
 
     Returns:
-      ``(dk, dv)`` in ``[B, Sk_pad, Hkv, D]`` and q's dtype (dK summed over the group).
+      ``(dk, dv, dq)``: dk, dv in ``[B, Sk_pad, Hkv, D]`` and q's dtype (dK summed
+      over the group); with ``cfg.dq != 'kernel'`` dq is f32 ``[B, Sq_pad, Hq, D]``
+      **without** the softmax scale, else None.
     """
-    batch, _, heads_q, head_dim = q.shape
+    batch, seq_q, heads_q, head_dim = q.shape
     _, seq_k, heads_kv, _ = k.shape
     dtype = q.dtype
+    itemsize = jnp.dtype(dtype).itemsize
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
-    shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
-                  1 if slopes is None else slopes.shape[0])
-    tr = smem_transforms(jnp.dtype(dtype).itemsize)
+    fused = cfg.dq != "kernel"
+    dq_shared = cfg.dq_columns_shared(head_dim, itemsize)
+    dq_cols = head_dim // wgs if dq_shared else head_dim
+    shp = _Shapes(
+        head_dim,
+        heads_q // heads_kv,
+        dq_cols,
+        dq_shared,
+        meta.index.shape[0],
+        meta.index.shape[1],
+        1 if slopes is None else slopes.shape[0],
+    )
+    tr = smem_transforms(itemsize)
+    staged_p = not cfg.register_operands
+    staged_ds = fused or not cfg.register_operands
     n_copies = 5 if params.has_segments else 4
     scratch = (
         plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr),  # K
@@ -281,19 +408,37 @@ def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
         plgpu.SMEM((stages, bq), jnp.float32),  # delta ring
         plgpu.SMEM((stages, bq), jnp.int32) if params.has_segments else None,
         plgpu.SMEM((wgs, bk), jnp.int32) if params.has_segments else None,
-        None if cfg.register_operands else plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr),
-        None if cfg.register_operands else plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr),
+        plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr) if staged_p else None,  # P^T
+        # dS^T: double-buffered when the other consumers read it for dQ.
+        (
+            plgpu.SMEM((wgs, 2, bk, bq) if fused else (wgs, bk, bq), dtype, transforms=tr)
+            if staged_ds
+            else None
+        ),
+        plgpu.SMEM((wgs, bq, dq_cols), jnp.float32, transforms=smem_transforms(4))
+        if fused
+        else None,  # dQ columns on their way to HBM
     )
     barriers = (
         plgpu.Barrier(num_arrivals=3 if params.has_segments else 2, num_barriers=wgs),
         plgpu.Barrier(num_arrivals=n_copies, num_barriers=stages),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+        # dS^T of every consumer staged (double-buffered like dS^T itself).
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=2) if dq_shared and fused else None,
+        plgpu.Barrier(num_arrivals=wgs) if dq_shared and fused else None,  # K reusable
     )
     out_shape = jax.ShapeDtypeStruct((batch, seq_k, heads_kv, head_dim), dtype)
     kernel = plgpu.kernel(
-        functools.partial(_kernel, params=params, cfg=cfg, shp=shp, dtype=dtype,
-                          masked=needs_element_masks(params.spec, tile_k=cfg.tile_kv_dkv,
-                                                     has_segments=params.has_segments)),
+        functools.partial(
+            _kernel,
+            params=params,
+            cfg=cfg,
+            shp=shp,
+            dtype=dtype,
+            masked=needs_element_masks(
+                params.spec, tile_k=cfg.tile_kv_dkv, has_segments=params.has_segments
+            ),
+        ),
         out_type=(out_shape, out_shape),
         scratch_types=(scratch, barriers),
         grid=(meta.n_rows, heads_kv, batch),
@@ -308,4 +453,13 @@ def dkdv_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
         operands.append(slopes)
     if params.has_segments:
         operands.extend(segments)
-    return kernel(*operands)
+    if not fused:
+        return (*kernel(*operands), None)
+    # 'partials': one slot per kv tile, or per consumer when each adds its own rows.
+    slots = (meta.n_rows * (1 if dq_shared else wgs),) if cfg.dq == "partials" else ()
+    # Zero-initialised and updated in place: the kernel only adds (or stores) the
+    # tiles it visits, so unvisited q rows keep dQ = 0.
+    dq_acc = jax.new_ref(jnp.zeros((*slots, batch, seq_q, heads_q, head_dim), jnp.float32))
+    dk, dv = kernel(*operands, dq_acc)
+    dq = dq_acc[...]
+    return dk, dv, dq.sum(0) if slots else dq
