@@ -190,35 +190,13 @@ def mha_backward(
             transpose=transpose,
         )
 
+    inputs = (q_p, k_p, v_p, do_p, lse2, delta)
+    extras = dict(params=params, cfg=cfg, slopes=slopes, segments=segments)
     meta_t = metadata(cfg.block_q_dkv, cfg.tile_kv_dkv, True)
-    dk, dv, dq_f32 = dkdv_kernel_call(
-        q_p,
-        k_p,
-        v_p,
-        do_p,
-        lse2,
-        delta,
-        meta_t,
-        params=params,
-        cfg=cfg,
-        slopes=slopes,
-        segments=segments,
-    )
+    dk, dv, dq_f32 = dkdv_kernel_call(*inputs, meta_t, **extras)
     if dq_f32 is not None:
         dq = (dq_f32[:, :seq_q] * params.softmax_scale).astype(q.dtype)
     else:
         meta = metadata(cfg.tile_q_dq, cfg.block_kv_dq, False)
-        dq = dq_kernel_call(
-            q_p,
-            k_p,
-            v_p,
-            do_p,
-            lse2,
-            delta,
-            meta,
-            params=params,
-            cfg=cfg,
-            slopes=slopes,
-            segments=segments,
-        )[:, :seq_q]
+        dq = dq_kernel_call(*inputs, meta, **extras)[:, :seq_q]
     return dq, dk[:, :seq_k], dv[:, :seq_k]

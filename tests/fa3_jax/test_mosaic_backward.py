@@ -161,6 +161,16 @@ def _grads_direct(case: Case, seed: int, *, dlse: bool = False):
     return (q, k, v, out, lse, dout), bwd_kwargs, ref_kwargs
 
 
+def _assert_matches_reference(grads, inputs, ref_kwargs, tol, dlse_BHS=None):
+    """dQ, dK, dV within relative error ``tol`` of the f32 reference's (lse cotangent too)."""
+    q, k, v, dout = (x.astype(jnp.float32) for x in inputs)
+    (_, lse), vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs), q, k, v)
+    truth = vjp((dout, jnp.zeros_like(lse) if dlse_BHS is None else dlse_BHS))
+    for name, g, t in zip("qkv", grads, truth, strict=True):
+        err = float(jnp.linalg.norm(g.astype(jnp.float32) - t) / jnp.linalg.norm(t))
+        assert err < tol, f"d{name}: relative error {err:.3g}"
+
+
 def _flax_param_grads(implementation: str, batch: int, seq: int, features: int, heads: int):
     """Parameter gradients of a small NNX attention layer (bf16 compute, GQA, ALiBi, documents)."""
     layer = Attention(
@@ -244,12 +254,7 @@ def test_fused_dq_layouts_race_free(head_dim, wgs):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
         jax.block_until_ready(grads)
     assert not interpret_pallas_call.get_races().races_found, "race detected in fused dQ"
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs)[0], *f32)
-    truth = vjp(dout.astype(jnp.float32))
-    for name, g, t in zip("qkv", grads, truth, strict=True):
-        err = float(jnp.linalg.norm(g.astype(jnp.float32) - t) / jnp.linalg.norm(t))
-        assert err < 2e-2, f"d{name}: relative error {err:.3g}"
+    _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -306,12 +311,7 @@ def test_config_variants(cfg):
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 13)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs)[0], *f32)
-    truth = vjp(dout.astype(jnp.float32))
-    for name, g, t in zip("qkv", grads, truth, strict=True):
-        err = float(jnp.linalg.norm(g.astype(jnp.float32) - t) / jnp.linalg.norm(t))
-        assert err < 5e-3, f"d{name}: relative error {err:.3g}"
+    _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 5e-3)
 
 
 def test_no_races_and_lse_cotangent():
@@ -323,12 +323,7 @@ def test_no_races_and_lse_cotangent():
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs)
     assert not interpret_pallas_call.get_races().races_found, "race detected in the backward"
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs), *f32)
-    truth = vjp((dout.astype(jnp.float32), kwargs["dlse_BHS"]))
-    for name, g, t in zip("qkv", grads, truth, strict=True):
-        err = float(jnp.linalg.norm(g.astype(jnp.float32) - t) / jnp.linalg.norm(t))
-        assert err < 2e-2, f"d{name}: relative error {err:.3g}"
+    _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2, kwargs["dlse_BHS"])
 
 
 @pytest.mark.parametrize(
