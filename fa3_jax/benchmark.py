@@ -38,9 +38,7 @@ import numpy as np
 import fa3_jax
 from fa3_jax import _platform
 
-# fa3_jax_det: ours with deterministic=True (differs from fa3_jax in the backward only).
-OURS = ("fa3_jax", "fa3_jax_det")
-PEERS = (*OURS, "cudnn", "jax_mgpu", "xla", "torch_cudnn", "torch_fa2")
+PEERS = ("fa3_jax", "cudnn", "jax_mgpu", "xla", "torch_cudnn", "torch_fa2")
 DTYPES = {"fp16": jnp.float16, "bf16": jnp.bfloat16}
 
 
@@ -109,16 +107,10 @@ def flops(problem: Problem, dense_mask) -> float:
 
 
 # ---------------------------------------------------------------- JAX implementations
-def _fa3(problem, kwargs, implementation, deterministic=False):
+def _fa3(problem, kwargs, implementation):
     def fn(q, k, v):
         return fa3_jax.attention(
-            q,
-            k,
-            v,
-            causal=problem.causal,
-            implementation=implementation,
-            deterministic=deterministic,
-            **kwargs,
+            q, k, v, causal=problem.causal, implementation=implementation, **kwargs
         )
 
     return fn
@@ -179,8 +171,8 @@ def _jax_mgpu(problem, kwargs, dense):
 
 def build(impl: str, problem: Problem, masks, fa3_implementation):
     kwargs, dense = masks
-    if impl in OURS:
-        return _fa3(problem, kwargs, fa3_implementation, deterministic=impl == "fa3_jax_det")
+    if impl == "fa3_jax":
+        return _fa3(problem, kwargs, fa3_implementation)
     if impl == "cudnn":
         return _cudnn(problem, kwargs, dense)
     if impl == "xla":
@@ -352,7 +344,7 @@ def markdown(records: list[dict], meta: dict) -> str:
             if (r["mode"], r["dtype"], r["head_dim"], r["causal"], r["mask"], r["seq_q"]) == key
         }
         cells = [_fmt(rows[i]["tflops"]) if "tflops" in rows.get(i, {}) else "x" for i in impls]
-        peers = [rows[i]["tflops"] for i in impls if i not in OURS and "tflops" in rows.get(i, {})]
+        peers = [rows[i]["tflops"] for i in impls if i != "fa3_jax" and "tflops" in rows.get(i, {})]
         ours = rows.get("fa3_jax", {}).get("tflops")
         ratio = f"{ours / max(peers):.2f}" if ours and peers else "-"
         mode, dtype, d, causal, mask, s = key
@@ -390,12 +382,7 @@ def parse_args(argv=None):
         default=["none"],
         help="none,window,segments,block_sparse:0.2,...",
     )
-    p.add_argument(
-        "--impls",
-        type=_csv(str),
-        default=[i for i in PEERS if i != "fa3_jax_det"],
-        help=",".join(PEERS) + " (fa3_jax_det: deterministic=True, not in the default)",
-    )
+    p.add_argument("--impls", type=_csv(str), default=list(PEERS), help=",".join(PEERS))
     p.add_argument(
         "--fa3-implementation",
         default=None,
@@ -452,7 +439,7 @@ def main(argv=None) -> list[dict]:
                     result = time_jax(impl, problem, masks, args)
                 except Exception as e:  # a peer that cannot run this configuration
                     result = f"{type(e).__name__}: {e}"[:300]
-            extra = {"implementation": fa3_impl} if impl in OURS else {}
+            extra = {"implementation": fa3_impl} if impl == "fa3_jax" else {}
             rec = record(problem, impl, result, problem_flops, {**meta, **extra})
             records.append(rec)
             shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]

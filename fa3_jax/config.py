@@ -252,14 +252,16 @@ class BackwardConfig:
         scores dropped). dQ kernel always; dK/dV kernel at head_dim 64 only
         (registers). Only with ``dq='kernel'``.
       dq: how dQ is computed.
-        ``'kernel'``: a second kernel owns each q tile and recomputes S and dP
-        (7 GEMMs per tile pair, no atomics: bit-identical run to run).
+        ``'kernel'`` (default): a second kernel owns each q tile and recomputes
+        S and dP (7 GEMMs per tile pair, no atomics: bit-identical run to run).
         ``'atomic'``: the dK/dV kernel also computes dQ = dS·K (5 GEMMs, as FA3)
-        and adds it into a zeroed fp32 buffer with TMA reduce-add; the order of
-        the adds, hence the rounding, varies run to run.
-        ``'partials'``: as ``'atomic'``, but each kv tile's contribution goes to
-        its own fp32 slot and XLA sums the slots in a fixed order (deterministic;
-        kv-tiles-times more memory). GPU interpret mode has no TMA reductions, so
+        and adds it into a zeroed fp32 buffer with TMA reduce-adds, whose order
+        (hence rounding) varies run to run. Measured slower on the H100 at every
+        size tried (benchmarks/NOTES.md, "Session 4"): the fp32 dQ traffic, one
+        tile per (q tile, kv tile) pair, stalls the kernel. Opt-in only.
+        ``'partials'``: as ``'atomic'``, but each kv tile's dQ goes to its own
+        fp32 slot and XLA sums the slots in a fixed order (deterministic; 2 x kv
+        tiles times the dQ memory). GPU interpret mode has no TMA reductions, so
         it runs ``'partials'`` where ``'atomic'`` is asked for.
     """
 
@@ -303,16 +305,6 @@ class BackwardConfig:
         """kv rows per CTA of the dK/dV kernel (the transposed metadata's tile_k)."""
         return self.compute_wgs * self.block_kv_dkv
 
-    def dq_columns_shared(self, head_dim: int, itemsize: int) -> bool:
-        """Fused dQ: do the consumers split dQ's columns (True) or its kv rows?
-
-        wgmma gives both SMEM operands one swizzle, so a consumer's block of K
-        columns must span the 128-byte swizzle of dS^T (e.g. D=128 splits in
-        two 64-column blocks; D=64 does not).
-        """
-        w = self.compute_wgs
-        return w > 1 and head_dim // w * itemsize >= 128
-
     @property
     def tile_q_dq(self) -> int:
         """q rows per CTA of the dQ kernel (the forward metadata's tile_q)."""
@@ -331,10 +323,9 @@ class BackwardConfig:
         if self.dq == "kernel":
             dkdv += staged * 2 * tile
         else:
-            # P^T staged unless in registers, dS^T double-buffered (the other
-            # warpgroup may read it for dQ), fp32 dQ columns on their way out.
-            dq_copies = 1 if self.dq_columns_shared(d, itemsize) else w
-            dkdv += staged * tile + 2 * tile + dq_copies * self.block_q_dkv * d * 4
+            # P^T staged unless in registers, a ring of three dS^T (the other
+            # warpgroups read them for dQ), fp32 dQ columns on their way out.
+            dkdv += staged * tile + 3 * tile + self.block_q_dkv * d * 4
         dq = (
             2 * w * self.block_q_dq * d * itemsize  # Q, dO of the owned tile
             + 2 * s * self.block_kv_dq * d * itemsize  # K, V ring
@@ -348,7 +339,7 @@ DQ_MODES = ("kernel", "atomic", "partials")
 
 
 def default_backward_config(
-    head_dim: int, block_mask=None, *, interpret: bool = False, deterministic: bool = False
+    head_dim: int, block_mask=None, *, interpret: bool = False
 ) -> BackwardConfig:
     """Heuristic choice: two consumer warpgroups per CTA (128-row tiles).
 
@@ -359,6 +350,4 @@ def default_backward_config(
     del head_dim
     small_blocks = block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128)
     wgs = 1 if small_blocks else 2
-    return BackwardConfig(
-        compute_wgs=wgs, register_operands=not interpret, dq="kernel" if deterministic else "atomic"
-    )
+    return BackwardConfig(compute_wgs=wgs, register_operands=not interpret)

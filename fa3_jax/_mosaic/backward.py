@@ -2,11 +2,11 @@
 
 ``mha_backward`` pads ragged sequence tails to the kernels' tiles, computes
 the per-row residuals, builds the per-tile metadata and runs the dK/dV kernel
-(kv tile owns, q tiles walked; GQA sums in fp32 registers). dQ comes either
-from that same kernel (FA3's five GEMMs; fp32 TMA reduce-adds whose order
-varies, the default) or, with ``deterministic=True``, from a second kernel that
-owns a q tile and walks its kv tiles (seven GEMMs, no atomics: gradients are
-bit-identical run to run). See ``BackwardConfig.dq``.
+(kv tile owns, q tiles walked; GQA sums in fp32 registers) and the dQ kernel
+(q tile owns, kv tiles walked). Neither uses atomics, so gradients are
+bit-identical run to run. ``BackwardConfig(dq='atomic')`` instead computes dQ
+in the dK/dV kernel with fp32 reduce-adds (opt-in: slower today, see its
+docstring).
 
 Not differentiated: ALiBi slopes, masks and softcap are constants of the
 backward (their cotangents are not computed).
@@ -47,12 +47,10 @@ def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
     return math.lcm(cfg.block_q_dkv, cfg.tile_q_dq), math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq)
 
 
-def _resolve_config(config, head_dim, block_mask, deterministic) -> BackwardConfig:
+def _resolve_config(config, head_dim, block_mask) -> BackwardConfig:
     """The config to run: the heuristic's unless given, adapted to interpret mode."""
     interpret = interpret_mode_active()
-    cfg = config or default_backward_config(
-        head_dim, block_mask, interpret=interpret, deterministic=deterministic
-    )
+    cfg = config or default_backward_config(head_dim, block_mask, interpret=interpret)
     if interpret and cfg.register_operands:
         # Interpret mode reads wgmma operand A only from SMEM.
         cfg = dataclasses.replace(cfg, register_operands=False)
@@ -73,7 +71,6 @@ def backward_unsupported_reason(
     has_segments: bool,
     block_mask: BlockMask | None,
     config: BackwardConfig | None = None,
-    deterministic: bool = False,
 ) -> str | None:
     """Why the Mosaic backward cannot serve these inputs (None when it can)."""
     del spec, softcap, has_alibi, has_segments
@@ -87,7 +84,7 @@ def backward_unsupported_reason(
             f"mosaic backward supports head_dim {_HEAD_DIMS}, got {head_dim} (256 does not fit: "
             "fp32 dK+dV accumulators of a 64-row tile need 256 registers per thread)"
         )
-    cfg = _resolve_config(config, head_dim, block_mask, deterministic)
+    cfg = _resolve_config(config, head_dim, block_mask)
     need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize)
     for name, size in need.items():
         if (name == "dkdv" or cfg.dq == "kernel") and size > SMEM_LIMIT_BYTES:
@@ -117,7 +114,6 @@ def mha_backward(
     alibi_slopes_BH=None,
     segment_ids=None,
     block_mask: BlockMask | None = None,
-    deterministic: bool = False,
     config: BackwardConfig | None = None,
 ):
     """Gradients of attention w.r.t. q, k, v.
@@ -131,8 +127,6 @@ def mha_backward(
       spec: positional masks (``spec.seq_q == Sq``, ``spec.seq_k == Sk``).
       softmax_scale, softcap, alibi_slopes_BH (f32 ``[B or 1, Hq]``),
       segment_ids (int32 ``(q [B, Sq], kv [B, Sk])``), block_mask: as in the forward.
-      deterministic: bit-identical gradients run to run (the heuristic picks
-        ``dq='kernel'``); ignored when ``config`` is given.
       config: tiling and dQ mode (default: :func:`default_backward_config`);
         under GPU interpret mode P/dS are always staged through SMEM and
         ``dq='atomic'`` runs as ``'partials'``.
@@ -140,7 +134,7 @@ def mha_backward(
     Returns:
       ``(dq, dk, dv)`` shaped and typed like ``q, k, v``.
     """
-    cfg = _resolve_config(config, q.shape[-1], block_mask, deterministic)
+    cfg = _resolve_config(config, q.shape[-1], block_mask)
     reason = backward_unsupported_reason(
         q,
         k,

@@ -10,17 +10,17 @@ Per visited q tile, a consumer computes (transposed so kv rows are the
 wgmma M dimension):  S^T = K Q^T,  dP^T = V dO^T,  P^T = exp2(S^T - lse),
 dS^T = P^T (dP^T - delta),  dV += P^T dO,  dK += dS^T Q.
 
-With ``cfg.dq != 'kernel'`` the kernel also produces dQ (FA3's five GEMMs):
-each consumer stages dS^T in SMEM and computes an fp32 part of dQ_tile = dS K,
-which it adds into ``dq_acc`` with a TMA reduce-add (``'atomic'``) or stores to
-its own slot (``'partials'``). dQ leaves unscaled. Which part:
-- shared (``D / compute_wgs`` columns span a whole 128-byte swizzle, e.g.
-  D=128): the consumers meet at a barrier once every dS^T is staged, and
-  consumer ``w`` computes columns ``[w*Dw, (w+1)*Dw)`` from every consumer's
-  dS^T and K rows: one add per q tile and column block;
-- own (D=64 with two consumers, where a 32-column block would need a
-  narrower swizzle than wgmma's other operands): each consumer computes all
-  D columns from its own kv rows, so two adds land on each dQ tile.
+With ``cfg.dq != 'kernel'`` the kernel also produces dQ (FA3's five GEMMs).
+Consumer ``w`` computes columns ``[w*Dw, (w+1)*Dw)`` (``Dw = D / compute_wgs``)
+of dQ_tile = dS K from every consumer's dS^T (staged in SMEM) and K rows, and
+adds that fp32 block into ``dq_acc`` with a TMA reduce-add (``'atomic'``) or
+stores it to this kv tile's own slot (``'partials'``); dQ leaves unscaled.
+Each consumer computes the dQ of step t during step t+1, right after issuing
+that step's dV/dK GEMMs: the other consumers' dS^T of step t are ready by
+then, so the consumers are not forced into lockstep (a ring of three dS^T
+buffers; a consumer announces "step t done" only after its dQ GEMM of step
+t-1, which read the buffer step t+2 will overwrite). K, Q and dS^T share a
+swizzle as wide as one Dw-column block (wgmma gives both SMEM operands one).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ __all__ = ["dkdv_kernel_call", "smem_transforms"]
 _DQ_CHUNK = 64  # dQ columns per wgmma accumulator (32 fp32 registers per thread)
 
 
-def smem_transforms(itemsize: int):
-    swizzle = 128
+def smem_transforms(itemsize: int, cols: int | None = None):
+    """Tiling + swizzle; ``cols``: the narrowest column block a wgmma reads (128 B max)."""
+    swizzle = 128 if cols is None else min(128, cols * itemsize)
     return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
 
 
@@ -55,7 +56,7 @@ class _Shapes:
     head_dim: int
     group: int  # query heads per kv head
     dq_cols: int  # dQ columns each consumer computes (fused dQ only)
-    dq_shared: bool  # consumers split dQ by columns over every consumer's dS^T
+    kv_tiles: int  # the grid's kv axis
     meta_b: int
     meta_h: int
     slope_b: int
@@ -72,7 +73,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem = scratch[:6]
     qseg_smem, kseg_smem, p_smem, ds_smem, dq_smem = scratch[6:]
-    kv_bar, full_bar, consumed_bar, ds_bar, end_bar = barriers
+    kv_bar, full_bar, consumed_bar, step_bar, end_bar = barriers
 
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
     group = shp.group
@@ -165,6 +166,17 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.wgmma(s_acc, k_smem.at[wg], q_smem.at[slot].T)
             plgpu.wgmma(dp_acc, v_smem.at[wg], do_smem.at[slot].T)
 
+        def with_scores(slot, use):
+            """Issues S^T, dP^T; ``use(qk, dp)`` gets S^T once ready and dP^T as a function
+            (its wgmma may still run while ``use`` starts on S^T)."""
+
+            def run(accs):
+                issue_scores(slot, *accs)
+                qk = plgpu.wgmma_accumulator_load(accs[0], wait_n=1)
+                return use(qk, lambda: accs[1][...])
+
+            return pl.run_scoped(run, score_accs)
+
         def scores_now(slot):
             def run(accs):
                 issue_scores(slot, *accs)
@@ -224,15 +236,18 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             def step_body(g, t, step, prev_slot):
                 slot = lax.rem(step, stages)
                 plgpu.barrier_wait(full_bar.at[slot])
-                qk, dp = scores_now(slot)
-                if cfg.defer_release:
-                    # Reading S^T waited for every earlier wgmma, including the
-                    # previous step's dV/dK: its slot can be released now.
-                    @pl.when(step > 0)
-                    def _():
-                        plgpu.barrier_arrive(consumed_bar.at[prev_slot])
 
-                issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp)
+                def use(qk, dp):
+                    if cfg.defer_release:
+                        # Reading S^T waited for every earlier wgmma, including the
+                        # previous step's dV/dK: its slot can be released now.
+                        @pl.when(step > 0)
+                        def _():
+                            plgpu.barrier_arrive(consumed_bar.at[prev_slot])
+
+                    issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp)
+
+                with_scores(slot, use)
                 if not cfg.defer_release:
                     plgpu.wgmma_wait(0)
                     plgpu.barrier_arrive(consumed_bar.at[slot])
@@ -269,61 +284,73 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.barrier_arrive(consumed_bar.at[lax.rem(steps, stages)])
             return dk_acc[...], dv_acc[...]
 
-        def dq_columns(w, buf, hq, qi):
-            """Consumer ``w``'s part of this step's dQ tile (see the module docstring)."""
+        def dq_columns(buf, hq, qi, part):
+            """This consumer's dQ columns of the step whose dS^T are in ``buf``.
+
+            ``part``: the 'partials' slot to store to.
+
+            Waits for every wgmma issued before (reading the accumulator).
+            No wgmma sits under a branch: that would make ptxas serialize them.
+            """
             cols = shp.dq_cols
-            col0, sources = (w * cols, range(wgs)) if shp.dq_shared else (0, (w,))
             chunk = min(cols, _DQ_CHUNK)
+            col0 = pl.multiple_of(wg * cols, cols)
             for c in range(0, cols, chunk):
 
                 def run(acc, c=c):
-                    for j in sources:
+                    for j in range(wgs):
                         k_block = k_smem.at[j, :, pl.ds(col0 + c, chunk)]
                         plgpu.wgmma(acc, ds_smem.at[j, buf].T, k_block)
-                    return acc[...]  # waits for this step's dV/dK wgmmas too
+                    return acc[...]
 
                 dq = pl.run_scoped(run, plgpu.ACC((bq, chunk), jnp.float32))
                 if c == 0:
-                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # last step's dQ store
-                dq_smem.at[w, :, pl.ds(c, chunk)][...] = dq
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # last dQ store
+                dq_smem.at[wg, :, pl.ds(c, chunk)][...] = dq
             plgpu.commit_smem()
-            rows, dq_cols = pl.ds(qi * bq, bq), pl.ds(col0, cols)
+            rows, dst_cols = pl.ds(qi * bq, bq), pl.ds(col0, cols)
             if cfg.dq == "atomic":
-                plgpu.copy_smem_to_gmem(
-                    dq_smem.at[w], dq_ref.at[b, rows, hq, dq_cols], reduction_op="add"
-                )
+                dst = dq_ref.at[b, rows, hq, dst_cols]
+                plgpu.copy_smem_to_gmem(dq_smem.at[wg], dst, reduction_op="add")
             else:
-                part = kv_tile if shp.dq_shared else kv_tile * wgs + w
-                plgpu.copy_smem_to_gmem(dq_smem.at[w], dq_ref.at[part, b, rows, hq, dq_cols])
+                dst = dq_ref.at[part, b, rows, hq, dst_cols]
+                plgpu.copy_smem_to_gmem(dq_smem.at[wg], dst)
 
         def accumulate_fused(dk_acc, dv_acc):
-            def step_body(g, t, step, carry):
-                slot, buf = lax.rem(step, stages), lax.rem(step, 2)
+            # Step t runs the dQ GEMM of step t-1. "Step -1" is a zero dS^T tile
+            # in buffer 2 (adding zeros to q tile 0; 'partials' stores it to a
+            # spare slot), so no wgmma sits under a branch for the first or last step.
+            ds_smem.at[wg, 2][...] = jnp.zeros((bk, bq), dtype)
+            plgpu.commit_smem()
+            plgpu.barrier_arrive(step_bar.at[2])
+
+            def step_body(g, t, step, prev):
+                slot, buf = lax.rem(step, stages), lax.rem(step, 3)
                 plgpu.barrier_wait(full_bar.at[slot])
-                qk, dp = scores_now(slot)
-                issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp, ds_dst=ds_smem.at[wg, buf])
-                if shp.dq_shared:
-                    # Every consumer's dS^T of this step is in SMEM after this
-                    # barrier; the one two steps back (same buffer) is no longer read.
-                    plgpu.barrier_arrive(ds_bar.at[buf])
-                    plgpu.barrier_wait(ds_bar.at[buf])
-                qi = index_ref[mb, meta_h(g), kv_tile, t]
-                for w in range(wgs):
-
-                    @pl.when(wg == w)
-                    def _(w=w):
-                        dq_columns(w, buf, head_q(g), qi)
-
+                with_scores(
+                    slot,
+                    lambda qk, dp: issue_dkdv(
+                        dk_acc, dv_acc, g, t, slot, qk, dp, ds_dst=ds_smem.at[wg, buf]
+                    ),
+                )
+                prev_buf = lax.rem(step + 2, 3)
+                plgpu.barrier_wait(step_bar.at[prev_buf])  # every dS^T of step - 1
+                dq_columns(prev_buf, *prev)
+                # dV/dK of this step are done: Q/dO may be refilled.
                 plgpu.barrier_arrive(consumed_bar.at[slot])
-                return carry
+                plgpu.barrier_arrive(step_bar.at[buf])
+                return head_q(g), index_ref[mb, meta_h(g), kv_tile, t], kv_tile
 
-            walk(step_body, jnp.int32(0))
+            spare = shp.kv_tiles + kv_tile
+            steps, last = walk(step_body, (head_q(0), jnp.int32(0), spare))
+            last_buf = lax.rem(steps + 2, 3)
+            plgpu.barrier_wait(step_bar.at[last_buf])
+            dq_columns(last_buf, *last)
             plgpu.wait_smem_to_gmem(0)
-            if shp.dq_shared:
-                # The other consumers' dQ GEMMs read this consumer's K tile: wait
-                # for them before it is overwritten with dK.
-                plgpu.barrier_arrive(end_bar)
-                plgpu.barrier_wait(end_bar)
+            # The other consumers' dQ GEMMs read this consumer's K tile: wait
+            # for them before it is overwritten with dK.
+            plgpu.barrier_arrive(end_bar)
+            plgpu.barrier_wait(end_bar)
             return dk_acc[...], dv_acc[...]
 
         def accumulate(dk_acc, dv_acc):
@@ -384,34 +411,36 @@ def dkdv_kernel_call(
     itemsize = jnp.dtype(dtype).itemsize
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
     fused = cfg.dq != "kernel"
-    dq_shared = cfg.dq_columns_shared(head_dim, itemsize)
-    dq_cols = head_dim // wgs if dq_shared else head_dim
+    dq_cols = head_dim // wgs
     shp = _Shapes(
         head_dim,
         heads_q // heads_kv,
         dq_cols,
-        dq_shared,
+        meta.n_rows,
         meta.index.shape[0],
         meta.index.shape[1],
         1 if slopes is None else slopes.shape[0],
     )
     tr = smem_transforms(itemsize)
+    # The dQ GEMMs read K in blocks of dq_cols columns; K's partners Q (in S^T)
+    # and dS^T (in dK, dQ) take the same swizzle.
+    tr_k = smem_transforms(itemsize, min(dq_cols, _DQ_CHUNK)) if fused else tr
     staged_p = not cfg.register_operands
     staged_ds = fused or not cfg.register_operands
     n_copies = 5 if params.has_segments else 4
     scratch = (
-        plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr),  # K
+        plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr_k),  # K
         plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr),  # V
-        plgpu.SMEM((stages, bq, head_dim), dtype, transforms=tr),  # Q ring
+        plgpu.SMEM((stages, bq, head_dim), dtype, transforms=tr_k),  # Q ring
         plgpu.SMEM((stages, bq, head_dim), dtype, transforms=tr),  # dO ring
         plgpu.SMEM((stages, bq), jnp.float32),  # lse ring
         plgpu.SMEM((stages, bq), jnp.float32),  # delta ring
         plgpu.SMEM((stages, bq), jnp.int32) if params.has_segments else None,
         plgpu.SMEM((wgs, bk), jnp.int32) if params.has_segments else None,
         plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr) if staged_p else None,  # P^T
-        # dS^T: double-buffered when the other consumers read it for dQ.
+        # dS^T: a ring of three when the other consumers read it for dQ.
         (
-            plgpu.SMEM((wgs, 2, bk, bq) if fused else (wgs, bk, bq), dtype, transforms=tr)
+            plgpu.SMEM((wgs, 3, bk, bq) if fused else (wgs, bk, bq), dtype, transforms=tr_k)
             if staged_ds
             else None
         ),
@@ -423,9 +452,9 @@ def dkdv_kernel_call(
         plgpu.Barrier(num_arrivals=3 if params.has_segments else 2, num_barriers=wgs),
         plgpu.Barrier(num_arrivals=n_copies, num_barriers=stages),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
-        # dS^T of every consumer staged (double-buffered like dS^T itself).
-        plgpu.Barrier(num_arrivals=wgs, num_barriers=2) if dq_shared and fused else None,
-        plgpu.Barrier(num_arrivals=wgs) if dq_shared and fused else None,  # K reusable
+        # "step t done" per dS^T buffer: its dS^T is staged and step t-1's dQ GEMM ran.
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=3) if fused else None,
+        plgpu.Barrier(num_arrivals=wgs) if fused else None,  # walk done: K reusable
     )
     out_shape = jax.ShapeDtypeStruct((batch, seq_k, heads_kv, head_dim), dtype)
     kernel = plgpu.kernel(
@@ -455,11 +484,11 @@ def dkdv_kernel_call(
         operands.extend(segments)
     if not fused:
         return (*kernel(*operands), None)
-    # 'partials': one slot per kv tile, or per consumer when each adds its own rows.
-    slots = (meta.n_rows * (1 if dq_shared else wgs),) if cfg.dq == "partials" else ()
+    # 'partials': one slot per kv tile, and one spare per kv tile (see "step -1").
+    slots = (2 * meta.n_rows,) if cfg.dq == "partials" else ()
     # Zero-initialised and updated in place: the kernel only adds (or stores) the
     # tiles it visits, so unvisited q rows keep dQ = 0.
     dq_acc = jax.new_ref(jnp.zeros((*slots, batch, seq_q, heads_q, head_dim), jnp.float32))
     dk, dv = kernel(*operands, dq_acc)
     dq = dq_acc[...]
-    return dk, dv, dq.sum(0) if slots else dq
+    return dk, dv, dq[: meta.n_rows].sum(0) if slots else dq

@@ -130,10 +130,21 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             k_seg = None
             if params.has_segments:
                 k_seg = lax.broadcast_in_dim(
-                    plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1])
+                    plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1]
+                )
             _, ds = probs_and_dlogits(
-                params, qk, dp, lse2, delta, q_pos, k_pos,
-                slope=slope, q_seg=q_seg, k_seg=k_seg, partial=part)
+                params,
+                qk,
+                dp,
+                lse2,
+                delta,
+                q_pos,
+                k_pos,
+                slope=slope,
+                q_seg=q_seg,
+                k_seg=k_seg,
+                partial=part,
+            )
             if cfg.register_operands:
                 ds_op = ds.astype(dtype)
             else:
@@ -147,19 +158,20 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 slot = lax.rem(step, stages)
                 plgpu.barrier_wait(full_bar.at[slot])
 
-                def scores(accs):
+                def scores_then_dq(accs):
                     issue_scores(slot, *accs)
-                    return accs[0][...], accs[1][...]
+                    # S is read first: the dP wgmma finishes under the exp2s.
+                    qk = plgpu.wgmma_accumulator_load(accs[0], wait_n=1)
+                    if cfg.defer_release:
+                        # Reading S waited for every earlier wgmma, including the
+                        # previous step's dQ: its slot can be released now.
+                        @pl.when(step > 0)
+                        def _():
+                            plgpu.barrier_arrive(consumed_bar.at[prev_slot])
 
-                qk, dp = pl.run_scoped(scores, score_accs)
-                if cfg.defer_release:
-                    # Reading S waited for every earlier wgmma, including the
-                    # previous step's dQ: its slot can be released now.
-                    @pl.when(step > 0)
-                    def _():
-                        plgpu.barrier_arrive(consumed_bar.at[prev_slot])
+                    issue_dq(dq_acc, step, slot, qk, lambda: accs[1][...])
 
-                issue_dq(dq_acc, step, slot, qk, dp)
+                pl.run_scoped(scores_then_dq, score_accs)
                 if not cfg.defer_release:
                     plgpu.wgmma_wait(0)
                     plgpu.barrier_arrive(consumed_bar.at[slot])
@@ -168,9 +180,11 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             last_slot = lax.fori_loop(0, n_steps, step_body, jnp.int32(0))
             dq = dq_acc[...]
             if cfg.defer_release:
+
                 @pl.when(n_steps > 0)
                 def _():
                     plgpu.barrier_arrive(consumed_bar.at[last_slot])
+
             return dq
 
         def walk_overlapped(dq_acc):
@@ -213,8 +227,21 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         pl.run_scoped(accumulate, plgpu.ACC((bq, shp.head_dim), jnp.float32))
 
 
-def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
-                   cfg: BackwardConfig, slopes=None, segments=None, interpret=None):
+def dq_kernel_call(
+    q,
+    k,
+    v,
+    do,
+    lse2,
+    delta,
+    meta,
+    *,
+    params: ScoreParams,
+    cfg: BackwardConfig,
+    slopes=None,
+    segments=None,
+    interpret=None,
+):
     """Runs the dQ kernel on padded inputs.
 
     Args:
@@ -233,9 +260,15 @@ def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
     heads_kv = k.shape[2]
     dtype = q.dtype
     bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
-    shp = _Shapes(head_dim, heads_q // heads_kv, meta.index.shape[0], meta.index.shape[1],
-                  1 if slopes is None else slopes.shape[0], meta.n_rows,
-                  meta.n_cols)
+    shp = _Shapes(
+        head_dim,
+        heads_q // heads_kv,
+        meta.index.shape[0],
+        meta.index.shape[1],
+        1 if slopes is None else slopes.shape[0],
+        meta.n_rows,
+        meta.n_cols,
+    )
     tr = smem_transforms(jnp.dtype(dtype).itemsize)
     seg = params.has_segments
     scratch = (
@@ -255,9 +288,16 @@ def dq_kernel_call(q, k, v, do, lse2, delta, meta, *, params: ScoreParams,
         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
     )
     kernel = plgpu.kernel(
-        functools.partial(_kernel, params=params, cfg=cfg, shp=shp, dtype=dtype,
-                          masked=needs_element_masks(params.spec, tile_k=cfg.block_kv_dq,
-                                                     has_segments=params.has_segments)),
+        functools.partial(
+            _kernel,
+            params=params,
+            cfg=cfg,
+            shp=shp,
+            dtype=dtype,
+            masked=needs_element_masks(
+                params.spec, tile_k=cfg.block_kv_dq, has_segments=params.has_segments
+            ),
+        ),
         out_type=jax.ShapeDtypeStruct(q.shape, dtype),
         scratch_types=(scratch, barriers),
         grid=(meta.n_rows, heads_q, batch),

@@ -16,9 +16,7 @@ __all__ = ["row_delta", "pad_seq", "backward_residuals"]
 
 def row_delta(out_BSHD: jax.Array, dout_BSHD: jax.Array) -> jax.Array:
     """f32 ``[B, H, S]``: ``sum_d dO * O`` per query row, accumulated in f32."""
-    return jnp.einsum(
-        "bshd,bshd->bhs", out_BSHD.astype(jnp.float32), dout_BSHD.astype(jnp.float32)
-    )
+    return jnp.einsum("bshd,bshd->bhs", out_BSHD.astype(jnp.float32), dout_BSHD.astype(jnp.float32))
 
 
 def pad_seq(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:

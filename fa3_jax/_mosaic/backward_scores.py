@@ -39,13 +39,26 @@ class ScoreParams:
     has_segments: bool
 
 
-def probs_and_dlogits(params: ScoreParams, qk, dp, lse2, delta, q_pos, k_pos, *,
-                      slope=None, q_seg=None, k_seg=None, partial=None):
+def probs_and_dlogits(
+    params: ScoreParams,
+    qk,
+    dp,
+    lse2,
+    delta,
+    q_pos,
+    k_pos,
+    *,
+    slope=None,
+    q_seg=None,
+    k_seg=None,
+    partial=None,
+):
     """Recomputes ``p`` and the gradient w.r.t. the scaled logits ``scale * q.k``.
 
     Args:
       qk: f32 tile of raw ``q . k`` products.
-      dp: f32 tile of ``dO . v``.
+      dp: f32 tile of ``dO . v``, or a function returning it: called once ``p``
+        is computed, so a caller can let the dP wgmma finish under the exp2s.
       lse2: f32 tile, the row's ``lse * log2(e)`` (``+inf`` for rows that see no key).
       delta: f32 tile, the row's ``rowsum(dO * O) - dlse``.
       q_pos, k_pos: int32 tiles of absolute positions.
@@ -67,7 +80,7 @@ def probs_and_dlogits(params: ScoreParams, qk, dp, lse2, delta, q_pos, k_pos, *,
         if params.has_segments:
             keep = keep & (q_seg == k_seg)
         p = jnp.where(keep | (partial == 0), p, 0.0)
-    ds = p * (dp - delta)
+    ds = p * ((dp() if callable(dp) else dp) - delta)
     if params.softcap is not None:
         # d softcap(x)/dx = 1 - tanh^2; tanh is the base-2 logit over softcap*log2(e).
         t = capped2 * (1.0 / (params.softcap * LOG2E))

@@ -115,27 +115,12 @@ class _MosaicBackwardBase(AttentionTestBase):
 
 
 class TestMosaicBackwardInterpret(_MosaicBackwardBase):
-    """CI: the kernels in GPU interpret mode (no race detection: too slow for every case).
-
-    The default backward: dQ fused into the dK/dV kernel ('atomic', which interpret
-    mode runs as 'partials': same GEMMs, per-tile slots instead of TMA reduce-adds).
-    """
+    """CI: the kernels in GPU interpret mode (no race detection: too slow for every case)."""
 
     GRAD_CASES = INTERPRET_GRAD_CASES
 
     def context(self):
         return plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams())
-
-
-class TestMosaicBackwardDeterministicInterpret(TestMosaicBackwardInterpret):
-    """``deterministic=True``: the separate dQ kernel, on the cases whose branches differ
-    (tails, GQA walks, partial tiles, segments, 64-row block masks, everything at once)."""
-
-    GRAD_CASES = [INTERPRET_GRAD_CASES[i] for i in (0, 2, 5, 7, 9)]
-    test_forward = None  # the forward does not depend on `deterministic`
-
-    def attention(self, q, k, v, **kwargs):
-        return super().attention(q, k, v, deterministic=True, **kwargs)
 
 
 def _grads_direct(case: Case, seed: int, *, dlse: bool = False):
@@ -258,15 +243,15 @@ def test_fused_dq_layouts_race_free(head_dim, wgs):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_backward_lowers_for_cuda(head_dim, deterministic):
+@pytest.mark.parametrize("dq", ["kernel", "atomic"])
+def test_backward_lowers_for_cuda(head_dim, dq):
     """The GPU configs (P/dS in registers; TMA reduce-add for 'atomic', which interpret
     mode cannot run) pass Mosaic GPU's lowering and layout inference."""
     b, s, h = 1, 256, 2
     q = jax.ShapeDtypeStruct((b, s, h, head_dim), BF16)
     lse = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
-    cfg = default_backward_config(head_dim, deterministic=deterministic)
-    assert cfg.register_operands and cfg.dq == ("kernel" if deterministic else "atomic")
+    cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq)
+    assert cfg.register_operands
 
     def backward(q, k, v, o, lse, do):
         return _mosaic.mha_backward(
@@ -374,10 +359,7 @@ def test_config_validation_and_heuristic():
         BackwardConfig(dq="fused")
     with pytest.raises(ValueError, match="neither overlap nor defer_release"):
         BackwardConfig(dq="atomic", defer_release=True)
-    assert default_backward_config(128).dq == "atomic"
-    assert default_backward_config(128, deterministic=True).dq == "kernel"
-    assert BackwardConfig().dq_columns_shared(128, 2)
-    assert not BackwardConfig().dq_columns_shared(64, 2)
+    assert default_backward_config(128).dq == "kernel"
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
     assert default_backward_config(128, bm).compute_wgs == 1
@@ -485,7 +467,7 @@ def test_gpu_flax_model_grad_matches_reference():
 def test_gpu_deterministic():
     case = dataclasses.replace(GPU_GRAD_CASES[1], causal=True)
     args, kwargs, _ = _grads_direct(case, 11)
-    run = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))
+    run = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))
     first, second = run(*args), run(*args)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -493,9 +475,9 @@ def test_gpu_deterministic():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_gpu_atomic_dq_matches_the_deterministic_path(head_dim):
-    """TMA reduce-add dQ (compiled only on the GPU) against the two-kernel path: dK, dV
-    identical, dQ equal up to fp32 summation order."""
+def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim):
+    """dq='atomic' (TMA reduce-adds: compiled only on the GPU) against the default
+    two-kernel path: equal up to rounding (fp32 summation order)."""
     case = Case(
         dtype=BF16,
         batch=2,
@@ -507,8 +489,9 @@ def test_gpu_atomic_dq_matches_the_deterministic_path(head_dim):
         causal=True,
     )
     args, kwargs, _ = _grads_direct(case, 19)
-    atomic = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
-    exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
+    cfg = BackwardConfig(register_operands=True, dq="atomic")
+    atomic = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, config=cfg))(*args)
+    exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
     for name, a, e in zip("qkv", atomic, exact, strict=True):
         a, e = np.asarray(a, np.float32), np.asarray(e, np.float32)
         err = np.linalg.norm(a - e) / np.linalg.norm(e)
