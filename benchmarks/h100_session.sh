@@ -4,7 +4,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests | forward-variants | sharded}
+stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests | forward-variants | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tail -3; fi
@@ -33,6 +33,20 @@ case "$stage" in
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tail -20
          python -m pretrain.benchmark --preset 1.3b --devices 1,2 --attention auto \
            --parallelism data,fsdp --out "$OUT/scaling.json" 2>&1 | grep "^{\|^|" ;;
+  # 4 GPUs, ~8 minutes: a demo run stopped at N/2 and resumed in a fresh process must match an
+  # uninterrupted one (~1.5 min), then the 1.3b table on 1, 4 and 2 GPUs, data parallel and FSDP,
+  # in what is left of 470 s (files rewritten after every variant; 2 GPUs last: 2xH200 has them)
+  scaling) export NCCL_NVLS_ENABLE=0
+         card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/ .*//')
+         name="$(nvidia-smi -L | wc -l)x${card,,}"; day=$(date -u +%Y%m%d)
+         timeout 180 python benchmarks/resume_gpu_check.py \
+           "benchmarks/results/resume_gpu_check_${name}_${day}.json" --mesh_data=2 2>&1 \
+           | tee "$OUT/resume.log" | tail -8
+         timeout $((470 - SECONDS)) python -m pretrain.benchmark --preset 1.3b --devices 1,4,2 \
+           --attention auto --parallelism data,fsdp \
+           --out "benchmarks/results/pretrain_1.3b_${day}-${name}-scaling.json" 2>&1 \
+           | tee "$OUT/scaling.log" | grep "^{\|^|" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
-cp benchmarks/results/*h100* benchmarks/results/pretrain_* "$OUT/" 2>/dev/null || true
+# what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)
+find benchmarks/results -maxdepth 1 -type f -newer "$OUT/nvidia-smi.txt" -exec cp -t "$OUT/" {} +

@@ -7,7 +7,10 @@ tokens_per_s, mfu (fraction of --peak_tflops per device; FLOPs from ModelConfig.
 causal attention included, rematerialisation not), step_ms, device, date, jax_version, command
 (plus parallelism, documents, remat, microbatches, params, final_loss; `error` instead of the
 timings when a variant fails, e.g. cuDNN rejecting the materialised ALiBi + document bias:
-then compare with `--documents single`, where that bias is [1, heads, seq, seq]).
+then compare with `--documents single`, where that bias is [1, heads, seq, seq]). With a 1-device
+variant of the same documents/remat/attention in the run, multi-device records get
+scaling_efficiency = tokens_per_s / (devices × its tokens_per_s). The JSON and markdown files are
+rewritten after every variant, so a run cut short keeps the variants it finished.
 
   python -m pretrain.benchmark                                   # 1.3b, ctx 2048, auto/cudnn/xla
   python -m pretrain.benchmark --devices 1,2 --parallelism fsdp,data   # scaling over 2 GPUs
@@ -108,7 +111,9 @@ def _measure(
     return {"step_ms": 1000 * seconds, "loss": loss}
 
 
-def run_benchmark(args) -> list[dict]:
+def run_benchmark(args, out: Path) -> list[dict]:
+    """Measures every variant of `args` (see `main`); writes the records so far to `out` (JSON,
+    and markdown next to it) after each one."""
     records = []
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     device = jax.devices()[0].device_kind
@@ -172,7 +177,9 @@ def run_benchmark(args) -> list[dict]:
                 mfu=tokens_per_s * flops / (args.peak_tflops * 1e12 * n_devices),
             )
         records.append(record)
+        _add_scaling(records)
         print(json.dumps(record), flush=True)
+        _write(out, records)
         if profile_dir and "error" not in record:
             process = "/host:CPU" if jax.devices()[0].platform == "cpu" else "/device:GPU:0"
             summary = summarize_trace(find_trace(profile_dir), process)
@@ -180,11 +187,25 @@ def run_benchmark(args) -> list[dict]:
     return records
 
 
+def _add_scaling(records: list[dict]) -> None:
+    """Sets scaling_efficiency on the multi-device records that have a 1-device baseline."""
+    key = ("attention", "remat", "documents")
+    base = {
+        tuple(r[k] for k in key): r["tokens_per_s"]
+        for r in records
+        if r["devices"] == 1 and "error" not in r
+    }
+    for r in records:
+        one = base.get(tuple(r[k] for k in key))
+        if one and "error" not in r:
+            r["scaling_efficiency"] = r["tokens_per_s"] / (r["devices"] * one)
+
+
 def _table(records: list[dict]) -> str:
     lines = [
         "| preset | attention | remat | devices | parallelism | documents | seq | batch | tokens/s "
-        "| MFU | step ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| MFU | step ms | scaling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         head = (
@@ -192,12 +213,20 @@ def _table(records: list[dict]) -> str:
             f"{r['parallelism']} | {r['documents']} | {r['seq_len']} | {r['global_batch']} |"
         )
         if "error" in r:
-            lines.append(f"{head} error: {r['error'][:60]} | | |")
+            lines.append(f"{head} error: {r['error'][:60]} | | | |")
         else:
+            scaling = f"{100 * r['scaling_efficiency']:.1f}%" if "scaling_efficiency" in r else ""
             lines.append(
-                f"{head} {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.1f} |"
+                f"{head} {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.1f} "
+                f"| {scaling} |"
             )
     return "\n".join(lines)
+
+
+def _write(out: Path, records: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    out.with_suffix(".md").write_text(_table(records) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,12 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--devices must be within 1..{len(jax.devices())}")
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
-    records = run_benchmark(args)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"benchmarks/results/pretrain_{args.preset}_{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=1) + "\n")
-    out.with_suffix(".md").write_text(_table(records) + "\n")
+    records = run_benchmark(args, out)
     print(_table(records))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0 if any("error" not in r for r in records) else 1

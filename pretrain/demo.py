@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import data
-from pretrain.config import apply_overrides, make_config, parse_overrides
+from pretrain.config import RunConfig, apply_overrides, make_config, parse_overrides
 from pretrain.plot import plot_run
 from pretrain.train import train
 
@@ -34,6 +34,18 @@ DEMO_SETTINGS = {
 }
 
 
+def demo_config(run_dir: str | Path, overrides: dict | None = None) -> RunConfig:
+    """The demo run in `run_dir`: the `tiny` preset with DEMO_SETTINGS on the demo corpus
+    (generated and prepared in DEMO_DATA when missing), then `overrides` (`{key: value}`)."""
+    prepared = data.make_demo_data(DEMO_DATA, seed=0)
+    vocab = data.load_manifest(prepared).vocab_size
+    cfg = make_config(
+        "tiny",
+        {**DEMO_SETTINGS, "vocab_size": vocab, "data_dir": str(prepared), "run_dir": str(run_dir)},
+    )
+    return apply_overrides(cfg, overrides or {})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -41,15 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides = parse_overrides(argv)
     print(f"[1/3] demo corpus: generating and preparing it in {DEMO_DATA} (reused when present)")
-    prepared = data.make_demo_data(DEMO_DATA, seed=0)
-    vocab = data.load_manifest(prepared).vocab_size
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path("runs") / f"demo-{stamp}"
-    cfg = make_config(
-        "tiny",
-        {**DEMO_SETTINGS, "vocab_size": vocab, "data_dir": str(prepared), "run_dir": str(run_dir)},
-    )
-    cfg = apply_overrides(cfg, overrides)
+    cfg = demo_config(Path("runs") / f"demo-{stamp}", overrides)
     run_dir = Path(cfg.train.run_dir)
     print(
         f"[2/3] training `tiny` on {cfg.train.mixture} for {cfg.train.steps} steps "

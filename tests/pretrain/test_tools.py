@@ -111,6 +111,28 @@ def test_benchmark_runs_on_cpu_with_the_tiny_preset(tmp_path):
     assert out.with_suffix(".md").read_text().startswith("| preset")
 
 
+def test_benchmark_scaling_is_relative_to_the_same_variant_on_one_device():
+    def rec(devices, tokens_per_s, attention="auto", **extra):
+        return {
+            "attention": attention,
+            "remat": "dots",
+            "documents": "packed",
+            "devices": devices,
+            "tokens_per_s": tokens_per_s,
+            **extra,
+        }
+
+    records = [
+        rec(4, 360.0),
+        rec(1, 100.0),
+        rec(2, 150.0, attention="cudnn"),
+        rec(2, 0.0, error="OOM"),
+    ]
+    benchmark._add_scaling(records)
+    assert records[0]["scaling_efficiency"] == 0.9 and records[1]["scaling_efficiency"] == 1.0
+    assert "scaling_efficiency" not in records[2] and "scaling_efficiency" not in records[3]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
