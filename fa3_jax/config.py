@@ -71,6 +71,10 @@ class ForwardConfig:
       num_ctas: CTAs of the persistent grid; 0 takes the GPU's SM count (132
         when no GPU is visible, e.g. interpret mode). Capped at the number of
         work items.
+      tile_order: which index changes fastest from one CTA (or work item) to the
+        next: ``"heads"`` (neighbouring heads run together, so GQA groups share
+        K/V in L2) or ``"q_tiles"`` (the q tiles of one head run together and
+        share its K/V in L2). Longest causal q tiles still come first per head.
     """
 
     block_q: int = 64
@@ -84,8 +88,13 @@ class ForwardConfig:
     producer_registers: int = 24
     persistent: bool = False
     num_ctas: int = 0
+    tile_order: str = "heads"
 
     def __post_init__(self):
+        if self.tile_order not in ("heads", "q_tiles"):
+            raise ValueError(
+                f"ForwardConfig.tile_order must be 'heads' or 'q_tiles', got {self.tile_order!r}"
+            )
         if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
             raise ValueError(f"ForwardConfig.num_ctas must be an int >= 0, got {self.num_ctas}")
         if self.block_q != 64:
@@ -172,7 +181,23 @@ def _mask_kind(causal: bool, masked: bool) -> str:
 TUNED_FORWARD: dict[tuple[int, str, str], ForwardConfig] = {}
 
 
-def _heuristic(head_dim: int, *, causal: bool, masked: bool) -> ForwardConfig:
+#: Dense inputs up to this many keys (head_dim <= 128) run persistent, q tiles of a head
+#: together.
+PERSISTENT_MAX_SEQ_K = 4096
+
+
+def _heuristic(head_dim: int, *, causal: bool, masked: bool, seq_k: int | None) -> ForwardConfig:
+    config = _tiles(head_dim, causal=causal, masked=masked)
+    short = seq_k is not None and seq_k <= PERSISTENT_MAX_SEQ_K
+    if head_dim <= 128 and not causal and not masked and short:
+        # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 4"): persistent CTAs walking the
+        # q tiles of one head together, dense D64/D128: +12…25% at 512, +1…7% at 1k–4k,
+        # −1…4% at 16k; D256 within ±2.5% (kept on the grid). Causal loses (−1…15%).
+        config = dataclasses.replace(config, persistent=True, tile_order="q_tiles")
+    return config
+
+
+def _tiles(head_dim: int, *, causal: bool, masked: bool) -> ForwardConfig:
     # H100, 2026-11-25 (benchmarks/NOTES.md): at D=128 intra-warpgroup overlap
     # alone measured best (573 TFLOP/s dense, 510 causal at 4k); ping-pong is
     # kept as a switch until its turn-barrier form is measured.
@@ -188,16 +213,23 @@ def _heuristic(head_dim: int, *, causal: bool, masked: bool) -> ForwardConfig:
 
 
 def forward_config(
-    head_dim: int, dtype, *, causal: bool = False, masked: bool = False, interpret: bool = False
+    head_dim: int,
+    dtype,
+    *,
+    causal: bool = False,
+    masked: bool = False,
+    seq_k: int | None = None,
+    interpret: bool = False,
 ) -> ForwardConfig:
     """The config for these inputs: tuned if known, else the heuristic.
 
+    ``seq_k``: keys per sequence (None: unknown; the grid launch is kept).
     ``interpret`` selects the shared-memory P path GPU interpret mode needs.
     """
     name = np.dtype(dtype).name
     config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked)))
     if config is None:
-        config = _heuristic(head_dim, causal=causal, masked=masked)
+        config = _heuristic(head_dim, causal=causal, masked=masked, seq_k=seq_k)
     if interpret:
         config = dataclasses.replace(config, p_in_smem=True)
     return config

@@ -80,6 +80,7 @@ def mha_forward(
             q_BSHD.dtype,
             causal=spec.causal,
             masked=spec.is_positional or segment_ids is not None or block_mask is not None,
+            seq_k=spec.seq_k,
             interpret=interpret,
         )
         config = _block_kv_for(config, block_mask)

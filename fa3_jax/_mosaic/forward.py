@@ -15,7 +15,8 @@ One CTA computes ``tile_q = num_consumers * block_q`` query rows of one (batch, 
 
 With ``persistent`` the grid is ``num_ctas`` CTAs (default: one per SM) that
 each loop over work items (q tile, head, batch), the longest causal q tiles
-first, strided by the CTA count. The ring position runs on across items, so
+first, strided by the CTA count; ``tile_order`` picks whether neighbouring
+items differ in head (default) or are the q tiles of one head. The ring position runs on across items, so
 the producer streams the next item's K/V while the consumers finish this one;
 each consumer reloads Q after its previous output store has read q_smem.
 
@@ -108,6 +109,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
             qt = n_q_tiles - 1 - lax.axis_index("qt")
             return lax.axis_index("b"), lax.axis_index("h"), qt
         w = lax.axis_index("cta") + i * n_ctas
+        if cfg.tile_order == "q_tiles":
+            # Neighbouring items are the q tiles of one head: they share its K/V in L2.
+            rest_w = lax.div(w, n_q_tiles)
+            qt = n_q_tiles - 1 - lax.rem(w, n_q_tiles)
+            return lax.div(rest_w, heads), lax.rem(rest_w, heads), qt
         per_tile = batch * heads
         rest_w = lax.rem(w, per_tile)
         # Neighbouring CTAs take neighbouring heads: GQA groups share K/V in L2.
@@ -520,6 +526,8 @@ def forward_kernel_call(
     else:
         n_ctas = 0
         grid, grid_names = (heads_q, batch, n_q_tiles), ("h", "b", "qt")
+        if cfg.tile_order == "q_tiles":
+            grid, grid_names = (n_q_tiles, heads_q, batch), ("qt", "h", "b")
     dims = (
         meta.index.shape[0],
         meta.index.shape[1],
