@@ -207,16 +207,18 @@ def short_runs(report, save):
 
 
 def order_runs(report, save):
-    """Tile order: neighbouring CTAs on neighbouring heads (default) or on the q tiles of one head
-    (sharing its K/V in L2), grid and persistent, where we trail most; fp16, cuDNN alongside."""
+    """Tile order: neighbouring CTAs on the q tiles of one head (default, sharing its K/V in L2)
+    or on neighbouring heads, grid and persistent, where we trail most; fp16, cuDNN alongside."""
     for d, s, causal in ((128, 512, False), (128, 1024, False), (128, 1024, True),
                          (128, 2048, False), (64, 1024, True), (64, 2048, False),
                          (256, 1024, True), (128, 4096, True), (64, 16384, True)):
         base = forward_config(d, jnp.float16, causal=causal)
-        variants = [("heads", base),
-                    ("q_tiles", dataclasses.replace(base, tile_order="q_tiles")),
-                    ("persistent-q_tiles",
-                     dataclasses.replace(base, tile_order="q_tiles", persistent=True))]
+        base = dataclasses.replace(base, persistent=False)
+        variants = [("grid", base),
+                    ("grid-heads", dataclasses.replace(base, tile_order="heads")),
+                    ("persistent", dataclasses.replace(base, persistent=True)),
+                    ("persistent-heads",
+                     dataclasses.replace(base, tile_order="heads", persistent=True))]
         r = bench(d, s, causal, jnp.float16, variants, peers=False)
         r["tflops"]["cudnn"] = bench(d, s, causal, jnp.float16, [], peers=True)["tflops"]["cudnn"]
         print(r, flush=True)
@@ -237,7 +239,7 @@ def main():
     ap.add_argument("--short", action="store_true",
                     help="no checks; schedule/tile variants where we trail most")
     ap.add_argument("--order", action="store_true",
-                    help="q-tiles-first checks, then heads- vs q-tiles-first timings")
+                    help="heads-first checks, then q-tiles- vs heads-first timings")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -287,9 +289,9 @@ def main():
         checks = checks[:8]
     if args.order:
         checks = [
-            (f"{name}-qtiles", {**kw, "config": dataclasses.replace(
+            (f"{name}-heads", {**kw, "config": dataclasses.replace(
                 forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),
-                tile_order="q_tiles")})
+                tile_order="heads")})
             for name, kw in checks[:4]
         ]
     if not args.skip_checks and not args.ablation and not args.short:

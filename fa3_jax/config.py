@@ -72,9 +72,10 @@ class ForwardConfig:
         when no GPU is visible, e.g. interpret mode). Capped at the number of
         work items.
       tile_order: which index changes fastest from one CTA (or work item) to the
-        next: ``"heads"`` (neighbouring heads run together, so GQA groups share
-        K/V in L2) or ``"q_tiles"`` (the q tiles of one head run together and
-        share its K/V in L2). Longest causal q tiles still come first per head.
+        next: ``"q_tiles"`` (the q tiles of one head run together and share its
+        K/V in L2; what the grid launch always did) or ``"heads"`` (neighbouring
+        heads run together, e.g. a GQA group sharing its K/V). Longest causal q
+        tiles still come first per head.
     """
 
     block_q: int = 64
@@ -88,7 +89,7 @@ class ForwardConfig:
     producer_registers: int = 24
     persistent: bool = False
     num_ctas: int = 0
-    tile_order: str = "heads"
+    tile_order: str = "q_tiles"
 
     def __post_init__(self):
         if self.tile_order not in ("heads", "q_tiles"):
@@ -191,9 +192,10 @@ def _heuristic(head_dim: int, *, causal: bool, masked: bool, seq_k: int | None) 
     short = seq_k is not None and seq_k <= PERSISTENT_MAX_SEQ_K
     if head_dim <= 128 and not causal and not masked and short:
         # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 4"): persistent CTAs walking the
-        # q tiles of one head together, dense D64/D128: +12…25% at 512, +1…7% at 1k–4k,
-        # −1…4% at 16k; D256 within ±2.5% (kept on the grid). Causal loses (−1…15%).
-        config = dataclasses.replace(config, persistent=True, tile_order="q_tiles")
+        # q tiles of one head together (as the grid launch does), dense D64/D128: +12…25% at
+        # 512, +1…7% at 1k–4k, −1…4% at 16k; D256 within ±2.5% (kept on the grid). Causal
+        # loses (−1…15%).
+        config = dataclasses.replace(config, persistent=True)
     return config
 
 
@@ -290,7 +292,8 @@ class BackwardConfig:
         and adds it into a zeroed fp32 buffer with TMA reduce-adds, whose order
         (hence rounding) varies run to run. Measured slower on the H100 at every
         size tried (benchmarks/NOTES.md, "Session 4"): the fp32 dQ traffic, one
-        tile per (q tile, kv tile) pair, stalls the kernel. Opt-in only.
+        tile per (q tile, kv tile) pair, costs more than the two GEMMs it saves.
+        Opt-in only.
         ``'partials'``: as ``'atomic'``, but each kv tile's dQ goes to its own
         fp32 slot and XLA sums the slots in a fixed order (deterministic; 2 x kv
         tiles times the dQ memory). GPU interpret mode has no TMA reductions, so

@@ -16,7 +16,8 @@ One CTA computes ``tile_q = num_consumers * block_q`` query rows of one (batch, 
 With ``persistent`` the grid is ``num_ctas`` CTAs (default: one per SM) that
 each loop over work items (q tile, head, batch), the longest causal q tiles
 first, strided by the CTA count; ``tile_order`` picks whether neighbouring
-items differ in head (default) or are the q tiles of one head. The ring position runs on across items, so
+items are the q tiles of one head (default, like the grid launch) or differ
+in head. The ring position runs on across items, so
 the producer streams the next item's K/V while the consumers finish this one;
 each consumer reloads Q after its previous output store has read q_smem.
 
@@ -525,9 +526,11 @@ def forward_kernel_call(
         grid, grid_names = (n_ctas,), ("cta",)
     else:
         n_ctas = 0
+        # Mosaic GPU launches the grid reversed: its last axis is blockIdx.x, so
+        # neighbouring CTAs differ in that axis.
         grid, grid_names = (heads_q, batch, n_q_tiles), ("h", "b", "qt")
-        if cfg.tile_order == "q_tiles":
-            grid, grid_names = (n_q_tiles, heads_q, batch), ("qt", "h", "b")
+        if cfg.tile_order == "heads":
+            grid, grid_names = (n_q_tiles, batch, heads_q), ("qt", "b", "h")
     dims = (
         meta.index.shape[0],
         meta.index.shape[1],

@@ -125,9 +125,9 @@ _VARIANTS = [
     (_variant(pingpong=False, overlap=False, num_stages=2, persistent=True, num_ctas=2),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
           window=(70, 0), segments="shared")),
-    # q tiles of one head on neighbouring CTAs / work items
-    (_variant(tile_order="q_tiles"), dataclasses.replace(_VARIANT_CASE, batch=2)),
-    (_variant(tile_order="q_tiles", persistent=True, num_ctas=3),
+    # neighbouring heads on neighbouring CTAs / work items
+    (_variant(tile_order="heads"), dataclasses.replace(_VARIANT_CASE, batch=2)),
+    (_variant(tile_order="heads", persistent=True, num_ctas=3),
      dataclasses.replace(_VARIANT_CASE, dtype=jnp.float16, heads_q=4, heads_kv=2, seq_q=333,
                          seq_k=301)),
     # three consumer warpgroups (192-row q tiles): the turn ring, then masks across 3 row blocks
@@ -142,7 +142,7 @@ def _variant_id(variant):
     config, _ = variant
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
     name += f"-persistent{config.num_ctas}" * config.persistent
-    return name + "-qtiles" * (config.tile_order == "q_tiles")
+    return name + "-heads" * (config.tile_order == "heads")
 
 
 def _forward_args(case: Case, seed: int):
@@ -179,9 +179,9 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(persistent=True, num_ctas=7, pingpong=True, overlap=False, block_kv=64,
                   num_stages=3),
     ForwardConfig(),
-    ForwardConfig(tile_order="q_tiles"),
+    ForwardConfig(tile_order="heads"),
     with_consumers(ForwardConfig(), 3),
-], ids=["persistent-sm", "persistent7-pp", "grid", "grid-qtiles", "grid-3consumers"])
+], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "grid-3consumers"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -232,13 +232,13 @@ def test_heuristic_runs_short_dense_inputs_persistent(head_dim):
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
-        return config.persistent, config.tile_order
+        assert config.tile_order == "q_tiles"
+        return config.persistent
 
-    short_dense = (True, "q_tiles") if head_dim <= 128 else (False, "heads")
-    assert pick(seq_k=512) == pick(seq_k=4096) == short_dense
+    assert pick(seq_k=512) == pick(seq_k=4096) == (head_dim <= 128)
     for kw in (dict(seq_k=4097), dict(seq_k=1024, causal=True), dict(seq_k=1024, masked=True),
                dict()):
-        assert pick(**kw) == (False, "heads"), kw
+        assert not pick(**kw), kw
 
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
