@@ -25,9 +25,8 @@ case "$stage" in
          --masks none,block_sparse:0.2,block_sparse:0.5,block_sparse:0.8 --impls fa3_jax,cudnn \
          --tag h100-masks-sparse 2>&1 | tail -12 ;;
   pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tail -20 ;;
-  forward-variants) mkdir -p "$OUT/consumers" "$OUT/short"
-         python benchmarks/mosaic_forward_check.py --out "$OUT/consumers" --consumers 2>&1 | tail -30
-         python benchmarks/mosaic_forward_check.py --out "$OUT/short" --short 2>&1 | tail -8 ;;
+  # tile orders (q tiles / heads / LPT sections), grid and persistent, where we trail most (~2 min)
+  forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tail -14 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tail -20

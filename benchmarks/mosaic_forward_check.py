@@ -218,7 +218,9 @@ def order_runs(report, save):
                     ("grid-heads", dataclasses.replace(base, tile_order="heads")),
                     ("persistent", dataclasses.replace(base, persistent=True)),
                     ("persistent-heads",
-                     dataclasses.replace(base, tile_order="heads", persistent=True))]
+                     dataclasses.replace(base, tile_order="heads", persistent=True)),
+                    ("persistent-lpt",
+                     dataclasses.replace(base, tile_order="lpt", persistent=True))]
         r = bench(d, s, causal, jnp.float16, variants, peers=False)
         r["tflops"]["cudnn"] = bench(d, s, causal, jnp.float16, [], peers=True)["tflops"]["cudnn"]
         print(r, flush=True)

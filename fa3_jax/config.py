@@ -75,7 +75,10 @@ class ForwardConfig:
         next: ``"q_tiles"`` (the q tiles of one head run together and share its
         K/V in L2; what the grid launch always did) or ``"heads"`` (neighbouring
         heads run together, e.g. a GQA group sharing its K/V). Longest causal q
-        tiles still come first per head.
+        tiles still come first per head. ``"lpt"`` (persistent only; FA3's
+        longest-processing-time order): (batch, head) pairs in sections whose
+        K/V fit in L2, and within a section the longest q tiles of all its heads
+        first, so causal work is balanced over the CTAs without losing L2 reuse.
     """
 
     block_q: int = 64
@@ -92,10 +95,13 @@ class ForwardConfig:
     tile_order: str = "q_tiles"
 
     def __post_init__(self):
-        if self.tile_order not in ("heads", "q_tiles"):
+        if self.tile_order not in ("heads", "q_tiles", "lpt"):
             raise ValueError(
-                f"ForwardConfig.tile_order must be 'heads' or 'q_tiles', got {self.tile_order!r}"
+                "ForwardConfig.tile_order must be 'heads', 'q_tiles' or 'lpt', got "
+                f"{self.tile_order!r}"
             )
+        if self.tile_order == "lpt" and not self.persistent:
+            raise ValueError("ForwardConfig.tile_order='lpt' needs persistent=True")
         if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
             raise ValueError(f"ForwardConfig.num_ctas must be an int >= 0, got {self.num_ctas}")
         if self.block_q != 64:

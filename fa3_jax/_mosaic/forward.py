@@ -51,7 +51,7 @@ from fa3_jax._mosaic.common import (
 from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata
 
-__all__ = ["ForwardStatic", "forward_kernel_call"]
+__all__ = ["LPT_L2_BYTES", "ForwardStatic", "forward_kernel_call", "lpt_section"]
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)
 _COL = plgpu.Layout.WGMMA.reduce(0)
@@ -81,7 +81,7 @@ def _smem_transforms(cols: int, dtype):
 
 
 def _kernel(st: ForwardStatic, dims, *refs):
-    batch_m, heads_m, n_q_tiles, group, batch, heads, n_ctas = dims
+    batch_m, heads_m, n_q_tiles, group, batch, heads, n_ctas, section = dims
     cfg = st.config
     bq, bkv = cfg.block_q, cfg.block_kv
     stages = cfg.num_stages
@@ -110,6 +110,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
             qt = n_q_tiles - 1 - lax.axis_index("qt")
             return lax.axis_index("b"), lax.axis_index("h"), qt
         w = lax.axis_index("cta") + i * n_ctas
+        if cfg.tile_order == "lpt":
+            # Sections of `section` (batch, head) pairs; in each, the longest q tiles of
+            # all its pairs first.
+            per_section = section * n_q_tiles
+            r = lax.rem(w, per_section)
+            pair = lax.div(w, per_section) * section + lax.rem(r, section)
+            return lax.div(pair, heads), lax.rem(pair, heads), n_q_tiles - 1 - lax.div(r, section)
         if cfg.tile_order == "q_tiles":
             # Neighbouring items are the q tiles of one head: they share its K/V in L2.
             rest_w = lax.div(w, n_q_tiles)
@@ -424,6 +431,17 @@ def _kernel(st: ForwardStatic, dims, *refs):
             plgpu.barrier_wait(v_free.at[slot])
 
 
+#: L2 bytes the ``"lpt"`` order lets one section's K/V take (half the H100's 50 MB).
+LPT_L2_BYTES = 25 * 2**20
+
+
+def lpt_section(pairs: int, kv_bytes_per_head: int) -> int:
+    """(batch, head) pairs per ``"lpt"`` section: the largest divisor of ``pairs`` whose
+    K/V fit in :data:`LPT_L2_BYTES` (at least 1)."""
+    fit = max(1, LPT_L2_BYTES // max(1, kv_bytes_per_head))
+    return max(d for d in range(1, min(pairs, fit) + 1) if pairs % d == 0)
+
+
 def _sm_count() -> int:
     """SMs of the default GPU: the persistent grid's size; 132 (H100 SXM) without a GPU."""
     try:
@@ -531,15 +549,11 @@ def forward_kernel_call(
         grid, grid_names = (heads_q, batch, n_q_tiles), ("h", "b", "qt")
         if cfg.tile_order == "heads":
             grid, grid_names = (n_q_tiles, batch, heads_q), ("qt", "b", "h")
-    dims = (
-        meta.index.shape[0],
-        meta.index.shape[1],
-        n_q_tiles,
-        heads_q // heads_kv,
-        batch,
-        heads_q,
-        n_ctas,
-    )
+    group = heads_q // heads_kv
+    kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
+    section = lpt_section(batch * heads_q, kv_bytes_per_head)
+    dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, group, batch, heads_q, n_ctas,
+            section)
     out_types = (
         jax.ShapeDtypeStruct(q_in.shape, dtype),
         # LSE rows padded to whole q tiles keep every TMA store aligned.

@@ -19,6 +19,7 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
 import fa3_jax
 from fa3_jax import _mosaic
+from fa3_jax._mosaic import forward
 from fa3_jax.config import (
     ForwardConfig,
     check_forward_fits,
@@ -180,8 +181,10 @@ def test_kernel_variants_interpret(variant):
                   num_stages=3),
     ForwardConfig(),
     ForwardConfig(tile_order="heads"),
+    ForwardConfig(persistent=True, tile_order="lpt"),
     with_consumers(ForwardConfig(), 3),
-], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "grid-3consumers"])
+], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
+        "grid-3consumers"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -213,11 +216,40 @@ def test_unsupported_reasons():
     assert "multiples of 64" in _mosaic.forward_unsupported_reason(q16, q16, q16, **kw)
 
 
+def test_lpt_sections_divide_the_pairs_and_fit_l2():
+    mib = 2**20
+    assert forward.lpt_section(256, forward.LPT_L2_BYTES // 40) == 32  # 40 fit; 32 divides 256
+    assert forward.lpt_section(6, forward.LPT_L2_BYTES // 4) == 3
+    assert forward.lpt_section(7, 4 * forward.LPT_L2_BYTES) == 1
+    assert forward.lpt_section(16, mib) == 16  # everything fits: one section
+
+
+def test_lpt_order_interpret(monkeypatch):
+    """Persistent LPT order with several L2 sections (the budget shrunk to 2 heads' K/V):
+    every q tile of every head computed, race-free, causal GQA with a ragged tail."""
+    case = Case(dtype=jnp.float16, batch=2, heads_q=4, heads_kv=2, seq_q=333, seq_k=333,
+                causal=True)
+    kv_bytes_per_head = 2 * case.seq_k * case.head_dim * 2 // 2
+    # 2.5 heads' K/V: two per section (also for the length padded to 8 rows)
+    monkeypatch.setattr(forward, "LPT_L2_BYTES", 5 * kv_bytes_per_head // 2)
+    assert forward.lpt_section(case.batch * case.heads_q, kv_bytes_per_head) == 2
+    config = _variant(persistent=True, num_ctas=3, tile_order="lpt")
+    (q, k, v), call, naive = _forward_args(case, 23)
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
+        out, lse = _mosaic.mha_forward(q, k, v, config=config, **call)
+    assert not interpret_pallas_call.get_races().races_found
+    truth_out, truth_lse = naive_attention(*(np.asarray(x, np.float64) for x in (q, k, v)), **naive)
+    low_out, low_lse = naive_attention(q, k, v, xp=jnp, **naive)
+    assert_close(out, truth_out, low_out, ATOL[case.dtype], "out")
+    assert_close(lse, truth_lse, low_lse, ATOL[case.dtype] * 10, "lse")
+
+
 @pytest.mark.parametrize("bad", [dict(block_q=128), dict(block_kv=96), dict(num_stages=1),
                                  dict(consumer_registers=250),
                                  dict(consumer_registers=256, producer_registers=64),
                                  dict(num_ctas=-1), dict(num_consumers=4),
-                                 dict(tile_order="batch"),
+                                 dict(tile_order="batch"), dict(tile_order="lpt"),
                                  dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
