@@ -160,11 +160,9 @@ def _forward_args(case: Case, seed: int):
     return (q, k, v), call, naive
 
 
-@pytest.mark.parametrize("variant", _VARIANTS, ids=_variant_id)
-def test_kernel_variants_interpret(variant):
-    """Each scheduling variant (ping-pong x overlap, persistent grid) is exact and race-free."""
-    config, case = variant
-    (q, k, v), call, naive = _forward_args(case, zlib.crc32(repr(config).encode()))
+def _check_race_free_and_exact(config, case, seed):
+    """The kernel in interpret mode with race detection, against the float64 oracle."""
+    (q, k, v), call, naive = _forward_args(case, seed)
     interpret_pallas_call.reset_gpu_interpret_mode_state()
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         out, lse = _mosaic.mha_forward(q, k, v, config=config, **call)
@@ -173,6 +171,13 @@ def test_kernel_variants_interpret(variant):
     low_out, low_lse = naive_attention(q, k, v, xp=jnp, **naive)
     assert_close(out, truth_out, low_out, ATOL[case.dtype], "out")
     assert_close(lse, truth_lse, low_lse, ATOL[case.dtype] * 10, "lse")
+
+
+@pytest.mark.parametrize("variant", _VARIANTS, ids=_variant_id)
+def test_kernel_variants_interpret(variant):
+    """Each scheduling variant (ping-pong x overlap, persistent grid) is exact and race-free."""
+    config, case = variant
+    _check_race_free_and_exact(config, case, zlib.crc32(repr(config).encode()))
 
 
 @pytest.mark.parametrize("config", [
@@ -233,16 +238,7 @@ def test_lpt_order_interpret(monkeypatch):
     # 2.5 heads' K/V: two per section (also for the length padded to 8 rows)
     monkeypatch.setattr(forward, "LPT_L2_BYTES", 5 * kv_bytes_per_head // 2)
     assert forward.lpt_section(case.batch * case.heads_q, kv_bytes_per_head) == 2
-    config = _variant(persistent=True, num_ctas=3, tile_order="lpt")
-    (q, k, v), call, naive = _forward_args(case, 23)
-    interpret_pallas_call.reset_gpu_interpret_mode_state()
-    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
-        out, lse = _mosaic.mha_forward(q, k, v, config=config, **call)
-    assert not interpret_pallas_call.get_races().races_found
-    truth_out, truth_lse = naive_attention(*(np.asarray(x, np.float64) for x in (q, k, v)), **naive)
-    low_out, low_lse = naive_attention(q, k, v, xp=jnp, **naive)
-    assert_close(out, truth_out, low_out, ATOL[case.dtype], "out")
-    assert_close(lse, truth_lse, low_lse, ATOL[case.dtype] * 10, "lse")
+    _check_race_free_and_exact(_variant(persistent=True, num_ctas=3, tile_order="lpt"), case, 23)
 
 
 @pytest.mark.parametrize("bad", [dict(block_q=128), dict(block_kv=96), dict(num_stages=1),
