@@ -309,18 +309,12 @@ def main():
         with open(f"{args.out}/mosaic_forward_check.json", "w") as f:
             json.dump(report, f, indent=1)
 
-    if args.persistent:
-        persistent_runs(report, save)
-        return _summary(report)
-    if args.order:
-        order_runs(report, save)
-        return _summary(report)
-    if args.consumers:
-        consumer_runs(report, save)
-        return _summary(report)
-    if args.short:
-        short_runs(report, save)
-        return _summary(report)
+    modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
+                 short=short_runs)
+    for flag, runs in modes.items():
+        if getattr(args, flag):
+            runs(report, save)
+            return _summary(report)
 
     # 1) Sweep schedules and tiles at S=4096; 2) run the best per (D, causal)
     # on the other lengths. Labels: pp = ping-pong turns, ov = intra-WG overlap.

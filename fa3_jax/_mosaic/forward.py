@@ -550,8 +550,10 @@ def forward_kernel_call(
         if cfg.tile_order == "heads":
             grid, grid_names = (n_q_tiles, batch, heads_q), ("qt", "b", "h")
     group = heads_q // heads_kv
-    kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
-    section = lpt_section(batch * heads_q, kv_bytes_per_head)
+    section = 0
+    if cfg.tile_order == "lpt":
+        kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
+        section = lpt_section(batch * heads_q, kv_bytes_per_head)
     dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, group, batch, heads_q, n_ctas,
             section)
     out_types = (

@@ -201,6 +201,11 @@ def test_flax_model_grad_matches_reference():
     _assert_same_grads(got, _flax_param_grads("reference", **sizes), 2e-2)
 
 
+# GQA walk over a ragged causal window: partial tiles, tails, empty tiles.
+_WALK_CASE = Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, seq_q=150, seq_k=270, causal=True,
+                  window=(100, 0), softcap=8.0)
+
+
 @pytest.mark.parametrize("dq", ["kernel", "partials"])
 def test_deterministic_bit_identical(dq):
     """Two runs of the deterministic dQ modes give bit-identical dQ, dK, dV (GQA sums too)."""
@@ -217,22 +222,12 @@ def test_deterministic_bit_identical(dq):
 @pytest.mark.parametrize(
     "head_dim,wgs",
     [(64, 2), (128, 2), (64, 1), (128, 1)],
-    ids=["d64-own-rows", "d128-shared-columns", "d64-wgs1", "d128-wgs1"],
+    ids=["d64-2wg-swizzle64", "d128-2wg", "d64-1wg", "d128-1wg"],
 )
 def test_fused_dq_layouts_race_free(head_dim, wgs):
-    """Fused dQ in each split (columns over both consumers' dS^T, or each consumer's own
-    kv rows), with race detection, against the f32 reference."""
-    case = Case(
-        dtype=BF16,
-        batch=1,
-        heads_q=2,
-        heads_kv=1,
-        seq_q=150,
-        seq_k=270,
-        causal=True,
-        window=(100, 0),
-        head_dim=head_dim,
-    )
+    """Fused dQ (each consumer's column block over every consumer's dS^T; at D64 with two
+    consumers the 64-byte swizzle) with race detection, against the f32 reference."""
+    case = dataclasses.replace(_WALK_CASE, dtype=BF16, softcap=None, head_dim=head_dim)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 17)
     cfg = BackwardConfig(dq="partials", compute_wgs=wgs)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
@@ -282,17 +277,7 @@ def test_backward_lowers_for_cuda(head_dim, dq):
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
-    case = Case(
-        dtype=F16,
-        batch=1,
-        heads_q=2,
-        heads_kv=1,
-        seq_q=150,
-        seq_k=270,
-        causal=True,
-        window=(100, 0),
-        softcap=8.0,
-    )
+    case = _WALK_CASE
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 13)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
