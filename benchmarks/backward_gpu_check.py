@@ -1,16 +1,17 @@
 """One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
 
-``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks]``
+``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [--order]``
 
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
-variant (each was checked on the H100 before).
+variant (each was checked on the H100 before); ``--order`` only times the
+default config in both ``tile_order`` values (bf16, D 64/128, S 1k/4k/16k).
 
 1. Correctness: ``mha_backward`` (jitted) against float32 reference gradients on
    fresh random inputs, per kernel variant; determinism (two runs bit-identical).
 2. Timings (FA3 grid: batch * seq = 16384, heads * head_dim = 2048): our
    backward alone (residuals given) and cuDNN's backward as
    ``(fwd + bwd) - fwd`` under ``jax.grad``; FLOPs = 2.5 x forward (halved when
-   causal). Median of 3 x 10 back-to-back calls. Table last, JSON in OUT_DIR.
+   causal). CUPTI kernel time, median of 30 back-to-back calls. Table last, JSON in OUT_DIR.
 """
 
 from __future__ import annotations
@@ -18,31 +19,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import statistics
 import subprocess
 import sys
-import time
 import traceback
 
 import jax
 import jax.numpy as jnp
 
 from fa3_jax._mosaic.backward import mha_backward
-from fa3_jax.config import BackwardConfig
+from fa3_jax.benchmark import gpu_time
+from fa3_jax.config import BackwardConfig, default_backward_config
 from fa3_jax.masks import MaskSpec
 from fa3_jax.reference import attention_reference
 
 
-def timeit(fn, args, iters=10, repeats=3):
-    jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        samples.append((time.perf_counter() - t0) / iters)
-    return statistics.median(samples) * 1e3
+def timeit(fn, args, calls=30):
+    """GPU milliseconds per call (CUPTI kernel time, median; as fa3_jax.benchmark)."""
+    return gpu_time(fn, args, calls=calls)[0]
 
 
 def inputs(batch, seq, heads, heads_kv, d, dtype, seed):
@@ -121,8 +114,28 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True):
     return rec
 
 
+def order_runs(out_dir):
+    """CTA order A/B: neighbouring CTAs on one head's tiles ('tiles') or on batch entries."""
+    bench_rows = []
+    for d in (64, 128):
+        for seq in (1024, 4096, 16384):
+            for causal in (False, True):
+                for i, order in enumerate(("tiles", "batch")):
+                    cfg = dataclasses.replace(default_backward_config(d), tile_order=order)
+                    bench_rows.append(bench(order, cfg, d, seq, causal, jnp.bfloat16, peers=i == 0))
+                    (out_dir / "backward_order.json").write_text(json.dumps(bench_rows, indent=1))
+    return bench_rows
+
+
 def main():
     out_dir = pathlib.Path(sys.argv[1])
+    if "--order" in sys.argv:
+        rows = order_runs(out_dir)
+        print("\n| order | D | S | causal | ours TF/s | cuDNN TF/s |")
+        for r in rows:
+            print(f"| {r['cfg']} | {r['d']} | {r['seq']} | {r['causal']} | "
+                  f"{r.get('ours_tflops', 0):.0f} | {r.get('cudnn_tflops', 0):.0f} |")
+        return
     quick = "--quick" in sys.argv
     run_checks = "--no-checks" not in sys.argv
     print(jax.__version__, jax.devices(), flush=True)

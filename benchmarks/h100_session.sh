@@ -4,7 +4,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests | forward-variants | sharded | scaling}
+stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests | forward-variants | timing | backward-order | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tail -3; fi
@@ -27,6 +27,14 @@ case "$stage" in
   pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tail -20 ;;
   # tile orders (q tiles / heads / LPT sections), grid and persistent, where we trail most (~2 min)
   forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tail -14 ;;
+  # the two timers side by side at short and mid lengths (~2 min)
+  timing) small=(--mode fwd --dtype fp16 --head-dims 64,128 --seqlens 512,1024,4096 --causal no,yes)
+         for timer in wall cupti; do
+           python -m fa3_jax.benchmark "${small[@]}" --impls fa3_jax,cudnn,torch_cudnn --timer $timer \
+             --tag h100-fwd-timer-$timer 2>&1 | tail -14
+         done ;;
+  # backward CTA order: one head's tiles together vs batch entries together (~4 min)
+  backward-order) python benchmarks/backward_gpu_check.py "$OUT" --order 2>&1 | tail -26 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tail -20

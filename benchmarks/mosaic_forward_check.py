@@ -5,7 +5,7 @@ Run on a Hopper machine from the repo root:
 Sections, each item guarded so one failure does not stop the rest:
 1. correctness of every feature against the reference (fresh random inputs,
    allocator poisoned with NaN first, every output element checked finite);
-2. timings (median of 3 x 20 back-to-back calls after warm-up) of ours in the
+2. timings (CUPTI kernel time, median of 60 back-to-back calls after warm-up) of ours in the
    four scheduling variants (ping-pong x intra-warpgroup overlap), cuDNN and
    JAX's attention_mgpu on the FA3 grid (batch * seq = 16384, heads * D = 2048);
 a short table is printed last and everything is written as JSON to DIR.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from fa3_jax import _mosaic
 from fa3_jax.alibi import alibi_slopes
+from fa3_jax.benchmark import gpu_time
 from fa3_jax.config import ForwardConfig, forward_config, with_consumers
 from fa3_jax.masks import BlockMask, MaskSpec
 from fa3_jax.reference import attention_reference
@@ -85,17 +85,9 @@ def check(name, *, b, sq, sk, hq, hkv, d, dtype, causal=False, window=(None, Non
                 inf_ok=inf_ok, compile_s=round(compile_s, 1))
 
 
-def _time(fn, *args, reps=20, rounds=3):
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            r = fn(*args)
-        jax.block_until_ready(r)
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
+def _time(fn, *args, calls=60):
+    """GPU seconds per call: CUPTI kernel time, median over ``calls`` (as fa3_jax.benchmark)."""
+    return gpu_time(fn, args, calls=calls)[0] * 1e-3
 
 
 def bench(d, s, causal, dtype, variants, peers=True, window=(None, None), doc_len=None):

@@ -5,8 +5,15 @@ head_dim = --hidden`` (2048). FLOPs are counted as in ``shared/ANCHORS.md``:
 ``4 * batch * seq_q * seq_k * heads * head_dim`` for the forward (halved when
 causal; for masked runs the exact number of visible query-key pairs is used),
 and 2.5x that for the backward, whose time is ``(fwd + bwd) - fwd``.
-Timing: warm-up, then the median over ``--repeats`` of ``--iters`` back-to-back
-calls (torch: CUDA events), reported per call.
+Timing (``--timer``), reported per call:
+  ``cupti`` (the default on a GPU): GPU time, the sum of the durations of the
+  kernels one call launches, median over ``--repeats * --iters`` back-to-back
+  calls; CUPTI for JAX (``jax.experimental.mosaic.gpu.profiler.measure``) and
+  the torch profiler (Kineto, also CUPTI) for torch. Every peer is timed the
+  same way, and host dispatch cost (which differs between JAX and torch and
+  dominates calls under ~100 us) is left out.
+  ``wall``: the median over ``--repeats`` of ``--iters`` back-to-back calls,
+  wall clock for JAX and CUDA events for torch.
 
 Peers: cuDNN and XLA through ``jax.nn.dot_product_attention``, JAX's own Mosaic
 GPU FA3 (``attention_mgpu``; fp16, pre-scaled q, no masks, no causal backward)
@@ -183,7 +190,7 @@ def build(impl: str, problem: Problem, masks, fa3_implementation):
 
 
 def time_calls(fn, args, *, iters: int, repeats: int) -> float:
-    """Median milliseconds per call over ``repeats`` runs of ``iters`` back-to-back calls."""
+    """Wall clock: median milliseconds per call over ``repeats`` runs of ``iters`` calls."""
     jax.block_until_ready(fn(*args))
     runs = []
     for _ in range(repeats):
@@ -195,15 +202,34 @@ def time_calls(fn, args, *, iters: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def time_jax(impl, problem, masks, args):
+def gpu_time(fn, args, *, calls: int) -> tuple[float, list[str]]:
+    """CUPTI: median over ``calls`` of the summed kernel milliseconds of one call,
+    and the kernels one call launches (names, in launch order)."""
+    from jax.experimental.mosaic.gpu import profiler
+
+    _, per_call = profiler.measure(fn, aggregate=False, iterations=calls)(*args)
+    if per_call is None:
+        raise RuntimeError("CUPTI saw no kernel launches")
+    return statistics.median(sum(ms for _, ms in c) for c in per_call), [n for n, _ in per_call[0]]
+
+
+def _timed(fn, args, cli) -> tuple[float, list[str] | None]:
+    if cli.timer == "cupti":
+        return gpu_time(fn, args, calls=cli.iters * cli.repeats)
+    return time_calls(fn, args, iters=cli.iters, repeats=cli.repeats), None
+
+
+def time_jax(impl, problem, masks, args) -> tuple[float, list[str] | None]:
+    """Milliseconds per call (forward, or backward alone) and, with CUPTI, the
+    kernels of the timed call (for the backward: forward + backward)."""
     fn = build(impl, problem, masks, args.fa3_implementation)
     rng = np.random.default_rng(0)
     dt = DTYPES[problem.dtype]
     q, k, v = (jnp.asarray(rng.standard_normal(problem.shape()), dt) for _ in range(3))
     fwd = jax.jit(fn)
-    fwd_ms = time_calls(fwd, (q, k, v), iters=args.iters, repeats=args.repeats)
+    fwd_ms, kernels = _timed(fwd, (q, k, v), args)
     if problem.mode == "fwd":
-        return fwd_ms
+        return fwd_ms, kernels
     do = jnp.asarray(rng.standard_normal(problem.shape()), dt)
 
     @jax.jit
@@ -211,8 +237,8 @@ def time_jax(impl, problem, masks, args):
         out, vjp = jax.vjp(fn, q, k, v)
         return vjp(do)
 
-    total = time_calls(fwd_bwd, (q, k, v, do), iters=args.iters, repeats=args.repeats)
-    return total - fwd_ms
+    total, kernels = _timed(fwd_bwd, (q, k, v, do), args)
+    return total - fwd_ms, kernels
 
 
 # ---------------------------------------------------------------- torch (subprocess)
@@ -223,6 +249,8 @@ sdpa = torch.nn.functional.scaled_dot_product_attention
 backends = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_fa2": SDPBackend.FLASH_ATTENTION}
 cfg = json.load(sys.stdin)
 def timed(fn):
+    if cfg["timer"] == "cupti":
+        return kernel_time(fn)
     fn(); torch.cuda.synchronize()
     runs = []
     for _ in range(cfg["repeats"]):
@@ -233,6 +261,24 @@ def timed(fn):
         b.record(); torch.cuda.synchronize()
         runs.append(a.elapsed_time(b) / cfg["iters"])
     return sorted(runs)[len(runs) // 2]
+def kernel_time(fn):
+    # GPU time per call: the kernels of each call summed (torch profiler = CUPTI), median.
+    from torch.profiler import ProfilerActivity, profile
+    calls = cfg["iters"] * cfg["repeats"]
+    fn(); torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.elapsed_us()) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    if not kernels:
+        raise RuntimeError("the torch profiler saw no GPU kernels")
+    if len(kernels) % calls:  # calls differ in their kernels: the mean per call
+        return sum(us for _, us in kernels) / calls * 1e-3
+    per = len(kernels) // calls
+    sums = sorted(sum(us for _, us in kernels[i:i + per]) for i in range(0, len(kernels), per))
+    return sums[len(sums) // 2] * 1e-3
 for p in cfg["problems"]:
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[p["dtype"]]
     shape = (p["batch"], p["heads"], p["seq"], p["head_dim"])
@@ -259,7 +305,9 @@ def time_torch(impls, problems, args):
     todo = [dict(dataclasses.asdict(p), key=i) for i, p in enumerate(problems) if p.mask == "none"]
     if not todo:
         return {}
-    cfg = dict(problems=todo, impls=list(impls), iters=args.iters, repeats=args.repeats)
+    cfg = dict(
+        problems=todo, impls=list(impls), iters=args.iters, repeats=args.repeats, timer=args.timer
+    )
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     try:
         proc = subprocess.run(
@@ -331,7 +379,8 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines = [
         f"# Attention benchmark ({meta['device']}, {meta['date']})",
         "",
-        f"jax {meta['jax_version']}; command: `{meta['command']}`. TFLOP/s (median); "
+        f"jax {meta['jax_version']}; timer: {meta['timer']}; command: `{meta['command']}`. "
+        "TFLOP/s (median); "
         "`x` = failed or not applicable (see the JSON's `error`). `vs best` = ours / best peer.",
         "",
         "| mode | dtype | D | causal | mask | S | " + " | ".join(impls) + " | vs best |",
@@ -392,6 +441,13 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=2048, help="heads * head_dim")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--timer",
+        choices=("cupti", "wall"),
+        default=None,
+        help="cupti: summed GPU kernel time per call (default on a GPU); wall: wall clock "
+        "(JAX) / CUDA events (torch) over back-to-back calls (default elsewhere)",
+    )
     p.add_argument("--torch-timeout", type=int, default=900)
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
     p.add_argument("--tag", default="attention")
@@ -407,6 +463,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = jax.devices()[0]
     now = datetime.datetime.now(datetime.UTC)
+    if args.timer is None:
+        args.timer = "cupti" if device.platform == "gpu" else "wall"
     fa3_impl = args.fa3_implementation or (
         "mosaic" if _platform.mosaic_available() else "reference"
     )
@@ -414,6 +472,7 @@ def main(argv=None) -> list[dict]:
         device=device.device_kind,
         date=now.strftime("%Y-%m-%d"),
         jax_version=jax.__version__,
+        timer=args.timer,
         command="python -m fa3_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     print(
@@ -435,11 +494,14 @@ def main(argv=None) -> list[dict]:
                     continue
                 result = torch_results.get((impl, idx), "torch needs a CUDA GPU")
             else:
+                kernels = None
                 try:
-                    result = time_jax(impl, problem, masks, args)
+                    result, kernels = time_jax(impl, problem, masks, args)
                 except Exception as e:  # a peer that cannot run this configuration
                     result = f"{type(e).__name__}: {e}"[:300]
             extra = {"implementation": fa3_impl} if impl == "fa3_jax" else {}
+            if not impl.startswith("torch") and kernels:
+                extra["kernels"] = kernels
             rec = record(problem, impl, result, problem_flops, {**meta, **extra})
             records.append(rec)
             shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]

@@ -304,6 +304,12 @@ class BackwardConfig:
         fp32 slot and XLA sums the slots in a fixed order (deterministic; 2 x kv
         tiles times the dQ memory). GPU interpret mode has no TMA reductions, so
         it runs ``'partials'`` where ``'atomic'`` is asked for.
+      tile_order: which index changes fastest from one CTA to the next (Mosaic
+        GPU launches the grid's last axis as blockIdx.x).
+        ``'tiles'`` (default): the kv tiles (dK/dV kernel) or q tiles (dQ
+        kernel) of one head, so CTAs that run together share that head's Q/dO
+        (K/V) in L2; tiles with the most work (causal) start first.
+        ``'batch'``: batch entries, then heads, of one tile index.
     """
 
     block_q_dkv: int = 64
@@ -316,6 +322,7 @@ class BackwardConfig:
     defer_release: bool = False
     overlap: bool = False
     dq: str = "kernel"
+    tile_order: str = "tiles"
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):
@@ -335,6 +342,11 @@ class BackwardConfig:
             )
         if self.dq not in DQ_MODES:
             raise ValueError(f"BackwardConfig.dq must be one of {DQ_MODES}, got {self.dq!r}")
+        if self.tile_order not in BACKWARD_TILE_ORDERS:
+            raise ValueError(
+                f"BackwardConfig.tile_order must be one of {BACKWARD_TILE_ORDERS}, "
+                f"got {self.tile_order!r}"
+            )
         if self.dq != "kernel" and (self.overlap or self.defer_release):
             raise ValueError(
                 f"BackwardConfig.dq={self.dq!r} supports neither overlap nor defer_release "
@@ -377,6 +389,7 @@ class BackwardConfig:
 
 
 DQ_MODES = ("kernel", "atomic", "partials")
+BACKWARD_TILE_ORDERS = ("tiles", "batch")
 
 
 def default_backward_config(

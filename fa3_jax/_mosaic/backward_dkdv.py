@@ -1,6 +1,7 @@
 """dK/dV kernel: each CTA owns a kv tile and walks the q tiles that see it.
 
-Grid: (kv tiles, kv heads, batch). A producer warpgroup streams Q, dO, lse,
+Grid: (batch, kv heads, kv tiles), see ``BackwardConfig.tile_order``.
+A producer warpgroup streams Q, dO, lse,
 delta (and q segment ids) of every visited q tile of every query head in the
 GQA group through a ring of SMEM slots with TMA; ``compute_wgs`` consumer
 warpgroups each own ``block_kv_dkv`` kv rows and accumulate dK and dV in fp32
@@ -457,6 +458,10 @@ def dkdv_kernel_call(
         plgpu.Barrier(num_arrivals=wgs) if fused else None,  # walk done: K reusable
     )
     out_shape = jax.ShapeDtypeStruct((batch, seq_k, heads_kv, head_dim), dtype)
+    # Mosaic GPU launches the grid's last axis as blockIdx.x (neighbouring CTAs).
+    grid, grid_names = (batch, heads_kv, meta.n_rows), ("batch", "head", "kv")
+    if cfg.tile_order == "batch":
+        grid, grid_names = grid[::-1], grid_names[::-1]
     kernel = plgpu.kernel(
         functools.partial(
             _kernel,
@@ -470,8 +475,8 @@ def dkdv_kernel_call(
         ),
         out_type=(out_shape, out_shape),
         scratch_types=(scratch, barriers),
-        grid=(meta.n_rows, heads_kv, batch),
-        grid_names=("kv", "head", "batch"),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=wgs + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

@@ -1,6 +1,7 @@
 """dQ kernel: each CTA owns a q tile and walks the kv tiles it sees.
 
-Grid: (q tiles, q heads, batch). A producer warpgroup streams K and V (and kv
+Grid: (batch, q heads, q tiles), see ``BackwardConfig.tile_order``.
+A producer warpgroup streams K and V (and kv
 segment ids) of every visited kv tile through a ring of SMEM slots with TMA;
 ``compute_wgs`` consumer warpgroups each own ``block_q_dq`` q rows and
 accumulate dQ in fp32 registers (deterministic: no atomics).
@@ -287,6 +288,10 @@ def dq_kernel_call(
         plgpu.Barrier(num_arrivals=3 if seg else 2, num_barriers=stages),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
     )
+    # Mosaic GPU launches the grid's last axis as blockIdx.x (neighbouring CTAs).
+    grid, grid_names = (batch, heads_q, meta.n_rows), ("batch", "head", "q")
+    if cfg.tile_order == "batch":
+        grid, grid_names = grid[::-1], grid_names[::-1]
     kernel = plgpu.kernel(
         functools.partial(
             _kernel,
@@ -300,8 +305,8 @@ def dq_kernel_call(
         ),
         out_type=jax.ShapeDtypeStruct(q.shape, dtype),
         scratch_types=(scratch, barriers),
-        grid=(meta.n_rows, heads_q, batch),
-        grid_names=("q", "head", "batch"),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=wgs + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

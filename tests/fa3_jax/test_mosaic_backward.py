@@ -272,8 +272,9 @@ def test_backward_lowers_for_cuda(head_dim, dq):
         BackwardConfig(defer_release=True, block_kv_dq=128, stages=3),
         BackwardConfig(defer_release=True, block_q_dkv=128, compute_wgs=1),
         BackwardConfig(overlap=True, block_kv_dq=128),
+        BackwardConfig(tile_order="batch"),
     ],
-    ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128"],
+    ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
@@ -342,6 +343,8 @@ def test_config_validation_and_heuristic():
         BackwardConfig(overlap=True, stages=1)
     with pytest.raises(ValueError, match="dq must be one of"):
         BackwardConfig(dq="fused")
+    with pytest.raises(ValueError, match="tile_order must be one of"):
+        BackwardConfig(tile_order="heads")
     with pytest.raises(ValueError, match="neither overlap nor defer_release"):
         BackwardConfig(dq="atomic", defer_release=True)
     assert default_backward_config(128).dq == "kernel"
