@@ -199,18 +199,16 @@ def short_runs(report, save):
 
 
 def order_runs(report, save):
-    """Tile order: neighbouring CTAs on the q tiles of one head (default, sharing its K/V in L2)
-    or on neighbouring heads, grid and persistent, where we trail most; fp16, cuDNN alongside."""
-    for d, s, causal in ((128, 512, False), (128, 1024, False), (128, 1024, True),
-                         (128, 2048, False), (64, 1024, True), (64, 2048, False),
-                         (256, 1024, True), (128, 4096, True), (64, 16384, True)):
+    """Grid vs persistent CTAs (q tiles of one head together, or FA3's LPT sections) where we
+    trail most: short sequences, causal; fp16, cuDNN alongside."""
+    for d, s, causal in ((64, 512, True), (64, 1024, True), (64, 2048, True), (128, 512, True),
+                         (128, 1024, True), (128, 2048, True), (256, 1024, True),
+                         (128, 4096, True), (64, 512, False), (128, 512, False),
+                         (128, 1024, False)):
         base = forward_config(d, jnp.float16, causal=causal)
         base = dataclasses.replace(base, persistent=False)
         variants = [("grid", base),
-                    ("grid-heads", dataclasses.replace(base, tile_order="heads")),
                     ("persistent", dataclasses.replace(base, persistent=True)),
-                    ("persistent-heads",
-                     dataclasses.replace(base, tile_order="heads", persistent=True)),
                     ("persistent-lpt",
                      dataclasses.replace(base, tile_order="lpt", persistent=True))]
         r = bench(d, s, causal, jnp.float16, variants, peers=False)
@@ -233,7 +231,7 @@ def main():
     ap.add_argument("--short", action="store_true",
                     help="no checks; schedule/tile variants where we trail most")
     ap.add_argument("--order", action="store_true",
-                    help="heads-first checks, then q-tiles- vs heads-first timings")
+                    help="persistent checks, then grid vs persistent (q tiles, LPT) timings")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -282,12 +280,7 @@ def main():
     if args.sweep:
         checks = checks[:8]
     if args.order:
-        checks = [
-            (f"{name}-heads", {**kw, "config": dataclasses.replace(
-                forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),
-                tile_order="heads")})
-            for name, kw in checks[:4]
-        ]
+        checks = [_persistent_check(name, kw) for name, kw in checks[:8]]
     if not args.skip_checks and not args.ablation and not args.short:
         for name, kw in checks:
             try:

@@ -67,7 +67,8 @@ class ForwardConfig:
       persistent: launch ``num_ctas`` CTAs that each loop over work items
         (q tile, head, batch), longest causal q tiles first, strided by the CTA
         count; the producer streams the next item's K/V without draining the
-        ring. False: one CTA per work item.
+        ring, and each consumer loads its next item's Q into a second buffer
+        while it works on the current one. False: one CTA per work item.
       num_ctas: CTAs of the persistent grid; 0 takes the GPU's SM count (132
         when no GPU is visible, e.g. interpret mode). Capped at the number of
         work items.
@@ -161,7 +162,8 @@ _FORWARD_UNITEMIZED_BYTES = 7 * 1024
 def forward_smem_bytes(config: ForwardConfig, head_dim: int, itemsize: int) -> int:
     """Shared memory the forward kernel allocates for ``config``."""
     n = config.num_consumers
-    q_o = n * config.block_q * head_dim * itemsize  # Q, reused for O
+    # Q, reused for O; persistent CTAs keep two per warpgroup (the next item's Q loads early)
+    q_o = (2 if config.persistent else 1) * n * config.block_q * head_dim * itemsize
     kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
     p = n * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
     lse = n * config.block_q * 4
@@ -232,7 +234,8 @@ def forward_config(
     """The config for these inputs: tuned if known, else the heuristic.
 
     ``seq_k``: keys per sequence (None: unknown; the grid launch is kept).
-    ``interpret`` selects the shared-memory P path GPU interpret mode needs.
+    ``interpret`` selects the shared-memory P path GPU interpret mode needs (with half
+    the kv tile where that path would not fit shared memory).
     """
     name = np.dtype(dtype).name
     config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked)))
@@ -240,6 +243,10 @@ def forward_config(
         config = _heuristic(head_dim, causal=causal, masked=masked, seq_k=seq_k)
     if interpret:
         config = dataclasses.replace(config, p_in_smem=True)
+        itemsize = np.dtype(dtype).itemsize
+        if forward_smem_bytes(config, head_dim, itemsize) > SMEM_LIMIT_BYTES:
+            # Staged P next to a persistent CTA's two Q buffers (D128): halve the kv tile.
+            config = dataclasses.replace(config, block_kv=config.block_kv // 2)
     return config
 
 

@@ -127,14 +127,15 @@ def _kernel(st: ForwardStatic, dims, *refs):
         # Neighbouring CTAs take neighbouring heads: GQA groups share K/V in L2.
         return lax.div(rest_w, heads), lax.rem(rest_w, heads), n_q_tiles - 1 - lax.div(w, per_tile)
 
+    def item_count():
+        """This CTA's work items (persistent); the grid never exceeds the work, so >= 1."""
+        return lax.div(batch * heads * n_q_tiles - 1 - lax.axis_index("cta"), n_ctas) + 1
+
     def for_each_item(body, carry):
         """Runs ``body(i, carry)`` over this CTA's work items (one without ``persistent``)."""
         if not cfg.persistent:
             return body(0, carry)
-        # The grid never exceeds the work, so every CTA has at least one item.
-        work = batch * heads * n_q_tiles
-        n_items = lax.div(work - 1 - lax.axis_index("cta"), n_ctas) + 1
-        return lax.fori_loop(0, n_items, body, carry)
+        return lax.fori_loop(0, item_count(), body, carry)
 
     def slot_of(base, j):
         """Ring slot of kv entry ``j`` of an item whose first entry is the ring's ``base``-th."""
@@ -178,10 +179,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
 
-        def qk(slot):
+        def qk(slot, qb):
             def body(acc_ref):
                 take_turn()
-                plgpu.wgmma(acc_ref, q_smem.at[wg], k_smem.at[slot].transpose((1, 0)))
+                plgpu.wgmma(acc_ref, q_smem.at[qb], k_smem.at[slot].transpose((1, 0)))
                 pass_turn()
                 return acc_ref[...]
 
@@ -209,6 +210,27 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             return pl.run_state(body)(plgpu.ACC.init(acc))
 
+        def q_buffer(i):
+            """This warpgroup's Q (then O) buffer and barrier for item ``i``: persistent CTAs
+            alternate two, so the next item's Q loads while this one runs."""
+            if not cfg.persistent:
+                return wg
+            return lax.rem(i, 2) * n_consumers + wg
+
+        def load_q(i):
+            b, h, qt = work_item(i)
+            rows = pl.ds(qt * cfg.tile_q + wg * bq, bq)
+            buf = q_buffer(i)
+            plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[buf], q_bar.at[buf])
+
+        def prefetch_q(i):
+            """Persistent: starts item ``i + 1``'s Q load into the buffer item ``i - 1`` stored
+            its output from, once that store has read it (its LSE buffer is free then too)."""
+            if not cfg.persistent:
+                return
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            pl.when(i + 1 < item_count())(lambda: load_q(i + 1))
+
         def consume_item(i, base):
             """Computes one q tile's rows of this warpgroup; returns the ring position after it."""
             b, h, qt = work_item(i)
@@ -216,7 +238,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
             hm = h if heads_m > 1 else 0
             n_tiles = tile_count(b, h, qt)
             row0 = qt * cfg.tile_q + wg * bq
-            plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row0, bq), h], q_smem.at[wg], q_bar.at[wg])
+            qb = q_buffer(i)
+            if not cfg.persistent:
+                load_q(i)
 
             def positions(kv_tile):
                 """Query/key positions of a tile, rebuilt where used (not live across the loop)."""
@@ -281,7 +305,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 slot = slot_of(base, j)
                 info = tile_info(j)
                 plgpu.barrier_wait(k_bar.at[slot])
-                s = qk(slot)
+                s = qk(slot, qb)
                 kv_seg = kv_segments(slot)
                 plgpu.barrier_arrive(k_free.at[slot])
                 p, alpha, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
@@ -310,7 +334,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     if not cfg.p_in_smem:
                         o_ref[...] = acc
                     take_turn()
-                    plgpu.wgmma(s_ref, q_smem.at[wg], k_smem.at[nxt].transpose((1, 0)))
+                    plgpu.wgmma(s_ref, q_smem.at[qb], k_smem.at[nxt].transpose((1, 0)))
                     plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
                     pass_turn()
                     s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
@@ -333,7 +357,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
             l_i = plgpu.layout_cast(jnp.full((bq,), 0.0, jnp.float32), _ROW)
             acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
-            plgpu.barrier_wait(q_bar.at[wg])
+            plgpu.barrier_wait(q_bar.at[qb])
             if cfg.overlap:
 
                 def run_tiles(carry):
@@ -341,10 +365,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     info = tile_info(0)
                     first = slot_of(base, 0)
                     plgpu.barrier_wait(k_bar.at[first])
-                    s = qk(first)
+                    s = qk(first, qb)
                     kv_seg = kv_segments(first)
                     plgpu.barrier_arrive(k_free.at[first])
                     p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                    prefetch_q(i)
                     acc, p, m_i, l_i = lax.fori_loop(
                         0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
                     )
@@ -354,27 +379,33 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     plgpu.barrier_arrive(v_free.at[last])
                     return acc, m_i, l_i
 
-                acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, lambda c: c, (acc, m_i, l_i))
+                def no_tiles(carry):
+                    prefetch_q(i)
+                    return carry
+
+                acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, no_tiles, (acc, m_i, l_i))
             else:
+                prefetch_q(i)
                 acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
 
             empty = l_i == 0.0
             inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
             out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
-            q_smem.at[wg][...] = out.astype(dtype)
+            q_smem.at[qb][...] = out.astype(dtype)
             lse = jnp.where(empty, -jnp.inf, (m_i + jnp.log2(jnp.where(empty, 1.0, l_i))) * LN2)
             lse_smem.at[wg][...] = lse
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(q_smem.at[wg], out_ref.at[b, pl.ds(row0, bq), h])
+            plgpu.copy_smem_to_gmem(q_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
             plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
-            # Also what lets the next item's Q load reuse q_smem / lse_smem.
-            plgpu.wait_smem_to_gmem(0)
             return base + n_tiles
 
         if cfg.pingpong:
             # Warpgroup 0 issues first.
             pl.when(wg == n_consumers - 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
+        if cfg.persistent:
+            load_q(0)
         for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
+        plgpu.wait_smem_to_gmem(0)
         if cfg.pingpong:
             # Consume the last warpgroup's last hand-over (every barrier phase is observed).
             pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
@@ -515,9 +546,13 @@ def forward_kernel_call(
         inputs.append(block_mask_int)
 
     bq, bkv, stages, n_consumers = cfg.block_q, cfg.block_kv, cfg.num_stages, cfg.num_consumers
+    q_buffers = 2 if cfg.persistent else 1
     scratch = (
+        # Q, reused for O; persistent CTAs alternate two per warpgroup (next item's Q).
         plgpu.SMEM(
-            (n_consumers, bq, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)
+            (q_buffers * n_consumers, bq, head_dim),
+            dtype,
+            transforms=_smem_transforms(head_dim, dtype),
         ),
         plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
         plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
@@ -531,7 +566,7 @@ def forward_kernel_call(
     # With segment ids the producer's K copy and kv-id copy both arrive on k_bar.
     k_arrivals = 2 if st.has_segments else 1
     barriers = (
-        plgpu.Barrier(num_barriers=n_consumers),
+        plgpu.Barrier(num_barriers=q_buffers * n_consumers),
         plgpu.Barrier(num_arrivals=k_arrivals, num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_arrivals=n_consumers, num_barriers=stages),
@@ -554,8 +589,16 @@ def forward_kernel_call(
     if cfg.tile_order == "lpt":
         kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
         section = lpt_section(batch * heads_q, kv_bytes_per_head)
-    dims = (meta.index.shape[0], meta.index.shape[1], n_q_tiles, group, batch, heads_q, n_ctas,
-            section)
+    dims = (
+        meta.index.shape[0],
+        meta.index.shape[1],
+        n_q_tiles,
+        group,
+        batch,
+        heads_q,
+        n_ctas,
+        section,
+    )
     out_types = (
         jax.ShapeDtypeStruct(q_in.shape, dtype),
         # LSE rows padded to whole q tiles keep every TMA store aligned.
