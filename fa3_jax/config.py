@@ -193,17 +193,23 @@ TUNED_FORWARD: dict[tuple[int, str, str], ForwardConfig] = {}
 #: Dense inputs up to this many keys (head_dim <= 128) run persistent, q tiles of a head
 #: together.
 PERSISTENT_MAX_SEQ_K = 4096
+#: Causal inputs at head_dim <= 64 up to this many keys run persistent in LPT order.
+LPT_CAUSAL_MAX_SEQ_K = 2048
 
 
 def _heuristic(head_dim: int, *, causal: bool, masked: bool, seq_k: int | None) -> ForwardConfig:
     config = _tiles(head_dim, causal=causal, masked=masked)
-    short = seq_k is not None and seq_k <= PERSISTENT_MAX_SEQ_K
-    if head_dim <= 128 and not causal and not masked and short:
-        # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 4"): persistent CTAs walking the
-        # q tiles of one head together (as the grid launch does), dense D64/D128: +12…25% at
-        # 512, +1…7% at 1k–4k, −1…4% at 16k; D256 within ±2.5% (kept on the grid). Causal
-        # loses (−1…15%).
-        config = dataclasses.replace(config, persistent=True)
+    if seq_k is None or masked:
+        return config
+    # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 5"), persistent CTAs that load the next
+    # item's Q early, against the grid launch, fp16: dense D64/D128 +30% / +28% at 512, +13% at
+    # D128 1k; causal D64 in LPT order +49% / +33% / +20% at 512 / 1k / 2k. Causal D128 stays
+    # on the grid (LPT +2% at 512, -3% / -11% at 1k / 2k; q-tiles order -18% at 512); D256
+    # does not fit two Q buffers.
+    if head_dim <= 128 and not causal and seq_k <= PERSISTENT_MAX_SEQ_K:
+        return dataclasses.replace(config, persistent=True)
+    if head_dim <= 64 and causal and seq_k <= LPT_CAUSAL_MAX_SEQ_K:
+        return dataclasses.replace(config, persistent=True, tile_order="lpt")
     return config
 
 
@@ -233,7 +239,8 @@ def forward_config(
 ) -> ForwardConfig:
     """The config for these inputs: tuned if known, else the heuristic.
 
-    ``seq_k``: keys per sequence (None: unknown; the grid launch is kept).
+    ``causal``: a causal mask; ``masked``: anything more (a window, segment ids or a
+    block mask). ``seq_k``: keys per sequence (None: unknown; the grid launch is kept).
     ``interpret`` selects the shared-memory P path GPU interpret mode needs (with half
     the kv tile where that path would not fit shared memory).
     """

@@ -253,20 +253,22 @@ def test_forward_config_validation(bad):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_heuristic_runs_short_dense_inputs_persistent(head_dim):
-    """Dense up to 4k keys at head_dim <= 128: persistent CTAs over one head's q tiles;
-    causal, masked, long or unknown lengths and D256: one CTA per q tile (as measured,
-    NOTES "Session 4")."""
+def test_heuristic_runs_short_inputs_persistent(head_dim):
+    """Dense up to 4k keys at head_dim <= 128: persistent CTAs over one head's q tiles; causal
+    up to 2k keys at head_dim 64: persistent in LPT order; masked, long or unknown lengths,
+    other causal inputs and D256: one CTA per q tile (as measured, NOTES "Session 5")."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
-        assert config.tile_order == "q_tiles"
-        return config.persistent
+        return (config.persistent, config.tile_order)
 
-    assert pick(seq_k=512) == pick(seq_k=4096) == (head_dim <= 128)
-    for kw in (dict(seq_k=4097), dict(seq_k=1024, causal=True), dict(seq_k=1024, masked=True),
-               dict()):
-        assert not pick(**kw), kw
+    dense = (True, "q_tiles") if head_dim <= 128 else (False, "q_tiles")
+    assert pick(seq_k=512) == pick(seq_k=4096) == dense
+    lpt = (True, "lpt") if head_dim <= 64 else (False, "q_tiles")
+    assert pick(seq_k=512, causal=True) == pick(seq_k=2048, causal=True) == lpt
+    for kw in (dict(seq_k=4097), dict(seq_k=2049, causal=True), dict(seq_k=1024, masked=True),
+               dict(seq_k=1024, causal=True, masked=True), dict(), dict(causal=True)):
+        assert pick(**kw) == (False, "q_tiles"), kw
 
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
