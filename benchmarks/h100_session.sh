@@ -4,18 +4,22 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | bwd | masks | pretrain | gpu-tests | forward-variants | timing | backward-order | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | timing | backward-order | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tail -3; fi
 case "$stage" in
   gpu-tests) timeout 200 python -m pytest -q -m gpu tests/fa3_jax 2>&1 | tail -25 ;;
-  # the full FA3 grid (S 512…16k), ~5 + 3 minutes on the H100
-  fwd) full=(--head-dims 64,128,256 --seqlens 512,1024,2048,4096,8192,16384 --causal no,yes --iters 20 --repeats 3)
-       python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${full[@]}" \
-         --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16-grid 2>&1 | tail -40
-       python -m fa3_jax.benchmark --mode fwd --dtype bf16 "${full[@]}" \
-         --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tail -40 ;;
+  # the full FA3 grid (S 512…16k), ~5 + 3 minutes on the H100; fwd-fp16 / fwd-bf16: one dtype
+  fwd|fwd-fp16|fwd-bf16) full=(--head-dims 64,128,256 --seqlens 512,1024,2048,4096,8192,16384 --causal no,yes)
+       if [ "$stage" != fwd-bf16 ]; then
+         python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${full[@]}" \
+           --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16-grid 2>&1 | tail -40
+       fi
+       if [ "$stage" != fwd-fp16 ]; then
+         python -m fa3_jax.benchmark --mode fwd --dtype bf16 "${full[@]}" \
+           --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tail -40
+       fi ;;
   bwd) python -m fa3_jax.benchmark --mode bwd --dtype fp16,bf16 --head-dims 64,128 \
          --seqlens 1024,4096,16384 --causal no,yes --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
          --tag h100-bwd 2>&1 | tail -40 ;;
