@@ -164,6 +164,9 @@ class TileMetadata:
         past ``count``).
       tile_q, tile_k: tile sizes (static).
       transposed: rows are kv tiles (static).
+      all_visible: every row visits every column tile, in order (static; known
+        for positional masks only): ``index`` is then ``arange`` per row and
+        ``count`` the column count, so kernels need not read them.
     """
 
     index: jax.Array
@@ -172,6 +175,7 @@ class TileMetadata:
     tile_q: int = dataclasses.field(metadata=dict(static=True))
     tile_k: int = dataclasses.field(metadata=dict(static=True))
     transposed: bool = dataclasses.field(metadata=dict(static=True))
+    all_visible: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def n_rows(self) -> int:
@@ -329,16 +333,24 @@ def tile_metadata(
         # NumPy and hand XLA constants (no sort to constant-fold at compile time).
         nonempty, full = _positional_tiles(spec, tile_q, tile_k)
         visible, full, xp = nonempty[None, None], (full & nonempty)[None, None], np
+        all_visible = bool(nonempty.all())
     else:
         visible, full = tile_visibility(
             spec, tile_q, tile_k, segment_ids=segment_ids, block_mask=block_mask
         )
         xp = jnp
+        all_visible = False
     if transpose:
         visible, full = visible.swapaxes(-1, -2), full.swapaxes(-1, -2)
     index, count, partial = _pack_visible(visible, full, xp)
     return TileMetadata(
-        jnp.asarray(index), jnp.asarray(count), jnp.asarray(partial), tile_q, tile_k, transpose
+        jnp.asarray(index),
+        jnp.asarray(count),
+        jnp.asarray(partial),
+        tile_q,
+        tile_k,
+        transpose,
+        all_visible,
     )
 
 

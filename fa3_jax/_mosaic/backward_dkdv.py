@@ -36,7 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
-from fa3_jax._mosaic.common import needs_element_masks
+from fa3_jax._mosaic.common import TileLists, needs_element_masks, tile_list_operands
 from fa3_jax.config import BackwardConfig
 
 __all__ = ["dkdv_kernel_call", "smem_transforms"]
@@ -58,14 +58,16 @@ class _Shapes:
     group: int  # query heads per kv head
     dq_cols: int  # dQ columns each consumer computes (fused dQ only)
     kv_tiles: int  # the grid's kv axis
+    n_cols: int  # q tiles per row of the metadata
+    meta_operands: int  # metadata arrays passed (0: static lists, see TileLists)
     meta_b: int
     meta_h: int
     slope_b: int
 
 
 def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
-    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, index_ref, count_ref, partial_ref = refs[:9]
-    rest = list(refs[9:])
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = refs[:6]
+    tiles, rest = TileLists.take(list(refs[6:]), shp.meta_operands, shp.n_cols)
     slope_ref = rest.pop(0) if params.has_alibi else None
     qseg_ref, kseg_ref = (rest.pop(0), rest.pop(0)) if params.has_segments else (None, None)
     fused = cfg.dq != "kernel"
@@ -97,7 +99,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         """Runs ``body(g, t, step, carry)`` over (group head, visited q tile)."""
 
         def per_head(g, carry):
-            n = count_ref[mb, meta_h(g), kv_tile]
+            n = tiles.count(mb, meta_h(g), kv_tile)
 
             def per_tile(t, carry):
                 step, inner = carry
@@ -128,14 +130,14 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 plgpu.copy_gmem_to_smem(qseg_ref.at[b, rows], qseg_smem.at[slot], bar)
 
         def issue(g, t, step, _):
-            load(step, head_q(g), index_ref[mb, meta_h(g), kv_tile, t])
+            load(step, head_q(g), tiles.index(mb, meta_h(g), kv_tile, t))
             return 0
 
         steps, _ = walk(issue, 0)
         n_loads = steps
         if overlap:
             # One extra, in-bounds q tile: the consumers' look-ahead past the walk.
-            load(steps, head_q(0), index_ref[mb, meta_h(0), kv_tile, 0])
+            load(steps, head_q(0), tiles.index(mb, meta_h(0), kv_tile, 0))
             n_loads = steps + 1
 
         # Observe the consumers' last release of every slot before exiting.
@@ -191,8 +193,8 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             ``ds_dst``: SMEM tile that must receive dS^T (for the fused dQ GEMMs).
             """
             hq = head_q(g)
-            qi = index_ref[mb, meta_h(g), kv_tile, t]
-            part = None if not masked else partial_ref[mb, meta_h(g), kv_tile, t]
+            qi = tiles.index(mb, meta_h(g), kv_tile, t)
+            part = None if not masked else tiles.partial(mb, meta_h(g), kv_tile, t)
             lse2 = lax.broadcast_in_dim(
                 plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
             )
@@ -340,7 +342,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 # dV/dK of this step are done: Q/dO may be refilled.
                 plgpu.barrier_arrive(consumed_bar.at[slot])
                 plgpu.barrier_arrive(step_bar.at[buf])
-                return head_q(g), index_ref[mb, meta_h(g), kv_tile, t], kv_tile
+                return head_q(g), tiles.index(mb, meta_h(g), kv_tile, t), kv_tile
 
             spare = shp.kv_tiles + kv_tile
             steps, last = walk(step_body, (head_q(0), jnp.int32(0), spare))
@@ -413,14 +415,20 @@ def dkdv_kernel_call(
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
     fused = cfg.dq != "kernel"
     dq_cols = head_dim // wgs
+    masked = needs_element_masks(
+        params.spec, tile_k=cfg.tile_kv_dkv, has_segments=params.has_segments
+    )
+    meta_operands = tile_list_operands(meta, masked)
     shp = _Shapes(
-        head_dim,
-        heads_q // heads_kv,
-        dq_cols,
-        meta.n_rows,
-        meta.index.shape[0],
-        meta.index.shape[1],
-        1 if slopes is None else slopes.shape[0],
+        head_dim=head_dim,
+        group=heads_q // heads_kv,
+        dq_cols=dq_cols,
+        kv_tiles=meta.n_rows,
+        n_cols=meta.n_cols,
+        meta_operands=len(meta_operands),
+        meta_b=meta.index.shape[0],
+        meta_h=meta.index.shape[1],
+        slope_b=1 if slopes is None else slopes.shape[0],
     )
     tr = smem_transforms(itemsize)
     # The dQ GEMMs read K in blocks of dq_cols columns; K's partners Q (in S^T)
@@ -469,9 +477,7 @@ def dkdv_kernel_call(
             cfg=cfg,
             shp=shp,
             dtype=dtype,
-            masked=needs_element_masks(
-                params.spec, tile_k=cfg.tile_kv_dkv, has_segments=params.has_segments
-            ),
+            masked=masked,
         ),
         out_type=(out_shape, out_shape),
         scratch_types=(scratch, barriers),
@@ -482,7 +488,7 @@ def dkdv_kernel_call(
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=interpret,
     )
-    operands = [q, k, v, do, lse2, delta, meta.index, meta.count, meta.partial]
+    operands = [q, k, v, do, lse2, delta, *meta_operands]
     if params.has_alibi:
         operands.append(slopes)
     if params.has_segments:

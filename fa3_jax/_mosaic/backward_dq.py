@@ -23,7 +23,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from fa3_jax._mosaic.backward_dkdv import smem_transforms
 from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
-from fa3_jax._mosaic.common import needs_element_masks
+from fa3_jax._mosaic.common import TileLists, needs_element_masks, tile_list_operands
 from fa3_jax.config import BackwardConfig
 
 __all__ = ["dq_kernel_call"]
@@ -40,11 +40,12 @@ class _Shapes:
     slope_b: int
     n_q_tiles: int
     n_cols: int  # kv tiles per row of the metadata
+    meta_operands: int  # metadata arrays passed (0: static lists, see TileLists)
 
 
 def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype, masked):
-    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, index_ref, count_ref, partial_ref = refs[:9]
-    rest = list(refs[9:])
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = refs[:6]
+    tiles, rest = TileLists.take(list(refs[6:]), shp.meta_operands, shp.n_cols)
     slope_ref = rest.pop(0) if params.has_alibi else None
     qseg_ref, kseg_ref = (rest.pop(0), rest.pop(0)) if params.has_segments else (None, None)
     dq_ref, scratch, barriers = rest
@@ -62,7 +63,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
     h_kv = lax.div(hq, shp.group)
     mb = b if shp.meta_b > 1 else 0
     mh = hq if shp.meta_h > 1 else 0
-    n_steps = count_ref[mb, mh, q_tile]
+    n_steps = tiles.count(mb, mh, q_tile)
 
     @pl.when(wg == wgs)
     def _producer():
@@ -81,7 +82,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
             # Entries past count repeat the last valid index: in bounds.
             col = jnp.minimum(step, shp.n_cols - 1)
-            rows = pl.ds(index_ref[mb, mh, q_tile, col] * bk, bk)
+            rows = pl.ds(tiles.index(mb, mh, q_tile, col) * bk, bk)
             bar = full_bar.at[slot]
             plgpu.copy_gmem_to_smem(k_ref.at[b, rows, h_kv], k_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(v_ref.at[b, rows, h_kv], v_smem.at[slot], bar)
@@ -125,8 +126,8 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
         def issue_dq(dq_acc, step, slot, qk, dp):
             """Softmax recomputation and dS of one step; issues dQ += dS K (no wait)."""
-            kj = index_ref[mb, mh, q_tile, step]
-            part = None if not masked else partial_ref[mb, mh, q_tile, step]
+            kj = tiles.index(mb, mh, q_tile, step)
+            part = None if not masked else tiles.partial(mb, mh, q_tile, step)
             k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
             k_seg = None
             if params.has_segments:
@@ -261,14 +262,19 @@ def dq_kernel_call(
     heads_kv = k.shape[2]
     dtype = q.dtype
     bq, bk, stages, wgs = cfg.block_q_dq, cfg.block_kv_dq, cfg.stages, cfg.compute_wgs
+    masked = needs_element_masks(
+        params.spec, tile_k=cfg.block_kv_dq, has_segments=params.has_segments
+    )
+    meta_operands = tile_list_operands(meta, masked)
     shp = _Shapes(
-        head_dim,
-        heads_q // heads_kv,
-        meta.index.shape[0],
-        meta.index.shape[1],
-        1 if slopes is None else slopes.shape[0],
-        meta.n_rows,
-        meta.n_cols,
+        head_dim=head_dim,
+        group=heads_q // heads_kv,
+        meta_b=meta.index.shape[0],
+        meta_h=meta.index.shape[1],
+        slope_b=1 if slopes is None else slopes.shape[0],
+        n_q_tiles=meta.n_rows,
+        n_cols=meta.n_cols,
+        meta_operands=len(meta_operands),
     )
     tr = smem_transforms(jnp.dtype(dtype).itemsize)
     seg = params.has_segments
@@ -299,9 +305,7 @@ def dq_kernel_call(
             cfg=cfg,
             shp=shp,
             dtype=dtype,
-            masked=needs_element_masks(
-                params.spec, tile_k=cfg.block_kv_dq, has_segments=params.has_segments
-            ),
+            masked=masked,
         ),
         out_type=jax.ShapeDtypeStruct(q.shape, dtype),
         scratch_types=(scratch, barriers),
@@ -312,7 +316,7 @@ def dq_kernel_call(
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=interpret,
     )
-    operands = [q, k, v, do, lse2, delta, meta.index, meta.count, meta.partial]
+    operands = [q, k, v, do, lse2, delta, *meta_operands]
     if params.has_alibi:
         operands.append(slopes)
     if params.has_segments:

@@ -9,11 +9,13 @@ uses ``exp2`` and one FMA per element.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import jax.numpy as jnp
 
-from fa3_jax.masks import MaskSpec
+from fa3_jax.masks import MaskSpec, TileMetadata
 
 __all__ = [
     "LOG2E",
@@ -22,6 +24,8 @@ __all__ = [
     "alibi_base2",
     "positional_visible",
     "needs_element_masks",
+    "TileLists",
+    "tile_list_operands",
 ]
 
 LOG2E = math.log2(math.e)
@@ -63,3 +67,36 @@ def positional_visible(q_pos, k_pos, *, spec: MaskSpec):
 def needs_element_masks(spec: MaskSpec, *, tile_k: int, has_segments: bool) -> bool:
     """Whether any tile can be partial (else element masks are compiled out)."""
     return spec.is_positional or has_segments or spec.seq_k % tile_k != 0
+
+
+def tile_list_operands(meta: TileMetadata, masked: bool) -> list:
+    """The metadata arrays a kernel takes: none when every tile is visited in order and no
+    element masks are compiled in (XLA would otherwise launch kernels each call to
+    materialize the constant ``count``/``partial`` arrays), else ``[index, count, partial]``."""
+    if meta.all_visible and not masked:
+        return []
+    return [meta.index, meta.count, meta.partial]
+
+
+@dataclasses.dataclass(frozen=True)
+class TileLists:
+    """A kernel's reads of its tile visiting lists ``[Bm, Hm, row, j]``; without metadata
+    refs (see :func:`tile_list_operands`) entry ``j`` is column tile ``j`` and every row
+    has ``n_cols`` entries."""
+
+    refs: tuple[Any, ...]  # (index, count, partial) refs, or () for the static lists
+    n_cols: int
+
+    @classmethod
+    def take(cls, refs, meta_operands: int, n_cols: int):
+        """(TileLists, remaining refs) from a kernel's refs starting at the metadata."""
+        return cls(tuple(refs[:meta_operands]), n_cols), refs[meta_operands:]
+
+    def index(self, b, h, row, j):
+        return self.refs[0][b, h, row, j] if self.refs else j
+
+    def count(self, b, h, row):
+        return self.refs[1][b, h, row] if self.refs else jnp.int32(self.n_cols)
+
+    def partial(self, b, h, row, j):
+        return self.refs[2][b, h, row, j]

@@ -43,10 +43,12 @@ from jax import lax
 from fa3_jax._mosaic.common import (
     LN2,
     LOG2E,
+    TileLists,
     alibi_base2,
     logits_base2,
     needs_element_masks,
     positional_visible,
+    tile_list_operands,
 )
 from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata
@@ -80,12 +82,20 @@ def _smem_transforms(cols: int, dtype):
     return (plgpu.TilingTransform((8, elems)), plgpu.SwizzleTransform(swizzle))
 
 
+def _masked(st: ForwardStatic) -> bool:
+    """Whether element masks are compiled in (some kv tile can be partial)."""
+    return st.element_block_mask is not None or needs_element_masks(
+        st.spec, tile_k=st.config.block_kv, has_segments=st.has_segments
+    )
+
+
 def _kernel(st: ForwardStatic, dims, *refs):
-    batch_m, heads_m, n_q_tiles, group, batch, heads, n_ctas, section = dims
+    batch_m, heads_m, n_q_tiles, group, batch, heads, n_ctas, section, meta_operands, n_cols = dims
     cfg = st.config
     bq, bkv = cfg.block_q, cfg.block_kv
     stages = cfg.num_stages
-    q_ref, k_ref, v_ref, index_ref, count_ref, partial_ref, *rest = refs
+    q_ref, k_ref, v_ref, *rest = refs
+    tiles, rest = TileLists.take(rest, meta_operands, n_cols)
     if st.has_segments:
         q_seg_ref, kv_seg_ref, *rest = rest
     if st.has_alibi:
@@ -100,9 +110,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
     wg = lax.axis_index("wg")
     n_consumers = cfg.num_consumers
-    masked = st.element_block_mask is not None or needs_element_masks(
-        st.spec, tile_k=bkv, has_segments=st.has_segments
-    )
+    masked = _masked(st)
 
     def work_item(i):
         """(b, h, qt) of this CTA's ``i``-th work item; longest (causal) q tiles first."""
@@ -144,7 +152,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
         return j if isinstance(j, int) else lax.rem(j, stages)
 
     def tile_count(b, h, qt):
-        return count_ref[b if batch_m > 1 else 0, h if heads_m > 1 else 0, qt]
+        return tiles.count(b if batch_m > 1 else 0, h if heads_m > 1 else 0, qt)
 
     @pl.when(wg < n_consumers)
     def _consumer():
@@ -268,7 +276,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             def tile_info(j):
                 """(kv tile index, partial flag) of entry ``j``; loaded early to hide latency."""
-                return index_ref[bm, hm, qt, j], partial_ref[bm, hm, qt, j] if masked else None
+                kv_tile = tiles.index(bm, hm, qt, j)
+                return kv_tile, tiles.partial(bm, hm, qt, j) if masked else None
 
             def tile_logits(s, info, kv_seg):
                 """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
@@ -425,7 +434,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             @pl.loop(0, n_tiles)
             def _load(j):
                 slot = slot_of(base, j)
-                rows = pl.ds(index_ref[bm, hm, qt, j] * cfg.block_kv, cfg.block_kv)
+                rows = pl.ds(tiles.index(bm, hm, qt, j) * cfg.block_kv, cfg.block_kv)
                 # The slot's previous tile (this item's or an earlier one's) must be released.
                 reused = base + j >= stages if cfg.persistent else j >= stages
 
@@ -527,7 +536,8 @@ def forward_kernel_call(
     # Mosaic's tiled TMA views need sequence lengths that are multiples of the
     # 8-row tile; other lengths are padded by at most 7 rows (masked / dropped).
     q_in, k_in, v_in = _pad_seq(q_BSHD), _pad_seq(k_BSHD), _pad_seq(v_BSHD)
-    inputs = [q_in, k_in, v_in, meta.index, meta.count, meta.partial]
+    meta_inputs = tile_list_operands(meta, _masked(st))
+    inputs = [q_in, k_in, v_in, *meta_inputs]
     if st.has_segments:
         # Ids are read straight into registers: pad them (not q/k/v) to whole tiles.
         q_seg, kv_seg = segment_ids
@@ -598,6 +608,8 @@ def forward_kernel_call(
         heads_q,
         n_ctas,
         section,
+        len(meta_inputs),
+        meta.n_cols,
     )
     out_types = (
         jax.ShapeDtypeStruct(q_in.shape, dtype),

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fa3_jax._mosaic.common import tile_list_operands
 from fa3_jax.masks import BlockMask, MaskSpec, dense_mask, tile_metadata, tile_visibility
 
 SPECS = [
@@ -118,6 +119,30 @@ def test_tile_metadata_lists(transpose, dynamic):
         assert (partial[b, h, r, n:] == 0).all()
         assert (index[b, h, r, n:] == (want[-1] if n else 0)).all()
     assert (count > 1).any() and (not dynamic or (count == 0).any())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_all_visible_flag_matches_the_lists(spec, transpose):
+    """``all_visible`` (kernels then skip the metadata) holds exactly when every row lists
+    every column tile in order; never claimed for segment ids."""
+    meta = tile_metadata(spec, 64, 64, transpose=transpose)
+    index, count = np.asarray(meta.index), np.asarray(meta.count)
+    arange = np.broadcast_to(np.arange(meta.n_cols), index.shape)
+    assert meta.all_visible == bool((count == meta.n_cols).all() and (index == arange).all())
+    assert tile_metadata(MaskSpec(256, 256), 64, 64).all_visible
+    assert not tile_metadata(MaskSpec(256, 256, causal=True), 64, 64).all_visible
+    ids = jnp.zeros((1, 256), jnp.int32)
+    assert not tile_metadata(MaskSpec(256, 256), 64, 64, segment_ids=(ids, ids)).all_visible
+
+
+def test_tile_list_operands_only_where_needed():
+    """Dense inputs pass no metadata arrays to the kernels; masks (or element masks) do."""
+    dense = tile_metadata(MaskSpec(256, 256), 64, 64)
+    assert tile_list_operands(dense, masked=False) == []
+    assert len(tile_list_operands(dense, masked=True)) == 3
+    assert len(tile_list_operands(tile_metadata(MaskSpec(256, 256, causal=True), 64, 64),
+                                  masked=False)) == 3
 
 
 def test_mask_spec_and_block_mask_validation():
