@@ -11,7 +11,7 @@ Timing (``--timer``), reported per call:
   calls; CUPTI for JAX (``jax.experimental.mosaic.gpu.profiler.measure``) and
   the torch profiler (Kineto, also CUPTI) for torch. Every peer is timed the
   same way, and host dispatch cost (which differs between JAX and torch and
-  dominates calls under ~100 us) is left out.
+  showed in calls of tens of us: benchmarks/NOTES.md, "Session 5") is left out.
   ``wall``: the median over ``--repeats`` of ``--iters`` back-to-back calls,
   wall clock for JAX and CUDA events for torch.
 
