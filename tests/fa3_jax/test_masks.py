@@ -141,8 +141,8 @@ def test_tile_list_operands_only_where_needed():
     dense = tile_metadata(MaskSpec(256, 256), 64, 64)
     assert tile_list_operands(dense, masked=False) == []
     assert len(tile_list_operands(dense, masked=True)) == 3
-    assert len(tile_list_operands(tile_metadata(MaskSpec(256, 256, causal=True), 64, 64),
-                                  masked=False)) == 3
+    causal = tile_metadata(MaskSpec(256, 256, causal=True), 64, 64)
+    assert len(tile_list_operands(causal, masked=False)) == 3
 
 
 def test_mask_spec_and_block_mask_validation():
