@@ -1,10 +1,12 @@
 """One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
 
-``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [--order]``
+``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
+FLAG one of ``--order``, ``--mask-branch``.
 
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
-variant (each was checked on the H100 before); ``--order`` only times the
-default config in both ``tile_order`` values (bf16, D 64/128, S 1k/4k/16k).
+variant (each was checked on the H100 before); ``--order`` / ``--mask-branch``
+only time the default config in both ``tile_order`` / ``branch_masks`` values
+(bf16, D 64/128, S 1k/4k/16k; the masks A/B causal only).
 
 1. Correctness: ``mha_backward`` (jitted) against float32 reference gradients on
    fresh random inputs, per kernel variant; determinism (two runs bit-identical).
@@ -114,24 +116,39 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True):
     return rec
 
 
-def order_runs(out_dir):
-    """CTA order A/B: neighbouring CTAs on one head's tiles ('tiles') or on batch entries."""
-    bench_rows = []
-    for d in (64, 128):
-        for seq in (1024, 4096, 16384):
-            for causal in (False, True):
-                for i, order in enumerate(("tiles", "batch")):
-                    cfg = dataclasses.replace(default_backward_config(d), tile_order=order)
-                    bench_rows.append(bench(order, cfg, d, seq, causal, jnp.bfloat16, peers=i == 0))
-                    (out_dir / "backward_order.json").write_text(json.dumps(bench_rows, indent=1))
-    return bench_rows
+def ab_runs(out_dir, name, variants, sizes):
+    """Same-run A/B of default-config variants (bf16), cuDNN alongside the first."""
+    rows = []
+    for d, seq, causal in sizes:
+        for i, (label, change) in enumerate(variants):
+            cfg = dataclasses.replace(default_backward_config(d), **change)
+            rows.append(bench(label, cfg, d, seq, causal, jnp.bfloat16, peers=i == 0))
+            (out_dir / f"backward_{name}.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+AB_MODES = {
+    # CTA order: neighbouring CTAs on one head's tiles ('tiles') or on batch entries
+    "--order": (
+        "order",
+        [("tiles", dict(tile_order="tiles")), ("batch", dict(tile_order="batch"))],
+        [(d, s, c) for d in (64, 128) for s in (1024, 4096, 16384) for c in (False, True)],
+    ),
+    # element masks on every tile of a causal walk, or behind a branch on partial tiles only
+    "--mask-branch": (
+        "mask_branch",
+        [("select", dict(branch_masks=False)), ("branch", dict(branch_masks=True))],
+        [(d, s, True) for d in (64, 128) for s in (1024, 4096, 16384)],
+    ),
+}
 
 
 def main():
     out_dir = pathlib.Path(sys.argv[1])
-    if "--order" in sys.argv:
-        rows = order_runs(out_dir)
-        print("\n| order | D | S | causal | ours TF/s | cuDNN TF/s |")
+    ab = [flag for flag in AB_MODES if flag in sys.argv]
+    if ab:
+        rows = ab_runs(out_dir, *AB_MODES[ab[0]])
+        print("\n| variant | D | S | causal | ours TF/s | cuDNN TF/s |")
         for r in rows:
             print(f"| {r['cfg']} | {r['d']} | {r['seq']} | {r['causal']} | "
                   f"{r.get('ours_tflops', 0):.0f} | {r.get('cudnn_tflops', 0):.0f} |")

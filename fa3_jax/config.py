@@ -324,6 +324,10 @@ class BackwardConfig:
         kernel) of one head, so CTAs that run together share that head's Q/dO
         (K/V) in L2; tiles with the most work (causal) start first.
         ``'batch'``: batch entries, then heads, of one tile index.
+      branch_masks: compute element masks (causal, window, segments) behind a
+        branch taken only for the partial tiles of a walk, as the forward does;
+        False (default) selects on every tile of a masked walk, branch-free.
+        Not yet timed on a GPU (benchmarks/NOTES.md, "Session 5").
     """
 
     block_q_dkv: int = 64
@@ -337,6 +341,7 @@ class BackwardConfig:
     overlap: bool = False
     dq: str = "kernel"
     tile_order: str = "tiles"
+    branch_masks: bool = False
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):

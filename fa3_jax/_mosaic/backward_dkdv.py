@@ -220,6 +220,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 q_seg=q_seg,
                 k_seg=k_seg,
                 partial=part,
+                branch=cfg.branch_masks,
             )
             p_op, ds_op = p.astype(dtype), ds.astype(dtype)
             if ds_dst is None and not cfg.register_operands:

@@ -146,6 +146,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 q_seg=q_seg,
                 k_seg=k_seg,
                 partial=part,
+                branch=cfg.branch_masks,
             )
             if cfg.register_operands:
                 ds_op = ds.astype(dtype)

@@ -13,6 +13,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from fa3_jax._mosaic.common import LOG2E, alibi_base2, logits_base2, positional_visible
 from fa3_jax.masks import MaskSpec
@@ -52,6 +53,7 @@ def probs_and_dlogits(
     q_seg=None,
     k_seg=None,
     partial=None,
+    branch: bool = False,
 ):
     """Recomputes ``p`` and the gradient w.r.t. the scaled logits ``scale * q.k``.
 
@@ -66,6 +68,8 @@ def probs_and_dlogits(
       q_seg, k_seg: int32 tiles of segment ids (when ``params.has_segments``).
       partial: int32 scalar; element masks apply only when nonzero; None compiles
         them out (no tile of the walk can be partial).
+      branch: compute the element masks behind a branch taken only for partial
+        tiles (as the forward does); False selects on every tile, branch-free.
 
     Returns:
       ``(p, ds)``: f32 tiles; ``ds`` still lacks the factor ``softmax_scale``.
@@ -76,10 +80,15 @@ def probs_and_dlogits(
         s2 = s2 + alibi_base2(q_pos, k_pos, slope, spec=params.spec)
     p = jnp.exp2(s2 - lse2)
     if partial is not None:
-        keep = positional_visible(q_pos, k_pos, spec=params.spec)
-        if params.has_segments:
-            keep = keep & (q_seg == k_seg)
-        p = jnp.where(keep | (partial == 0), p, 0.0)
+
+        def visible():
+            keep = positional_visible(q_pos, k_pos, spec=params.spec)
+            return keep & (q_seg == k_seg) if params.has_segments else keep
+
+        if branch:
+            p = lax.cond(partial != 0, lambda p: jnp.where(visible(), p, 0.0), lambda p: p, p)
+        else:
+            p = jnp.where(visible() | (partial == 0), p, 0.0)
     ds = p * ((dp() if callable(dp) else dp) - delta)
     if params.softcap is not None:
         # d softcap(x)/dx = 1 - tanh^2; tanh is the base-2 logit over softcap*log2(e).

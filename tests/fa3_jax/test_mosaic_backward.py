@@ -238,14 +238,14 @@ def test_fused_dq_layouts_race_free(head_dim, wgs):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("dq", ["kernel", "atomic"])
-def test_backward_lowers_for_cuda(head_dim, dq):
+@pytest.mark.parametrize("dq,branch", [("kernel", False), ("atomic", False), ("kernel", True)])
+def test_backward_lowers_for_cuda(head_dim, dq, branch):
     """The GPU configs (P/dS in registers; TMA reduce-add for 'atomic', which interpret
     mode cannot run) pass Mosaic GPU's lowering and layout inference."""
     b, s, h = 1, 256, 2
     q = jax.ShapeDtypeStruct((b, s, h, head_dim), BF16)
     lse = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
-    cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq)
+    cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq, branch_masks=branch)
     assert cfg.register_operands
 
     def backward(q, k, v, o, lse, do):
@@ -273,8 +273,11 @@ def test_backward_lowers_for_cuda(head_dim, dq):
         BackwardConfig(defer_release=True, block_q_dkv=128, compute_wgs=1),
         BackwardConfig(overlap=True, block_kv_dq=128),
         BackwardConfig(tile_order="batch"),
+        BackwardConfig(branch_masks=True),
+        BackwardConfig(branch_masks=True, overlap=True, block_kv_dq=128),
     ],
-    ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order"],
+    ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order",
+         "branch-masks", "branch-masks-overlap"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
