@@ -29,7 +29,7 @@ case "$stage" in
          --masks none,block_sparse:0.2,block_sparse:0.5,block_sparse:0.8 --impls fa3_jax,cudnn \
          --tag h100-masks-sparse 2>&1 | tail -12 ;;
   pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tail -20 ;;
-  # tile orders (q tiles / heads / LPT sections), grid and persistent, where we trail most (~2 min)
+  # grid vs persistent (q tiles / LPT) where we trail most, incl. 16k window/documents (~4 min)
   forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tail -14 ;;
   # the two timers side by side at short and mid lengths (~2 min)
   timing) small=(--mode fwd --dtype fp16 --head-dims 64,128 --seqlens 512,1024,4096 --causal no,yes)
