@@ -199,7 +199,8 @@ def short_runs(report, save):
 
 
 def order_runs(report, save):
-    """Grid vs persistent CTAs (q tiles of one head together, or FA3's LPT sections) where we
+    """Grid vs persistent CTAs (q tiles of one head together, FA3's LPT sections strided or
+    greedily balanced over the CTAs) where we
     trail most: short sequences, causal, and 16k with a window or packed documents (short walks
     per q tile); fp16, cuDNN alongside (the masked rows: bf16, ours only)."""
     runs = [dict(d=d, s=s, causal=c, dtype=jnp.float16)
@@ -216,7 +217,9 @@ def order_runs(report, save):
         variants = [("grid", base),
                     ("persistent", dataclasses.replace(base, persistent=True)),
                     ("persistent-lpt",
-                     dataclasses.replace(base, tile_order="lpt", persistent=True))]
+                     dataclasses.replace(base, tile_order="lpt", persistent=True)),
+                    ("persistent-balanced",
+                     dataclasses.replace(base, tile_order="balanced", persistent=True))]
         r = bench(**run, variants=variants, peers=False)
         if not masked:
             r["tflops"]["cudnn"] = bench(**run, variants=[], peers=True)["tflops"]["cudnn"]

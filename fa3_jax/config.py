@@ -80,6 +80,12 @@ class ForwardConfig:
         longest-processing-time order): (batch, head) pairs in sections whose
         K/V fit in L2, and within a section the longest q tiles of all its heads
         first, so causal work is balanced over the CTAs without losing L2 reuse.
+        ``"balanced"`` (persistent only): the same sections and longest-first
+        order, but each item goes to the CTA with the least work so far, from a
+        schedule computed when the kernel is traced (``fa3_jax/_mosaic/schedule.py``;
+        item lengths from the positional masks: segment ids and block masks are
+        not known then). ``"lpt"`` strides items over the CTAs, which leaves
+        causal work 18-29% unbalanced at head dim 128 (by the same cost model).
     """
 
     block_q: int = 64
@@ -96,13 +102,13 @@ class ForwardConfig:
     tile_order: str = "q_tiles"
 
     def __post_init__(self):
-        if self.tile_order not in ("heads", "q_tiles", "lpt"):
+        if self.tile_order not in FORWARD_TILE_ORDERS:
             raise ValueError(
-                "ForwardConfig.tile_order must be 'heads', 'q_tiles' or 'lpt', got "
+                f"ForwardConfig.tile_order must be one of {FORWARD_TILE_ORDERS}, got "
                 f"{self.tile_order!r}"
             )
-        if self.tile_order == "lpt" and not self.persistent:
-            raise ValueError("ForwardConfig.tile_order='lpt' needs persistent=True")
+        if self.tile_order in ("lpt", "balanced") and not self.persistent:
+            raise ValueError(f"ForwardConfig.tile_order={self.tile_order!r} needs persistent=True")
         if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
             raise ValueError(f"ForwardConfig.num_ctas must be an int >= 0, got {self.num_ctas}")
         if self.block_q != 64:
@@ -135,6 +141,8 @@ class ForwardConfig:
         """Query rows per CTA (the q tile of the tile metadata)."""
         return self.num_consumers * self.block_q
 
+
+FORWARD_TILE_ORDERS = ("q_tiles", "heads", "lpt", "balanced")
 
 #: (consumer, producer) registers per thread for each consumer count: FA3's splits, which fill
 #: the 64K-entry register file (2 x 240 + 24 and 3 x 160 + 32, times 128 threads).

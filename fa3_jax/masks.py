@@ -39,6 +39,7 @@ __all__ = [
     "dense_mask",
     "tile_visibility",
     "tile_metadata",
+    "positional_tile_counts",
 ]
 
 
@@ -246,6 +247,12 @@ def _positional_tiles(spec: MaskSpec, tile_q: int, tile_k: int):
     # Tiles reaching past the end of either sequence need element masks.
     tail = (r0 + tile_q > spec.seq_q) | (c0 + tile_k > spec.seq_k)
     return nonempty, full & ~tail
+
+
+def positional_tile_counts(spec: MaskSpec, tile_q: int, tile_k: int) -> np.ndarray:
+    """int ``[n_q_tiles]``: kv tiles each q tile visits under the positional masks alone."""
+    nonempty, _ = _positional_tiles(spec, tile_q, tile_k)
+    return nonempty.sum(axis=1)
 
 
 def _segment_tiles(q_seg, kv_seg, tile_q: int, tile_k: int):

@@ -50,8 +50,9 @@ from fa3_jax._mosaic.common import (
     positional_visible,
     tile_list_operands,
 )
+from fa3_jax._mosaic.schedule import balanced_schedule
 from fa3_jax.config import ForwardConfig, check_forward_fits
-from fa3_jax.masks import MaskSpec, TileMetadata
+from fa3_jax.masks import MaskSpec, TileMetadata, positional_tile_counts
 
 __all__ = ["LPT_L2_BYTES", "ForwardStatic", "forward_kernel_call", "lpt_section"]
 
@@ -102,6 +103,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
         slope_ref, *rest = rest
     if st.element_block_mask is not None:
         block_ref, *rest = rest
+    if cfg.tile_order == "balanced":
+        schedule_ref, *rest = rest
     out_ref, lse_ref, scratch, barriers = rest
     q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem = scratch
     q_bar, k_bar, v_bar, k_free, v_free, turn, seg_bar = barriers
@@ -117,6 +120,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
         if not cfg.persistent:
             qt = n_q_tiles - 1 - lax.axis_index("qt")
             return lax.axis_index("b"), lax.axis_index("h"), qt
+        if cfg.tile_order == "balanced":
+            w = schedule_ref[lax.axis_index("cta"), 1 + i]
+            pair = lax.div(w, n_q_tiles)
+            return lax.div(pair, heads), lax.rem(pair, heads), lax.rem(w, n_q_tiles)
         w = lax.axis_index("cta") + i * n_ctas
         if cfg.tile_order == "lpt":
             # Sections of `section` (batch, head) pairs; in each, the longest q tiles of
@@ -137,6 +144,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
     def item_count():
         """This CTA's work items (persistent); the grid never exceeds the work, so >= 1."""
+        if cfg.tile_order == "balanced":
+            return schedule_ref[lax.axis_index("cta"), 0]
         return lax.div(batch * heads * n_q_tiles - 1 - lax.axis_index("cta"), n_ctas) + 1
 
     def for_each_item(body, carry):
@@ -596,9 +605,14 @@ def forward_kernel_call(
             grid, grid_names = (n_q_tiles, batch, heads_q), ("qt", "b", "h")
     group = heads_q // heads_kv
     section = 0
-    if cfg.tile_order == "lpt":
+    if cfg.tile_order in ("lpt", "balanced"):
         kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
         section = lpt_section(batch * heads_q, kv_bytes_per_head)
+    if cfg.tile_order == "balanced":
+        # Balanced by the positional masks' tile counts; segment ids and block masks (known
+        # only per call) change an item's length, not which CTA runs it.
+        counts = positional_tile_counts(st.spec, cfg.tile_q, cfg.block_kv)
+        inputs.append(jnp.asarray(balanced_schedule(counts, batch * heads_q, section, n_ctas)))
     dims = (
         meta.index.shape[0],
         meta.index.shape[1],

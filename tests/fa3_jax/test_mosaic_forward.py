@@ -131,6 +131,13 @@ _VARIANTS = [
     (_variant(tile_order="heads", persistent=True, num_ctas=3),
      dataclasses.replace(_VARIANT_CASE, dtype=jnp.float16, heads_q=4, heads_kv=2, seq_q=333,
                          seq_k=301)),
+    # a traced greedy schedule (lists of unequal length per CTA), then with segment ids
+    (_variant(tile_order="balanced", persistent=True, num_ctas=3),
+     dataclasses.replace(_VARIANT_CASE, dtype=jnp.float16, heads_q=4, heads_kv=2, seq_q=333,
+                         seq_k=301)),
+    (_variant(tile_order="balanced", persistent=True, num_ctas=5),
+     Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
+          segments="shared")),
     # three consumer warpgroups (192-row q tiles): the turn ring, then masks across 3 row blocks
     (with_consumers(_variant(), 3, pingpong=True, overlap=True, num_stages=3), _VARIANT_CASE),
     (with_consumers(_variant(), 3, pingpong=False, overlap=True, num_stages=2),
@@ -143,7 +150,7 @@ def _variant_id(variant):
     config, _ = variant
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
     name += f"-persistent{config.num_ctas}" * config.persistent
-    return name + "-heads" * (config.tile_order == "heads")
+    return name + f"-{config.tile_order}" * (config.tile_order != "q_tiles")
 
 
 def _forward_args(case: Case, seed: int):
@@ -187,9 +194,10 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(),
     ForwardConfig(tile_order="heads"),
     ForwardConfig(persistent=True, tile_order="lpt"),
+    ForwardConfig(persistent=True, tile_order="balanced"),
     with_consumers(ForwardConfig(), 3),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
-        "grid-3consumers"])
+        "persistent-balanced", "grid-3consumers"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -246,6 +254,7 @@ def test_lpt_order_interpret(monkeypatch):
                                  dict(consumer_registers=256, producer_registers=64),
                                  dict(num_ctas=-1), dict(num_consumers=4),
                                  dict(tile_order="batch"), dict(tile_order="lpt"),
+                                 dict(tile_order="balanced"),
                                  dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
