@@ -166,6 +166,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
     @pl.when(wg < n_consumers)
     def _consumer():
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+        n_items = item_count() if cfg.persistent else 1
 
         # Ping-pong: the consumers take turns issuing their GEMMs (a ring of turn
         # barriers, one per warpgroup: FA3's scheduler barriers); softmaxes run
@@ -246,7 +247,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             if not cfg.persistent:
                 return
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            pl.when(i + 1 < item_count())(lambda: load_q(i + 1))
+            pl.when(i + 1 < n_items)(lambda: load_q(i + 1))
 
         def consume_item(i, base):
             """Computes one q tile's rows of this warpgroup; returns the ring position after it."""
