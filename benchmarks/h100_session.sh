@@ -39,6 +39,8 @@ case "$stage" in
          done ;;
   # backward CTA order: one head's tiles together vs batch entries together (~4 min)
   backward-order) python benchmarks/backward_gpu_check.py "$OUT" --order 2>&1 | tail -26 ;;
+  # element masks behind a branch on partial tiles vs everywhere, causal bf16 (~3 min)
+  backward-masks) python benchmarks/backward_gpu_check.py "$OUT" --mask-branch 2>&1 | tail -26 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tail -20

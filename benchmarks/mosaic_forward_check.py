@@ -212,7 +212,8 @@ def order_runs(report, save):
              dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, doc_len=2048)]
     for run in runs:
         masked = "window" in run or "doc_len" in run
-        base = forward_config(run["d"], run["dtype"], causal=run["causal"], masked=masked)
+        base = forward_config(run["d"], run["dtype"], causal=run["causal"],
+                              window="window" in run, masked="doc_len" in run)
         base = dataclasses.replace(base, persistent=False, tile_order="q_tiles")
         variants = [("grid", base),
                     ("persistent", dataclasses.replace(base, persistent=True)),

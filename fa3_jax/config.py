@@ -201,23 +201,30 @@ TUNED_FORWARD: dict[tuple[int, str, str], ForwardConfig] = {}
 #: Dense inputs up to this many keys (head_dim <= 128) run persistent, q tiles of a head
 #: together.
 PERSISTENT_MAX_SEQ_K = 4096
-#: Causal inputs at head_dim <= 64 up to this many keys run persistent in LPT order.
+#: Causal inputs at head_dim <= 64 up to this many keys run persistent in LPT order (longer
+#: ones and head dim 128 in the balanced order).
 LPT_CAUSAL_MAX_SEQ_K = 2048
 
 
-def _heuristic(head_dim: int, *, causal: bool, masked: bool, seq_k: int | None) -> ForwardConfig:
-    config = _tiles(head_dim, causal=causal, masked=masked)
-    if seq_k is None or masked:
+def _heuristic(
+    head_dim: int, *, causal: bool, window: bool, masked: bool, seq_k: int | None
+) -> ForwardConfig:
+    config = _tiles(head_dim, causal=causal, masked=masked or window)
+    if seq_k is None or masked or head_dim > 128:
+        # Unknown lengths, segment ids or block masks (item lengths known only per call) and
+        # D256 (two Q buffers do not fit) stay on the grid.
         return config
-    # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 5"), persistent CTAs that load the next
+    # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 6"), persistent CTAs that load the next
     # item's Q early, against the grid launch, fp16: dense D64/D128 +30% / +28% at 512, +13% at
-    # D128 1k; causal D64 in LPT order +49% / +33% / +20% at 512 / 1k / 2k. Causal D128 stays
-    # on the grid (LPT +2% at 512, -3% / -11% at 1k / 2k; q-tiles order -18% at 512); D256
-    # does not fit two Q buffers.
-    if head_dim <= 128 and not causal and seq_k <= PERSISTENT_MAX_SEQ_K:
+    # D128 1k; causal D64 in LPT order +50% / +32% / +20% / +14% at 512 / 1k / 2k / 4k; causal
+    # D128 in the balanced order +23% / +22% / +14% / +10% at 512 / 1k / 2k / 4k, D64 at 16k +2%;
+    # a 1024 window at 16k (D128 bf16) +12%. Packed documents lose in every persistent order.
+    if causal or window:
+        if head_dim <= 64 and not window and seq_k <= LPT_CAUSAL_MAX_SEQ_K:
+            return dataclasses.replace(config, persistent=True, tile_order="lpt")
+        return dataclasses.replace(config, persistent=True, tile_order="balanced")
+    if seq_k <= PERSISTENT_MAX_SEQ_K:
         return dataclasses.replace(config, persistent=True)
-    if head_dim <= 64 and causal and seq_k <= LPT_CAUSAL_MAX_SEQ_K:
-        return dataclasses.replace(config, persistent=True, tile_order="lpt")
     return config
 
 
@@ -241,21 +248,23 @@ def forward_config(
     dtype,
     *,
     causal: bool = False,
+    window: bool = False,
     masked: bool = False,
     seq_k: int | None = None,
     interpret: bool = False,
 ) -> ForwardConfig:
     """The config for these inputs: tuned if known, else the heuristic.
 
-    ``causal``: a causal mask; ``masked``: anything more (a window, segment ids or a
-    block mask). ``seq_k``: keys per sequence (None: unknown; the grid launch is kept).
+    ``causal``: a causal mask; ``window``: a sliding window (left and/or right);
+    ``masked``: segment ids or a block mask. ``seq_k``: keys per sequence (None: unknown;
+    the grid launch is kept).
     ``interpret`` selects the shared-memory P path GPU interpret mode needs (with half
     the kv tile where that path would not fit shared memory).
     """
     name = np.dtype(dtype).name
-    config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked)))
+    config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked or window)))
     if config is None:
-        config = _heuristic(head_dim, causal=causal, masked=masked, seq_k=seq_k)
+        config = _heuristic(head_dim, causal=causal, window=window, masked=masked, seq_k=seq_k)
     if interpret:
         config = dataclasses.replace(config, p_in_smem=True)
         itemsize = np.dtype(dtype).itemsize
@@ -333,9 +342,9 @@ class BackwardConfig:
         (K/V) in L2; tiles with the most work (causal) start first.
         ``'batch'``: batch entries, then heads, of one tile index.
       branch_masks: compute element masks (causal, window, segments) behind a
-        branch taken only for the partial tiles of a walk, as the forward does;
-        False (default) selects on every tile of a masked walk, branch-free.
-        Not yet timed on a GPU (benchmarks/NOTES.md, "Session 5").
+        branch taken only for the partial tiles of a walk, as the forward does
+        (default); False selects on every tile of a masked walk, branch-free. H100,
+        causal bf16: +6% at 1k, +10-18% at 4k-16k (benchmarks/NOTES.md, "Session 6").
     """
 
     block_q_dkv: int = 64
@@ -349,7 +358,7 @@ class BackwardConfig:
     overlap: bool = False
     dq: str = "kernel"
     tile_order: str = "tiles"
-    branch_masks: bool = False
+    branch_masks: bool = True
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):

@@ -79,10 +79,8 @@ def mha_forward(
             head_dim,
             q_BSHD.dtype,
             causal=spec.causal,
-            masked=spec.window_left is not None
-            or spec.window_right is not None
-            or segment_ids is not None
-            or block_mask is not None,
+            window=spec.window_left is not None or spec.window_right is not None,
+            masked=segment_ids is not None or block_mask is not None,
             seq_k=spec.seq_k,
             interpret=interpret,
         )

@@ -238,7 +238,7 @@ def test_fused_dq_layouts_race_free(head_dim, wgs):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("dq,branch", [("kernel", False), ("atomic", False), ("kernel", True)])
+@pytest.mark.parametrize("dq,branch", [("kernel", True), ("atomic", True), ("kernel", False)])
 def test_backward_lowers_for_cuda(head_dim, dq, branch):
     """The GPU configs (P/dS in registers; TMA reduce-add for 'atomic', which interpret
     mode cannot run) pass Mosaic GPU's lowering and layout inference."""
@@ -273,11 +273,11 @@ def test_backward_lowers_for_cuda(head_dim, dq, branch):
         BackwardConfig(defer_release=True, block_q_dkv=128, compute_wgs=1),
         BackwardConfig(overlap=True, block_kv_dq=128),
         BackwardConfig(tile_order="batch"),
-        BackwardConfig(branch_masks=True),
-        BackwardConfig(branch_masks=True, overlap=True, block_kv_dq=128),
+        BackwardConfig(branch_masks=False),
+        BackwardConfig(branch_masks=False, overlap=True, block_kv_dq=128),
     ],
     ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order",
-         "branch-masks", "branch-masks-overlap"],
+         "select-masks", "select-masks-overlap"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""

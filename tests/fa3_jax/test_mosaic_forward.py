@@ -262,22 +262,29 @@ def test_forward_config_validation(bad):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_heuristic_runs_short_inputs_persistent(head_dim):
-    """Dense up to 4k keys at head_dim <= 128: persistent CTAs over one head's q tiles; causal
-    up to 2k keys at head_dim 64: persistent in LPT order; masked, long or unknown lengths,
-    other causal inputs and D256: one CTA per q tile (as measured, NOTES "Session 5")."""
+def test_heuristic_picks_persistent_orders(head_dim):
+    """As measured (NOTES "Session 6"), at head_dim <= 128: dense up to 4k keys persistent over
+    one head's q tiles; causal at head_dim 64 up to 2k keys in LPT order; other causal inputs and
+    windows in the balanced order. Segment ids or block masks, unknown lengths, long dense inputs
+    and D256 (two Q buffers do not fit): one CTA per q tile."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
         return (config.persistent, config.tile_order)
 
-    dense = (True, "q_tiles") if head_dim <= 128 else (False, "q_tiles")
-    assert pick(seq_k=512) == pick(seq_k=4096) == dense
-    lpt = (True, "lpt") if head_dim <= 64 else (False, "q_tiles")
-    assert pick(seq_k=512, causal=True) == pick(seq_k=2048, causal=True) == lpt
-    for kw in (dict(seq_k=4097), dict(seq_k=2049, causal=True), dict(seq_k=1024, masked=True),
-               dict(seq_k=1024, causal=True, masked=True), dict(), dict(causal=True)):
-        assert pick(**kw) == (False, "q_tiles"), kw
+    grid = (False, "q_tiles")
+    fits = head_dim <= 128
+    assert pick(seq_k=512) == pick(seq_k=4096) == ((True, "q_tiles") if fits else grid)
+    balanced = (True, "balanced") if fits else grid
+    short_causal = (True, "lpt") if head_dim <= 64 else balanced
+    assert pick(seq_k=512, causal=True) == pick(seq_k=2048, causal=True) == short_causal
+    assert pick(seq_k=2049, causal=True) == pick(seq_k=16384, causal=True) == balanced
+    for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
+        assert pick(**kw) == balanced, kw
+    for kw in (dict(seq_k=4097), dict(seq_k=1024, masked=True),
+               dict(seq_k=1024, causal=True, masked=True),
+               dict(seq_k=1024, causal=True, window=True, masked=True), dict(), dict(causal=True)):
+        assert pick(**kw) == grid, kw
 
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
@@ -324,14 +331,19 @@ class TestMosaicForwardGPU(_MosaicBase):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("overlap", [False, True])
-def test_every_output_written_gpu(overlap):
-    """Poison the allocator with NaN buffers of the output's size, then run: no NaN may remain."""
+@pytest.mark.parametrize("variant", ["grid", "grid-overlap", "default"])
+def test_every_output_written_gpu(variant):
+    """Poison the allocator with NaN buffers of the output's size, then run: no NaN may remain
+    (the default here: persistent CTAs in the balanced order)."""
     b, s, h, d = 2, 1000, 4, 128
     ks = jax.random.split(jax.random.key(3), 3)
     q, k, v = (jax.random.normal(key, (b, s, h, d), jnp.float16) for key in ks)
     spec = MaskSpec(s, s, causal=True)
-    config = ForwardConfig(overlap=overlap)
+    config = {
+        "grid": ForwardConfig(overlap=False),
+        "grid-overlap": ForwardConfig(overlap=True),
+        "default": forward_config(d, jnp.float16, causal=True, seq_k=s),
+    }[variant]
     fn = jax.jit(lambda q, k, v: _mosaic.mha_forward(
         q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None, alibi_slopes_BH=None,
         segment_ids=None, block_mask=None, config=config))
