@@ -1,49 +1,53 @@
 #!/usr/bin/env bash
 # One device call = one stage: `bash benchmarks/h100_session.sh STAGE` from the repo root on the GPU machine.
-# Writes logs and JSON under $OUT (and benchmarks/results/ via the benchmarks' --out).
+# Writes JSON under $OUT (and benchmarks/results/ via the benchmarks' --out); the full output goes to
+# $OUT/STAGE.log as it comes, so a stage cut short by a time limit still leaves its rows.
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | timing | backward-order | backward-masks | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | timing | backward-order | backward-masks | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
-if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tail -3; fi
+if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
 case "$stage" in
-  gpu-tests) timeout 480 python -m pytest -q -m gpu tests/fa3_jax 2>&1 | tail -25 ;;  # ~4 min for the kernel tests alone
+  gpu-tests) timeout 480 python -m pytest -q -m gpu tests/fa3_jax 2>&1 | tee -a "$OUT/$stage.log" | tail -25 ;;  # ~4 min for the kernel tests alone
   # the full FA3 grid (S 512…16k), ~5 + 3 minutes on the H100; fwd-fp16 / fwd-bf16: one dtype
   fwd|fwd-fp16|fwd-bf16) full=(--head-dims 64,128,256 --seqlens 512,1024,2048,4096,8192,16384 --causal no,yes)
        if [ "$stage" != fwd-bf16 ]; then
          python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${full[@]}" \
-           --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16-grid 2>&1 | tail -40
+           --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 --tag h100-fwd-fp16-grid 2>&1 | tee -a "$OUT/$stage.log" | tail -40
        fi
        if [ "$stage" != fwd-fp16 ]; then
          python -m fa3_jax.benchmark --mode fwd --dtype bf16 "${full[@]}" \
-           --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tail -40
+           --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tee -a "$OUT/$stage.log" | tail -40
        fi ;;
   bwd) python -m fa3_jax.benchmark --mode bwd --dtype fp16,bf16 --head-dims 64,128 \
          --seqlens 1024,4096,16384 --causal no,yes --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
-         --tag h100-bwd 2>&1 | tail -40 ;;
+         --tag h100-bwd 2>&1 | tee -a "$OUT/$stage.log" | tail -40 ;;
   masks) python -m fa3_jax.benchmark --mode fwd,bwd --dtype bf16 --head-dims 128 --seqlens 16384 --causal yes \
-         --masks none,window,segments --impls fa3_jax,cudnn --tag h100-masks-causal 2>&1 | tail -12
+         --masks none,window,segments --impls fa3_jax,cudnn --tag h100-masks-causal 2>&1 | tee -a "$OUT/$stage.log" | tail -12
          python -m fa3_jax.benchmark --mode fwd,bwd --dtype bf16 --head-dims 128 --seqlens 16384 --causal no \
          --masks none,block_sparse:0.2,block_sparse:0.5,block_sparse:0.8 --impls fa3_jax,cudnn \
-         --tag h100-masks-sparse 2>&1 | tail -12 ;;
-  pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tail -20 ;;
+         --tag h100-masks-sparse 2>&1 | tee -a "$OUT/$stage.log" | tail -12 ;;
+  pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tee -a "$OUT/$stage.log" | tail -20 ;;
   # grid vs persistent (q tiles / LPT) where we trail most, incl. 16k window/documents (~4 min)
-  forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tail -14 ;;
+  forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tee -a "$OUT/$stage.log" | tail -14 ;;
+  # causal D64: three consumers on balanced persistent CTAs against the default (~2 min)
+  causal-consumers) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-consumers 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -8 ;;
   # the two timers side by side at short and mid lengths (~2 min)
   timing) small=(--mode fwd --dtype fp16 --head-dims 64,128 --seqlens 512,1024,4096 --causal no,yes)
          for timer in wall cupti; do
            python -m fa3_jax.benchmark "${small[@]}" --impls fa3_jax,cudnn,torch_cudnn --timer $timer \
-             --tag h100-fwd-timer-$timer 2>&1 | tail -14
+             --tag h100-fwd-timer-$timer 2>&1 | tee -a "$OUT/$stage.log" | tail -14
          done ;;
   # backward CTA order: one head's tiles together vs batch entries together (~4 min)
-  backward-order) python benchmarks/backward_gpu_check.py "$OUT" --order 2>&1 | tail -26 ;;
+  backward-order) python benchmarks/backward_gpu_check.py "$OUT" --order 2>&1 | tee -a "$OUT/$stage.log" | tail -26 ;;
   # element masks behind a branch on partial tiles vs everywhere, causal bf16 (~3 min)
-  backward-masks) python benchmarks/backward_gpu_check.py "$OUT" --mask-branch 2>&1 | tail -26 ;;
+  backward-masks) python benchmarks/backward_gpu_check.py "$OUT" --mask-branch 2>&1 | tee -a "$OUT/$stage.log" | tail -26 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
-         python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tail -20
+         python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tee -a "$OUT/$stage.log" | tail -20
          python -m pretrain.benchmark --preset 1.3b --devices 1,2 --attention auto \
            --parallelism data,fsdp --out "$OUT/scaling.json" 2>&1 | grep "^{\|^|" ;;
   # 4 GPUs, ~8 minutes: a demo run stopped at N/2 and resumed in a fresh process must match an

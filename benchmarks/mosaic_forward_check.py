@@ -178,6 +178,25 @@ def consumer_runs(report, save):
         save()
 
 
+def _balanced_c3(config, **changes):
+    """``config`` on persistent CTAs in the balanced order with three consumer warpgroups."""
+    config = dataclasses.replace(config, persistent=True, tile_order="balanced")
+    return with_consumers(config, 3, **changes)
+
+
+def causal_consumer_runs(report, save):
+    """Causal D64 (two consumers today, LPT / balanced): three consumers (192-row q tiles) on
+    balanced persistent CTAs, fp16, cuDNN alongside."""
+    for s in (1024, 4096, 16384):
+        base = forward_config(64, jnp.float16, causal=True, seq_k=s)
+        variants = [("default", base), ("c3kv128st3", _balanced_c3(base)),
+                    ("c3kv192st2", _balanced_c3(base, block_kv=192, num_stages=2))]
+        r = bench(64, s, True, jnp.float16, variants, peers=True)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+
+
 def short_runs(report, save):
     """The configurations furthest under the bar (short sequences, causal D64): schedule and tile
     variants of the default config, fp16, with cuDNN in the same run."""
@@ -239,6 +258,8 @@ def main():
                     help="only the ping-pong x overlap ablation at D=64/128, S=4096 (no peers)")
     ap.add_argument("--consumers", action="store_true",
                     help="only three-consumer checks and 2-vs-3-consumer timings")
+    ap.add_argument("--causal-consumers", action="store_true",
+                    help="one check, then causal D64 with three consumers on balanced CTAs")
     ap.add_argument("--short", action="store_true",
                     help="no checks; schedule/tile variants where we trail most")
     ap.add_argument("--order", action="store_true",
@@ -293,6 +314,14 @@ def main():
     if args.order:
         # (head dim 256 does not fit a persistent CTA's two Q buffers)
         checks = [_persistent_check(name, kw) for name, kw in checks[:8] if kw["d"] <= 128]
+    if args.causal_consumers:
+        checks = [("d64-causal-c3-balanced",
+                   dict(b=2, sq=1000, sk=1000, hq=4, hkv=2, d=64, dtype=f16, causal=True,
+                        config=_balanced_c3(forward_config(64, f16, causal=True)))),
+                  ("d64-causal-c3kv192-balanced",
+                   dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
+                        config=_balanced_c3(forward_config(64, f16, causal=True), block_kv=192,
+                                            num_stages=2)))]
     if not args.skip_checks and not args.ablation and not args.short:
         for name, kw in checks:
             try:
@@ -307,7 +336,7 @@ def main():
             json.dump(report, f, indent=1)
 
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
-                 short=short_runs)
+                 short=short_runs, causal_consumers=causal_consumer_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

@@ -143,6 +143,10 @@ _VARIANTS = [
     (with_consumers(_variant(), 3, pingpong=False, overlap=True, num_stages=2),
      Case(dtype=jnp.float16, batch=2, heads_q=2, heads_kv=2, seq_q=250, seq_k=250, causal=True,
           segments="shared", alibi="head")),
+    # three consumers on persistent CTAs in the balanced order (causal: unequal items)
+    (with_consumers(_variant(tile_order="balanced", persistent=True, num_ctas=3), 3,
+                    pingpong=False, overlap=True, num_stages=2),
+     Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=500, seq_k=500, causal=True)),
 ]
 
 
@@ -265,8 +269,9 @@ def test_forward_config_validation(bad):
 def test_heuristic_picks_persistent_orders(head_dim):
     """As measured (NOTES "Session 6"), at head_dim <= 128: dense up to 4k keys persistent over
     one head's q tiles; causal at head_dim 64 up to 2k keys in LPT order; other causal inputs and
-    windows in the balanced order. Segment ids or block masks, unknown lengths, long dense inputs
-    and D256 (two Q buffers do not fit): one CTA per q tile."""
+    windows in the balanced order (causal head_dim 64 from 16k keys with three consumers).
+    Segment ids or block masks, unknown lengths, long dense inputs and D256 (two Q buffers do
+    not fit): one CTA per q tile."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
@@ -278,7 +283,10 @@ def test_heuristic_picks_persistent_orders(head_dim):
     balanced = (True, "balanced") if fits else grid
     short_causal = (True, "lpt") if head_dim <= 64 else balanced
     assert pick(seq_k=512, causal=True) == pick(seq_k=2048, causal=True) == short_causal
-    assert pick(seq_k=2049, causal=True) == pick(seq_k=16384, causal=True) == balanced
+    assert pick(seq_k=2049, causal=True) == pick(seq_k=16383, causal=True) == balanced
+    assert pick(seq_k=16384, causal=True) == balanced
+    consumers = forward_config(head_dim, jnp.bfloat16, causal=True, seq_k=16384).num_consumers
+    assert consumers == (3 if head_dim <= 64 else 2)
     for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
         assert pick(**kw) == balanced, kw
     for kw in (dict(seq_k=4097), dict(seq_k=1024, masked=True),
