@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | timing | backward-order | backward-masks | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | timing | backward-order | backward-masks | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -35,6 +35,20 @@ case "$stage" in
   # causal D64: three consumers on balanced persistent CTAs against the default (~2 min)
   causal-consumers) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-consumers 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -8 ;;
+  # ncu of one forward launch, causal D64 (our largest forward gap) beside causal D128 (ahead of
+  # cuDNN) at 4k: speed of light, warp stalls, then the tensor / MUFU / FMA pipes (~4 min)
+  ncu-causal) pipes=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active
+         pipes+=,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active
+         pipes+=,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active
+         pipes+=,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active
+         for d in 64 128; do
+           prof=(ncu --clock-control none -k regex:mosaic --launch-skip 2 --launch-count 1)
+           "${prof[@]}" --section SpeedOfLight --section WarpStateStats --section LaunchStats \
+             python benchmarks/ncu_forward.py $d 4096 causal > "$OUT/ncu_${d}_4096_causal.txt" 2>&1
+           "${prof[@]}" --metrics "$pipes" python benchmarks/ncu_forward.py $d 4096 causal \
+             > "$OUT/ncu_${d}_4096_causal_pipes.txt" 2>&1
+         done
+         grep -h "Duration\|Throughput\|pct_of_peak\|Stall\|Registers\|Grid Size" "$OUT"/ncu_* ;;
   # the two timers side by side at short and mid lengths (~2 min)
   timing) small=(--mode fwd --dtype fp16 --head-dims 64,128 --seqlens 512,1024,4096 --causal no,yes)
          for timer in wall cupti; do
