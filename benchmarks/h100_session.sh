@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | timing | backward-order | backward-masks | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | poly-exp2 | ncu-causal | timing | backward-order | backward-masks | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -34,6 +34,9 @@ case "$stage" in
   forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tee -a "$OUT/$stage.log" | tail -14 ;;
   # causal D64: three consumers on balanced persistent CTAs against the default (~2 min)
   causal-consumers) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-consumers 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -8 ;;
+  # GPU checks of the polynomial exp2, then head dim 64 with 32/64/128 of 128 columns on it (~3 min)
+  poly-exp2) python benchmarks/mosaic_forward_check.py --out "$OUT" --poly-exp2 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -8 ;;
   # ncu of one forward launch, causal D64 (our largest forward gap) beside causal D128 (ahead of
   # cuDNN) at 4k: speed of light, warp stalls, then the tensor / MUFU / FMA pipes (~4 min)

@@ -50,6 +50,7 @@ from fa3_jax._mosaic.common import (
     positional_visible,
     tile_list_operands,
 )
+from fa3_jax._mosaic.exp2_poly import EXP2_MAGIC, poly_exp2
 from fa3_jax._mosaic.schedule import balanced_schedule
 from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata, positional_tile_counts
@@ -185,6 +186,19 @@ def _kernel(st: ForwardStatic, dims, *refs):
         # logits stay raw and are multiplied by ``fold`` there.
         fold = st.softmax_scale * LOG2E if st.softcap is None and not st.has_alibi else None
 
+        # EXP2_MAGIC selected on the warpgroup index: a value no compiler folds as a constant.
+        magic = jnp.where(wg >= 0, EXP2_MAGIC, 0.0) if cfg.poly_exp2_cols else None
+        mufu_cols = bkv - cfg.poly_exp2_cols
+
+        def exp2_split(x):
+            """exp2 of a [bq, bkv] tile: MUFU for the first columns, the polynomial after."""
+            if not cfg.poly_exp2_cols:
+                return jnp.exp2(x)
+            if not mufu_cols:
+                return poly_exp2(x, magic)
+            mufu, poly = x[:, :mufu_cols], x[:, mufu_cols:]
+            return jnp.concatenate([jnp.exp2(mufu), poly_exp2(poly, magic)], axis=1)
+
         def softmax(s, m_i, l_i):
             """Online softmax step: (p in the input dtype, alpha, m_new, l_new)."""
             row_max = s.max(axis=1)
@@ -193,7 +207,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             alpha = jnp.exp2(m_i - m_use)
             s2 = s if fold is None else s * fold  # one FMA with the subtraction below
-            p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
+            p = exp2_split(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
 
