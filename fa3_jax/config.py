@@ -82,9 +82,10 @@ class ForwardConfig:
         first, so causal work is balanced over the CTAs without losing L2 reuse.
         ``"balanced"`` (persistent only): the same sections and longest-first
         order, but each item goes to the CTA with the least work so far, from a
-        schedule computed when the kernel is traced (``fa3_jax/_mosaic/schedule.py``;
-        item lengths from the positional masks: segment ids and block masks are
-        not known then). ``"lpt"`` strides items over the CTAs, which leaves
+        schedule computed when the kernel is traced (``fa3_jax/_mosaic/schedule.py``)
+        from the positional masks; with segment ids or a block mask (lengths known
+        per call) a sort-and-deal schedule built on the device from the tile
+        metadata instead. ``"lpt"`` strides items over the CTAs, which leaves
         causal work 18-29% unbalanced at head dim 128 (by the same cost model).
       poly_exp2_cols: the last this many columns of every kv tile take their
         softmax ``exp2`` from a polynomial on the FMA/ALU pipes

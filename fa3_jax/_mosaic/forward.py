@@ -51,7 +51,7 @@ from fa3_jax._mosaic.common import (
     tile_list_operands,
 )
 from fa3_jax._mosaic.exp2_poly import EXP2_MAGIC, poly_exp2
-from fa3_jax._mosaic.schedule import balanced_schedule
+from fa3_jax._mosaic.schedule import balanced_schedule, snake_schedule, snake_section
 from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata, positional_tile_counts
 
@@ -76,6 +76,9 @@ class ForwardStatic:
     #: tiles (block_q not a multiple of the q tile); None when the tile
     #: metadata alone is exact.
     element_block_mask: tuple[int, int] | None = None
+    #: Segment ids or a block mask set the items' lengths (known per call only): the
+    #: balanced order then builds its schedule on the device.
+    per_call_lengths: bool = False
 
 
 def _smem_transforms(cols: int, dtype):
@@ -623,9 +626,12 @@ def forward_kernel_call(
     if cfg.tile_order in ("lpt", "balanced"):
         kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
         section = lpt_section(batch * heads_q, kv_bytes_per_head)
-    if cfg.tile_order == "balanced":
-        # Balanced by the positional masks' tile counts; segment ids and block masks (known
-        # only per call) change an item's length, not which CTA runs it.
+    if cfg.tile_order == "balanced" and st.per_call_lengths:
+        # Item lengths known only per call: the table is built on the device.
+        count_BHQ = jnp.broadcast_to(meta.count, (batch, heads_q, n_q_tiles))
+        dealt = snake_section(batch * heads_q, n_q_tiles, section, n_ctas)
+        inputs.append(snake_schedule(count_BHQ.reshape(batch * heads_q, -1), dealt, n_ctas))
+    elif cfg.tile_order == "balanced":
         counts = positional_tile_counts(st.spec, cfg.tile_q, cfg.block_kv)
         inputs.append(jnp.asarray(balanced_schedule(counts, batch * heads_q, section, n_ctas)))
     dims = (

@@ -138,6 +138,10 @@ _VARIANTS = [
     (_variant(tile_order="balanced", persistent=True, num_ctas=5),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
           segments="shared")),
+    # ... and with a block mask (both: the schedule is built on the device per call)
+    (_variant(tile_order="balanced", persistent=True, num_ctas=4),
+     Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=384, seq_k=384,
+          block_sparse=(64, 64, 0.5))),
     # three consumer warpgroups (192-row q tiles): the turn ring, then masks across 3 row blocks
     (with_consumers(_variant(), 3, pingpong=True, overlap=True, num_stages=3), _VARIANT_CASE),
     (with_consumers(_variant(), 3, pingpong=False, overlap=True, num_stages=2),
