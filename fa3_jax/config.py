@@ -364,7 +364,7 @@ class BackwardConfig:
       branch_masks: compute element masks (causal, window, segments) behind a
         branch taken only for the partial tiles of a walk, as the forward does
         (default); False selects on every tile of a masked walk, branch-free. H100,
-        causal bf16: +6% at 1k, +10-18% at 4k-16k (benchmarks/NOTES.md, "Session 6").
+        causal bf16: +7% at 1k, +11-18% at 4k-16k (benchmarks/NOTES.md, "Session 6").
     """
 
     block_q_dkv: int = 64

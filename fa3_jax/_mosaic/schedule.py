@@ -22,6 +22,7 @@ import heapq
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 __all__ = [
     "ITEM_OVERHEAD_TILES",
@@ -123,10 +124,12 @@ def snake_schedule(tiles_per_item, section: int, n_ctas: int):
             f"pairs={pairs}, section={section}, n_ctas={n_ctas}, items={items}"
         )
     work = np.arange(items)
-    section_of = work // n_q_tiles // section
-    # Section first, then longest first: lengths are below n_q_tiles * 2**16 kv tiles.
-    key = jnp.asarray(section_of * (1 << 16), jnp.int32) - tiles_per_item.reshape(-1)
-    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    section_of = jnp.asarray(work // n_q_tiles // section, jnp.int32)
+    # Section first, then longest first (ties in work-id order).
+    longest_first = -tiles_per_item.reshape(-1).astype(jnp.int32)
+    *_, order = lax.sort(
+        (section_of, longest_first, jnp.asarray(work, jnp.int32)), num_keys=2, is_stable=True
+    )
     # Where rank r of that order goes: a static layout, only the order is per call.
     rounds, pos = np.divmod(work, n_ctas)
     cta = np.where(rounds % 2 == 0, pos, n_ctas - 1 - pos)
