@@ -78,11 +78,15 @@ def balanced_schedule(
     return out
 
 
-def schedule_imbalance(schedule: np.ndarray, tiles_per_q_tile: np.ndarray) -> float:
-    """Busiest CTA's work over the mean (1.0 = perfectly balanced), in the cost model above."""
-    tiles = np.asarray(tiles_per_q_tile, np.float64) + ITEM_OVERHEAD_TILES
-    n_q_tiles = tiles.shape[0]
-    work = [tiles[row[1 : 1 + row[0]] % n_q_tiles].sum() for row in schedule]
+def schedule_imbalance(schedule: np.ndarray, tiles: np.ndarray) -> float:
+    """Busiest CTA's work over the mean (1.0 = perfectly balanced), in the cost model above.
+
+    ``tiles``: kv tiles per q tile, ``[n_q_tiles]`` (the same for every pair) or per item
+    ``[pairs, n_q_tiles]``.
+    """
+    # Work id = pair * n_q_tiles + q_tile: modulo per-q-tile costs, or indexing per-item ones.
+    cost = (np.asarray(tiles, np.float64) + ITEM_OVERHEAD_TILES).reshape(-1)
+    work = [cost[row[1 : 1 + row[0]] % cost.size].sum() for row in schedule]
     return float(max(work) / np.mean(work))
 
 
