@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | poly-exp2 | ncu-causal | timing | backward-order | backward-masks | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -35,9 +35,6 @@ case "$stage" in
   # causal D64: three consumers on balanced persistent CTAs against the default (~2 min)
   causal-consumers) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-consumers 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -8 ;;
-  # GPU checks of the polynomial exp2, then head dim 64 with 32/64/128 of 128 columns on it (~3 min)
-  poly-exp2) python benchmarks/mosaic_forward_check.py --out "$OUT" --poly-exp2 2>&1 \
-         | tee -a "$OUT/$stage.log" | tail -8 ;;
   # ncu of one forward launch, causal D64 (our largest forward gap) beside causal D128 (ahead of
   # cuDNN) at 4k: speed of light, warp stalls, then the tensor / MUFU / FMA pipes (~4 min)
   ncu-causal) pipes=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active
@@ -47,11 +44,21 @@ case "$stage" in
          for d in 64 128; do
            prof=(ncu --clock-control none -k regex:mosaic --launch-skip 2 --launch-count 1)
            "${prof[@]}" --section SpeedOfLight --section WarpStateStats --section LaunchStats \
-             python benchmarks/ncu_forward.py $d 4096 causal > "$OUT/ncu_${d}_4096_causal.txt" 2>&1
-           "${prof[@]}" --metrics "$pipes" python benchmarks/ncu_forward.py $d 4096 causal \
+             python benchmarks/ncu_kernels.py fwd $d 4096 causal > "$OUT/ncu_${d}_4096_causal.txt" 2>&1
+           "${prof[@]}" --metrics "$pipes" python benchmarks/ncu_kernels.py fwd $d 4096 causal \
              > "$OUT/ncu_${d}_4096_causal_pipes.txt" 2>&1
          done
          grep -h "Duration\|Throughput\|pct_of_peak\|Stall\|Registers\|Grid Size" "$OUT"/ncu_* ;;
+  # ncu --set full with per-SASS-instruction stall samples (source page, CSV) of causal D64 forward
+  # and the D64 / D128 dense backward kernels (dK/dV, dQ) at 4k, where we trail most (~5 min)
+  ncu-source) prof=(ncu --clock-control none -k regex:mosaic --set full --import-source no)
+         for run in "fwd 64 4096 causal 2 1" "bwd 64 4096 dense 4 2" "bwd 128 4096 dense 4 2"; do
+           read -r mode d s mask skip count <<< "$run"; name=${mode}_${d}_${s}_${mask}
+           "${prof[@]}" --launch-skip $skip --launch-count $count --export "/tmp/$name" -f \
+             python benchmarks/ncu_kernels.py $mode $d $s $mask > "$OUT/$name.txt" 2>&1
+           ncu -i "/tmp/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip > "$OUT/${name}_sass.csv.gz"
+           grep -h "Duration\|Registers Per\|Est. Local\|Compute (SM) Th" "$OUT/$name.txt"
+         done ;;
   # the two timers side by side at short and mid lengths (~2 min)
   timing) small=(--mode fwd --dtype fp16 --head-dims 64,128 --seqlens 512,1024,4096 --causal no,yes)
          for timer in wall cupti; do

@@ -197,21 +197,6 @@ def causal_consumer_runs(report, save):
         save()
 
 
-def poly_exp2_runs(report, save):
-    """Head dim 64 (MUFU as busy as the tensor cores): the default against a share of each kv
-    tile's exp2 on the polynomial, fp16, cuDNN alongside."""
-    for s, causal in ((1024, True), (4096, True), (16384, True), (1024, False), (4096, False)):
-        base = forward_config(64, jnp.float16, causal=causal, seq_k=s)
-        variants = [("default", base)] + [
-            (f"poly{cols}", dataclasses.replace(base, poly_exp2_cols=cols))
-            for cols in (32, 64, 128)
-        ]
-        r = bench(64, s, causal, jnp.float16, variants, peers=True)
-        print(r, flush=True)
-        report["bench"].append(r)
-        save()
-
-
 def short_runs(report, save):
     """The configurations furthest under the bar (short sequences, causal D64): schedule and tile
     variants of the default config, fp16, with cuDNN in the same run."""
@@ -275,8 +260,6 @@ def main():
                     help="only three-consumer checks and 2-vs-3-consumer timings")
     ap.add_argument("--causal-consumers", action="store_true",
                     help="one check, then causal D64 with three consumers on balanced CTAs")
-    ap.add_argument("--poly-exp2", action="store_true",
-                    help="checks, then head dim 64 with part of the exp2s on the polynomial")
     ap.add_argument("--short", action="store_true",
                     help="no checks; schedule/tile variants where we trail most")
     ap.add_argument("--order", action="store_true",
@@ -339,13 +322,6 @@ def main():
                    dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
                         config=_balanced_c3(forward_config(64, f16, causal=True), block_kv=192,
                                             num_stages=2)))]
-    if args.poly_exp2:
-        checks = [(f"{name}-poly{cols}",
-                   {**kw, "config": dataclasses.replace(
-                       kw.get("config") or forward_config(kw["d"], kw["dtype"]),
-                       poly_exp2_cols=cols)})
-                  for name, kw in checks[:4] + checks[7:9] if kw["d"] <= 128
-                  for cols in (64, 128)]
     if not args.skip_checks and not args.ablation and not args.short:
         for name, kw in checks:
             try:
@@ -360,8 +336,7 @@ def main():
             json.dump(report, f, indent=1)
 
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
-                 short=short_runs, causal_consumers=causal_consumer_runs,
-                 poly_exp2=poly_exp2_runs)
+                 short=short_runs, causal_consumers=causal_consumer_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

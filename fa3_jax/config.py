@@ -82,17 +82,10 @@ class ForwardConfig:
         first, so causal work is balanced over the CTAs without losing L2 reuse.
         ``"balanced"`` (persistent only): the same sections and longest-first
         order, but each item goes to the CTA with the least work so far, from a
-        schedule computed when the kernel is traced (``fa3_jax/_mosaic/schedule.py``)
-        from the positional masks; with segment ids or a block mask (lengths known
-        per call) a sort-and-deal schedule built on the device from the tile
-        metadata instead. ``"lpt"`` strides items over the CTAs, which leaves
+        schedule computed when the kernel is traced (``fa3_jax/_mosaic/schedule.py``;
+        item lengths from the positional masks: segment ids and block masks are
+        not known then). ``"lpt"`` strides items over the CTAs, which leaves
         causal work 18-29% unbalanced at head dim 128 (by the same cost model).
-      poly_exp2_cols: the last this many columns of every kv tile take their
-        softmax ``exp2`` from a polynomial on the FMA/ALU pipes
-        (``fa3_jax/_mosaic/exp2_poly.py``) instead of the MUFU, which at head
-        dim 64 is as busy as the tensor cores; 0 (default) uses the MUFU
-        throughout. A multiple of 16, at most ``block_kv``. Not yet timed on a
-        GPU (benchmarks/NOTES.md, "Session 6").
     """
 
     block_q: int = 64
@@ -107,7 +100,6 @@ class ForwardConfig:
     persistent: bool = False
     num_ctas: int = 0
     tile_order: str = "q_tiles"
-    poly_exp2_cols: int = 0
 
     def __post_init__(self):
         if self.tile_order not in FORWARD_TILE_ORDERS:
@@ -128,12 +120,6 @@ class ForwardConfig:
         if self.num_consumers not in (2, 3):
             raise ValueError(
                 f"ForwardConfig.num_consumers must be 2 or 3, got {self.num_consumers}"
-            )
-        cols = self.poly_exp2_cols
-        if not isinstance(cols, int) or cols < 0 or cols % 16 or cols > self.block_kv:
-            raise ValueError(
-                "ForwardConfig.poly_exp2_cols must be a multiple of 16 in "
-                f"[0, block_kv={self.block_kv}], got {cols!r}"
             )
         if not 2 <= self.num_stages <= 8:
             raise ValueError(f"ForwardConfig.num_stages must be in [2, 8], got {self.num_stages}")

@@ -112,7 +112,6 @@ def mha_forward(
         has_segments=segment_ids is not None,
         config=config,
         element_block_mask=element_block_mask,
-        per_call_lengths=segment_ids is not None or block_mask is not None,
     )
     return forward_kernel_call(
         static,

@@ -50,8 +50,7 @@ from fa3_jax._mosaic.common import (
     positional_visible,
     tile_list_operands,
 )
-from fa3_jax._mosaic.exp2_poly import EXP2_MAGIC, poly_exp2
-from fa3_jax._mosaic.schedule import balanced_schedule, snake_schedule, snake_section
+from fa3_jax._mosaic.schedule import balanced_schedule
 from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata, positional_tile_counts
 
@@ -76,9 +75,6 @@ class ForwardStatic:
     #: tiles (block_q not a multiple of the q tile); None when the tile
     #: metadata alone is exact.
     element_block_mask: tuple[int, int] | None = None
-    #: Segment ids or a block mask set the items' lengths (known per call only): the
-    #: balanced order then builds its schedule on the device.
-    per_call_lengths: bool = False
 
 
 def _smem_transforms(cols: int, dtype):
@@ -189,19 +185,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
         # logits stay raw and are multiplied by ``fold`` there.
         fold = st.softmax_scale * LOG2E if st.softcap is None and not st.has_alibi else None
 
-        # EXP2_MAGIC selected on the warpgroup index: a value no compiler folds as a constant.
-        magic = jnp.where(wg >= 0, EXP2_MAGIC, 0.0) if cfg.poly_exp2_cols else None
-        mufu_cols = bkv - cfg.poly_exp2_cols
-
-        def exp2_split(x):
-            """exp2 of a [bq, bkv] tile: MUFU for the first columns, the polynomial after."""
-            if not cfg.poly_exp2_cols:
-                return jnp.exp2(x)
-            if not mufu_cols:
-                return poly_exp2(x, magic)
-            mufu, poly = x[:, :mufu_cols], x[:, mufu_cols:]
-            return jnp.concatenate([jnp.exp2(mufu), poly_exp2(poly, magic)], axis=1)
-
         def softmax(s, m_i, l_i):
             """Online softmax step: (p in the input dtype, alpha, m_new, l_new)."""
             row_max = s.max(axis=1)
@@ -210,7 +193,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             alpha = jnp.exp2(m_i - m_use)
             s2 = s if fold is None else s * fold  # one FMA with the subtraction below
-            p = exp2_split(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
+            p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
 
@@ -626,12 +609,9 @@ def forward_kernel_call(
     if cfg.tile_order in ("lpt", "balanced"):
         kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
         section = lpt_section(batch * heads_q, kv_bytes_per_head)
-    if cfg.tile_order == "balanced" and st.per_call_lengths:
-        # Item lengths known only per call: the table is built on the device.
-        count_BHQ = jnp.broadcast_to(meta.count, (batch, heads_q, n_q_tiles))
-        dealt = snake_section(batch * heads_q, n_q_tiles, section, n_ctas)
-        inputs.append(snake_schedule(count_BHQ.reshape(batch * heads_q, -1), dealt, n_ctas))
-    elif cfg.tile_order == "balanced":
+    if cfg.tile_order == "balanced":
+        # Balanced by the positional masks' tile counts; segment ids and block masks (known
+        # only per call) change an item's length, not which CTA runs it.
         counts = positional_tile_counts(st.spec, cfg.tile_q, cfg.block_kv)
         inputs.append(jnp.asarray(balanced_schedule(counts, batch * heads_q, section, n_ctas)))
     dims = (

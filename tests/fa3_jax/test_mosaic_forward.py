@@ -112,7 +112,7 @@ _VARIANT_CASE = Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=1, seq_q=2
 
 
 def _variant(**kw):
-    return ForwardConfig(**{"block_kv": 64, **kw, "p_in_smem": True})
+    return ForwardConfig(block_kv=64, p_in_smem=True, **kw)
 
 
 # (config, case): each scheduling variant, then the persistent grid with fewer CTAs
@@ -138,22 +138,11 @@ _VARIANTS = [
     (_variant(tile_order="balanced", persistent=True, num_ctas=5),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
           segments="shared")),
-    # ... and with a block mask (both: the schedule is built on the device per call)
-    (_variant(tile_order="balanced", persistent=True, num_ctas=4),
-     Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=384, seq_k=384,
-          block_sparse=(64, 64, 0.5))),
     # three consumer warpgroups (192-row q tiles): the turn ring, then masks across 3 row blocks
     (with_consumers(_variant(), 3, pingpong=True, overlap=True, num_stages=3), _VARIANT_CASE),
     (with_consumers(_variant(), 3, pingpong=False, overlap=True, num_stages=2),
      Case(dtype=jnp.float16, batch=2, heads_q=2, heads_kv=2, seq_q=250, seq_k=250, causal=True,
           segments="shared", alibi="head")),
-    # polynomial exp2 for part of each kv tile (then all of it): windowed rows where a
-    # whole tile half is masked, query rows with no visible key (q longer than k, causal)
-    (_variant(block_kv=128, poly_exp2_cols=48),
-     Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=300, causal=True,
-          window=(70, 0), segments="shared", softcap=6.0)),
-    (_variant(poly_exp2_cols=64),
-     Case(dtype=jnp.float16, batch=1, heads_q=2, heads_kv=2, seq_q=300, seq_k=130, causal=True)),
     # three consumers on persistent CTAs in the balanced order (causal: unequal items)
     (with_consumers(_variant(tile_order="balanced", persistent=True, num_ctas=3), 3,
                     pingpong=False, overlap=True, num_stages=2),
@@ -165,7 +154,6 @@ def _variant_id(variant):
     config, _ = variant
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
     name += f"-persistent{config.num_ctas}" * config.persistent
-    name += f"-poly{config.poly_exp2_cols}" * (config.poly_exp2_cols > 0)
     return name + f"-{config.tile_order}" * (config.tile_order != "q_tiles")
 
 
@@ -212,9 +200,8 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(persistent=True, tile_order="lpt"),
     ForwardConfig(persistent=True, tile_order="balanced"),
     with_consumers(ForwardConfig(), 3),
-    ForwardConfig(poly_exp2_cols=64),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
-        "persistent-balanced", "grid-3consumers", "poly-exp2"])
+        "persistent-balanced", "grid-3consumers"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -271,8 +258,7 @@ def test_lpt_order_interpret(monkeypatch):
                                  dict(consumer_registers=256, producer_registers=64),
                                  dict(num_ctas=-1), dict(num_consumers=4),
                                  dict(tile_order="batch"), dict(tile_order="lpt"),
-                                 dict(tile_order="balanced"), dict(poly_exp2_cols=8),
-                                 dict(poly_exp2_cols=256), dict(poly_exp2_cols=-16),
+                                 dict(tile_order="balanced"),
                                  dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):

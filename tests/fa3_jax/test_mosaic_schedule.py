@@ -1,19 +1,12 @@
-"""Persistent schedules (tile_order='balanced'): static, per call, against the strided orders."""
+"""Static persistent schedules (tile_order='balanced') against the strided orders."""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fa3_jax._mosaic.forward import lpt_section
-from fa3_jax._mosaic.schedule import (
-    balanced_schedule,
-    schedule_imbalance,
-    snake_schedule,
-    snake_section,
-)
+from fa3_jax._mosaic.schedule import balanced_schedule, schedule_imbalance
 from fa3_jax.masks import MaskSpec, positional_tile_counts
 
 
@@ -67,48 +60,3 @@ def test_bad_arguments():
         balanced_schedule(np.array([1, 2]), pairs=6, section=4, n_ctas=2)
     with pytest.raises(ValueError, match="n_ctas"):
         balanced_schedule(np.array([1, 2]), pairs=2, section=1, n_ctas=5)
-
-
-@pytest.mark.parametrize("pairs,n_q,section,n_ctas", [(32, 16, 8, 132), (6, 7, 3, 5), (1, 4, 1, 4),
-                                                      (64, 128, 16, 132)])
-def test_snake_schedule_every_item_once_in_section_order(pairs, n_q, section, n_ctas):
-    """The per-call schedule (segment ids, block masks): random lengths per item."""
-    lengths = np.random.default_rng(pairs * n_q).integers(0, 40, (pairs, n_q)).astype(np.int32)
-    schedule = np.asarray(jax.jit(snake_schedule, static_argnums=(1, 2))(lengths, section, n_ctas))
-    items = np.concatenate([row[1 : 1 + row[0]] for row in schedule])
-    assert sorted(items.tolist()) == list(range(pairs * n_q))
-    assert (schedule[:, 0] >= 1).all()
-    flat = lengths.reshape(-1)
-    for row in schedule:
-        mine = row[1 : 1 + row[0]]
-        sections = mine // n_q // section
-        assert (np.diff(sections) >= 0).all(), "a CTA went back to an earlier section"
-        same = sections[1:] == sections[:-1]
-        assert (np.diff(flat[mine])[same] <= 0).all(), "not longest first within a section"
-    if pairs * n_q >= 8 * n_ctas:
-        assert schedule_imbalance(schedule, lengths) < 1.1
-
-
-def test_snake_schedule_balances_documents_the_positional_schedule_cannot():
-    """8 documents of 2k tokens in a 16k causal sequence (D128 tiles, 16 heads): the lengths
-    the positional schedule assumes (a 16k causal row) against the ones segment ids give."""
-    seq, n_q, heads = 16384, 128, 16
-    doc_tiles = np.arange(n_q) % 16 + 1  # kv tiles of q tile i: its document's causal prefix
-    lengths = np.broadcast_to(doc_tiles, (heads, n_q)).astype(np.int32)
-    positional = balanced_schedule(positional_tile_counts(MaskSpec(seq, seq, causal=True), 128,
-                                                          128), heads, 4, 132)
-    assert snake_section(heads, n_q, 4, 132) == 16  # 4-pair L2 sections span under 4 rounds
-    snake = np.asarray(snake_schedule(jnp.asarray(lengths), 16, 132))
-    assert schedule_imbalance(snake, lengths) < 1.05 < 1.3 < schedule_imbalance(positional, lengths)
-
-
-def test_snake_schedule_bad_arguments():
-    with pytest.raises(ValueError, match="section"):
-        snake_schedule(jnp.zeros((6, 2), jnp.int32), section=4, n_ctas=2)
-
-
-@pytest.mark.parametrize("pairs,n_q,section,expected", [(16, 128, 4, 16), (64, 128, 4, 16),
-                                                        (6, 7, 3, 6), (512, 8, 64, 256)])
-def test_snake_section_spans_enough_rounds(pairs, n_q, section, expected):
-    size = snake_section(pairs, n_q, section, 132)
-    assert size == expected and pairs % size == 0 and size % section == 0

@@ -1,0 +1,49 @@
+"""Kernel launches to profile: ``ncu ... python benchmarks/ncu_kernels.py fwd|bwd D S causal|dense``.
+
+FA3 grid shape (batch * seq = 16384, heads * head_dim = 2048), fp16, the default configs; three
+calls. ``fwd`` runs one forward kernel per call (profile with ``--launch-skip 2 --launch-count 1``);
+``bwd`` runs the backward alone from given residuals, two Mosaic kernels per call, dK/dV then dQ
+(``--launch-skip 4 --launch-count 2``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from fa3_jax import _mosaic
+from fa3_jax.masks import MaskSpec
+
+
+def main(mode: str, d: int, s: int, causal: bool) -> None:
+    b, h = 16384 // s, 2048 // d
+    q_BSHD, k_BSHD, v_BSHD, do_BSHD = (
+        jax.random.normal(key, (b, s, h, d), jnp.float16)
+        for key in jax.random.split(jax.random.key(0), 4)
+    )
+    spec = MaskSpec(s, s, causal, None, None)
+    common = dict(
+        spec=spec,
+        softmax_scale=d**-0.5,
+        softcap=None,
+        alibi_slopes_BH=None,
+        segment_ids=None,
+        block_mask=None,
+    )
+    forward = jax.jit(lambda q, k, v: _mosaic.mha_forward(q, k, v, **common))
+    if mode == "fwd":
+        for _ in range(3):
+            jax.block_until_ready(forward(q_BSHD, k_BSHD, v_BSHD))
+        return
+    out_BSHD, lse_BHS = forward(q_BSHD, k_BSHD, v_BSHD)
+    backward = jax.jit(
+        lambda q, k, v, o, lse, do: _mosaic.mha_backward(q, k, v, o, lse, do, **common)
+    )
+    for _ in range(3):
+        jax.block_until_ready(backward(q_BSHD, k_BSHD, v_BSHD, out_BSHD, lse_BHS, do_BSHD))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "causal")
