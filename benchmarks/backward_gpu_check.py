@@ -140,6 +140,14 @@ AB_MODES = {
         [("select", dict(branch_masks=False)), ("branch", dict(branch_masks=True))],
         [(d, s, True) for d in (64, 128) for s in (1024, 4096, 16384)],
     ),
+    # tiling/scheduling variants against the default (re-timed with CUPTI)
+    "--variants": (
+        "variants",
+        [("default", {}), ("defer", dict(defer_release=True)), ("stages3", dict(stages=3)),
+         ("kv_dq64", dict(block_kv_dq=64)), ("overlap", dict(overlap=True))],
+        [(64, 4096, False), (64, 16384, False), (128, 4096, False), (128, 16384, False),
+         (64, 4096, True), (128, 4096, True), (128, 1024, False)],
+    ),
 }
 
 

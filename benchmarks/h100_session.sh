@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -69,6 +69,9 @@ case "$stage" in
   backward-order) python benchmarks/backward_gpu_check.py "$OUT" --order 2>&1 | tee -a "$OUT/$stage.log" | tail -26 ;;
   # element masks behind a branch on partial tiles vs everywhere, causal bf16 (~3 min)
   backward-masks) python benchmarks/backward_gpu_check.py "$OUT" --mask-branch 2>&1 | tee -a "$OUT/$stage.log" | tail -26 ;;
+  # release deferral, 3 stages, dQ kv tile 64, overlap against the default, bf16 (~4 min)
+  backward-variants) python benchmarks/backward_gpu_check.py "$OUT" --variants 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -38 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tee -a "$OUT/$stage.log" | tail -20
