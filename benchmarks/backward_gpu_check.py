@@ -151,8 +151,39 @@ AB_MODES = {
 }
 
 
+def end_to_end_runs(out_dir):
+    """dQ kv steps of 128 (the default) against 64 in fa3_jax.benchmark's own harness
+    ((fwd + bwd) - fwd under jax.vjp of fa3_jax.attention, CUPTI), where backward_gpu_check's
+    direct timing of ``mha_backward`` and the benchmark grid disagreed (causal D128 4k)."""
+    import argparse
+
+    from fa3_jax import benchmark as fb
+    from fa3_jax._mosaic import backward as mosaic_backward
+
+    cli = argparse.Namespace(timer="cupti", iters=20, repeats=3, fa3_implementation=None)
+    default = mosaic_backward.default_backward_config
+    rows = []
+    for dtype in ("bf16", "fp16"):
+        for d, seq, causal in ((128, 4096, True), (128, 2048, False), (64, 4096, True),
+                               (128, 16384, False)):
+            problem = fb.Problem("bwd", dtype, 16384 // seq, seq, 2048 // d, d, causal)
+            masks = fb.mask_inputs(problem)
+            rec = dict(dtype=dtype, d=d, seq=seq, causal=causal)
+            for label, kv in (("kv_dq128", 128), ("kv_dq64", 64), ("kv_dq128_again", 128)):
+                mosaic_backward.default_backward_config = (
+                    lambda *a, kv=kv, **k: dataclasses.replace(default(*a, **k), block_kv_dq=kv))
+                ms, _ = fb.time_jax("fa3_jax", problem, masks, cli)
+                rec[label] = round(fb.flops(problem, masks[1]) / ms / 1e9, 1)
+            mosaic_backward.default_backward_config = default
+            print("BENCH", json.dumps(rec), flush=True)
+            rows.append(rec)
+            (out_dir / "backward_end_to_end.json").write_text(json.dumps(rows, indent=1))
+
+
 def main():
     out_dir = pathlib.Path(sys.argv[1])
+    if "--end-to-end" in sys.argv:
+        return end_to_end_runs(out_dir)
     ab = [flag for flag in AB_MODES if flag in sys.argv]
     if ab:
         rows = ab_runs(out_dir, *AB_MODES[ab[0]])

@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -21,9 +21,12 @@ case "$stage" in
          python -m fa3_jax.benchmark --mode fwd --dtype bf16 "${full[@]}" \
            --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tee -a "$OUT/$stage.log" | tail -40
        fi ;;
-  bwd) python -m fa3_jax.benchmark --mode bwd --dtype fp16,bf16 --head-dims 64,128 \
-         --seqlens 1024,4096,16384 --causal no,yes --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
-         --tag h100-bwd 2>&1 | tee -a "$OUT/$stage.log" | tail -40 ;;
+  # the backward grid of issue 4 (S 512…16k), one dtype per call, ~6 min each
+  bwd-fp16|bwd-bf16) dt=${stage#bwd-}; impls=fa3_jax,cudnn,torch_cudnn,torch_fa2
+         [ "$dt" = fp16 ] && impls+=,jax_mgpu
+         python -m fa3_jax.benchmark --mode bwd --dtype "$dt" --head-dims 64,128 \
+           --seqlens 512,1024,2048,4096,8192,16384 --causal no,yes --impls "$impls" \
+           --tag "h100-bwd-$dt-grid" 2>&1 | tee -a "$OUT/$stage.log" | tail -30 ;;
   masks) python -m fa3_jax.benchmark --mode fwd,bwd --dtype bf16 --head-dims 128 --seqlens 16384 --causal yes \
          --masks none,window,segments --impls fa3_jax,cudnn --tag h100-masks-causal 2>&1 | tee -a "$OUT/$stage.log" | tail -12
          python -m fa3_jax.benchmark --mode fwd,bwd --dtype bf16 --head-dims 128 --seqlens 16384 --causal no \
@@ -32,9 +35,11 @@ case "$stage" in
   pretrain) python -m pretrain.benchmark --preset 1.3b 2>&1 | tee -a "$OUT/$stage.log" | tail -20 ;;
   # grid vs persistent (q tiles / LPT) where we trail most, incl. 16k window/documents (~4 min)
   forward-variants) python benchmarks/mosaic_forward_check.py --out "$OUT" --order 2>&1 | tee -a "$OUT/$stage.log" | tail -14 ;;
-  # causal D64: three consumers on balanced persistent CTAs against the default (~2 min)
-  causal-consumers) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-consumers 2>&1 \
-         | tee -a "$OUT/$stage.log" | tail -8 ;;
+  # causal D64 1k-4k: three-consumer variants against the default, ptxas registers/spills (~3 min)
+  causal-consumers) MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/mosaic_forward_check.py --out "$OUT" \
+         --causal-consumers > "$OUT/$stage.log" 2>&1
+         grep -i "spill\|Used [0-9]* registers" "$OUT/$stage.log" | head -40
+         grep "OK\|BAD\|{'d'" "$OUT/$stage.log" ;;
   # ncu of one forward launch, causal D64 (our largest forward gap) beside causal D128 (ahead of
   # cuDNN) at 4k: speed of light, warp stalls, then the tensor / MUFU / FMA pipes (~4 min)
   ncu-causal) pipes=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active

@@ -185,12 +185,17 @@ def _balanced_c3(config, **changes):
 
 
 def causal_consumer_runs(report, save):
-    """Causal D64 (two consumers today, LPT / balanced): three consumers (192-row q tiles) on
-    balanced persistent CTAs, fp16, cuDNN alongside."""
-    for s in (1024, 4096, 16384):
+    """Causal D64 at 1k-4k (two consumers today, LPT / balanced): three consumers (192-row q
+    tiles, 160 registers each) in both orders, with and without intra-warpgroup overlap (whose
+    second score tile may not fit 160 registers) and with 64-key tiles; fp16, cuDNN alongside."""
+    for s in (1024, 2048, 4096):
         base = forward_config(64, jnp.float16, causal=True, seq_k=s)
-        variants = [("default", base), ("c3kv128st3", _balanced_c3(base)),
-                    ("c3kv192st2", _balanced_c3(base, block_kv=192, num_stages=2))]
+        lpt = dataclasses.replace(base, persistent=True, tile_order="lpt")
+        variants = [("default", base), ("c3", _balanced_c3(base)),
+                    ("c3-lpt", with_consumers(lpt, 3)),
+                    ("c3-noov-pp", _balanced_c3(base, overlap=False, pingpong=True)),
+                    ("c3-noov", _balanced_c3(base, overlap=False, pingpong=False)),
+                    ("c3-kv64st4", _balanced_c3(base, block_kv=64, num_stages=4))]
         r = bench(64, s, True, jnp.float16, variants, peers=True)
         print(r, flush=True)
         report["bench"].append(r)
@@ -318,10 +323,10 @@ def main():
         checks = [("d64-causal-c3-balanced",
                    dict(b=2, sq=1000, sk=1000, hq=4, hkv=2, d=64, dtype=f16, causal=True,
                         config=_balanced_c3(forward_config(64, f16, causal=True)))),
-                  ("d64-causal-c3kv192-balanced",
+                  ("d64-causal-c3-noov-pp-balanced",
                    dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
-                        config=_balanced_c3(forward_config(64, f16, causal=True), block_kv=192,
-                                            num_stages=2)))]
+                        config=_balanced_c3(forward_config(64, f16, causal=True), overlap=False,
+                                            pingpong=True)))]
     if not args.skip_checks and not args.ablation and not args.short:
         for name, kw in checks:
             try:
