@@ -140,6 +140,12 @@ AB_MODES = {
         [("select", dict(branch_masks=False)), ("branch", dict(branch_masks=True))],
         [(d, s, True) for d in (64, 128) for s in (1024, 4096, 16384)],
     ),
+    # dQ from its own kernel (deterministic) or added by the dK/dV kernel (fp32 reduce-adds)
+    "--dq": (
+        "dq",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
+        [(d, s, c) for d in (64, 128) for s in (1024, 2048, 4096, 16384) for c in (False, True)],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",

@@ -28,6 +28,7 @@ __all__ = [
     "TUNED_FORWARD",
     "BackwardConfig",
     "default_backward_config",
+    "FUSED_DQ_MIN_SEQ_K",
 ]
 
 #: Dynamic shared memory one block may use on H100/H200 (227 KiB), minus a
@@ -332,11 +333,12 @@ class BackwardConfig:
         ``'kernel'`` (default): a second kernel owns each q tile and recomputes
         S and dP (7 GEMMs per tile pair, no atomics: bit-identical run to run).
         ``'atomic'``: the dK/dV kernel also computes dQ = dS·K (5 GEMMs, as FA3)
-        and adds it into a zeroed fp32 buffer with TMA reduce-adds, whose order
-        (hence rounding) varies run to run. Measured slower on the H100 at every
-        size tried (benchmarks/NOTES.md, "Session 4"): the fp32 dQ traffic, one
-        tile per (q tile, kv tile) pair, costs more than the two GEMMs it saves.
-        Opt-in only.
+        and adds it into a zeroed fp32 buffer laid out ``[B, Hq, D/32, S, 32]`` (each
+        TMA reduce-add one contiguous box) whose order (hence rounding) varies run to
+        run. H100: faster than ``'kernel'`` from 4k keys on unmasked inputs (causal
+        only at head dim 64), slower below and on causal head dim 128
+        (benchmarks/NOTES.md, "Session 7"); :func:`default_backward_config` picks it
+        there unless asked for determinism.
         ``'partials'``: as ``'atomic'``, but each kv tile's dQ goes to its own
         fp32 slot and XLA sums the slots in a fixed order (deterministic; 2 x kv
         tiles times the dQ memory). GPU interpret mode has no TMA reductions, so
@@ -434,8 +436,20 @@ DQ_MODES = ("kernel", "atomic", "partials")
 BACKWARD_TILE_ORDERS = ("tiles", "batch")
 
 
+#: Keys from which unmasked inputs (causal ones at head dim <= 64) add dQ from the dK/dV kernel
+#: unless gradients must be deterministic.
+FUSED_DQ_MIN_SEQ_K = 4096
+BACKWARD_KINDS = ("dense", "causal", "masked")
+
+
 def default_backward_config(
-    head_dim: int, block_mask=None, *, interpret: bool = False
+    head_dim: int,
+    block_mask=None,
+    *,
+    interpret: bool = False,
+    seq_k: int | None = None,
+    kind: str = "masked",
+    deterministic: bool = True,
 ) -> BackwardConfig:
     """Heuristic choice: two consumer warpgroups per CTA (128-row tiles), dQ kv steps of 128.
 
@@ -444,10 +458,27 @@ def default_backward_config(
     On the GPU P/dS feed wgmma from registers; interpret mode stages them through SMEM.
     H100, bf16 (benchmarks/NOTES.md, "Session 7"): dQ kv steps of 128 against 64,
     +1.4…4.5% at head dim 64/128, 1k-16k, dense and causal (one causal size -0.2%).
+
+    ``kind``: ``"dense"`` (no mask, ALiBi or softcap), ``"causal"`` (only that) or
+    ``"masked"`` (anything else). Unless ``deterministic``, dense inputs with at least
+    :data:`FUSED_DQ_MIN_SEQ_K` keys (causal ones at head dim <= 64) take ``dq='atomic'``:
+    H100, bf16, timing the backward alone: +4…9% at 4k-16k (dense D64/D128, causal D64);
+    it loses 2-5% at 1k-2k and 23-35% on causal D128 (NOTES, "Session 7").
     """
-    del head_dim
+    if kind not in BACKWARD_KINDS:
+        raise ValueError(f"kind must be one of {BACKWARD_KINDS}, got {kind!r}")
     small_blocks = block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128)
     wgs = 1 if small_blocks else 2
+    fused = (
+        not deterministic
+        and block_mask is None
+        and seq_k is not None
+        and seq_k >= FUSED_DQ_MIN_SEQ_K
+        and (kind == "dense" or (kind == "causal" and head_dim <= 64))
+    )
     return BackwardConfig(
-        compute_wgs=wgs, block_kv_dq=64 if small_blocks else 128, register_operands=not interpret
+        compute_wgs=wgs,
+        block_kv_dq=64 if small_blocks else 128,
+        register_operands=not interpret,
+        dq="atomic" if fused else "kernel",
     )

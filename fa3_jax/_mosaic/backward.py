@@ -5,8 +5,9 @@ the per-row residuals, builds the per-tile metadata and runs the dK/dV kernel
 (kv tile owns, q tiles walked; GQA sums in fp32 registers) and the dQ kernel
 (q tile owns, kv tiles walked). Neither uses atomics, so gradients are
 bit-identical run to run. ``BackwardConfig(dq='atomic')`` instead computes dQ
-in the dK/dV kernel with fp32 reduce-adds (opt-in: slower today, see its
-docstring).
+in the dK/dV kernel and adds it with fp32 reduce-adds (FA3's five GEMMs; the
+order of the adds, hence the rounding, varies run to run): the heuristic's
+choice for long unmasked inputs unless ``deterministic=True``.
 
 Not differentiated: ALiBi slopes, masks and softcap are constants of the
 backward (their cotangents are not computed).
@@ -47,10 +48,21 @@ def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
     return math.lcm(cfg.block_q_dkv, cfg.tile_q_dq), math.lcm(cfg.tile_kv_dkv, cfg.block_kv_dq)
 
 
-def _resolve_config(config, head_dim, block_mask) -> BackwardConfig:
-    """The config to run: the heuristic's unless given, adapted to interpret mode."""
+def _kind(spec: MaskSpec, softcap, has_alibi: bool, has_segments: bool, block_mask) -> str:
+    """The heuristic's input kind: ``'dense'``, ``'causal'`` (only) or ``'masked'``."""
+    if softcap is not None or has_alibi or has_segments or block_mask is not None:
+        return "masked"
+    if not spec.is_positional:
+        return "dense"
+    plain_causal = spec.causal and spec.window_left is None and spec.window_right is None
+    return "causal" if plain_causal else "masked"
+
+
+def _resolve_config(config, head_dim, block_mask, **heuristic) -> BackwardConfig:
+    """The config to run: the heuristic's unless given (``heuristic``: its ``seq_k``, ``kind``,
+    ``deterministic``), adapted to interpret mode."""
     interpret = interpret_mode_active()
-    cfg = config or default_backward_config(head_dim, block_mask, interpret=interpret)
+    cfg = config or default_backward_config(head_dim, block_mask, interpret=interpret, **heuristic)
     if interpret and cfg.register_operands:
         # Interpret mode reads wgmma operand A only from SMEM.
         cfg = dataclasses.replace(cfg, register_operands=False)
@@ -71,9 +83,9 @@ def backward_unsupported_reason(
     has_segments: bool,
     block_mask: BlockMask | None,
     config: BackwardConfig | None = None,
+    deterministic: bool = False,
 ) -> str | None:
     """Why the Mosaic backward cannot serve these inputs (None when it can)."""
-    del spec, softcap, has_alibi, has_segments
     if q.dtype not in (jnp.float16, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
         return "mosaic kernels take fp16/bf16"
     head_dim = q.shape[-1]
@@ -84,7 +96,10 @@ def backward_unsupported_reason(
             f"mosaic backward supports head_dim {_HEAD_DIMS}, got {head_dim} (256 does not fit: "
             "fp32 dK+dV accumulators of a 64-row tile need 256 registers per thread)"
         )
-    cfg = _resolve_config(config, head_dim, block_mask)
+    kind = _kind(spec, softcap, has_alibi, has_segments, block_mask)
+    cfg = _resolve_config(
+        config, head_dim, block_mask, seq_k=k.shape[1], kind=kind, deterministic=deterministic
+    )
     need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize)
     for name, size in need.items():
         if (name == "dkdv" or cfg.dq == "kernel") and size > SMEM_LIMIT_BYTES:
@@ -115,6 +130,7 @@ def mha_backward(
     segment_ids=None,
     block_mask: BlockMask | None = None,
     config: BackwardConfig | None = None,
+    deterministic: bool = False,
 ):
     """Gradients of attention w.r.t. q, k, v.
 
@@ -130,11 +146,21 @@ def mha_backward(
       config: tiling and dQ mode (default: :func:`default_backward_config`);
         under GPU interpret mode P/dS are always staged through SMEM and
         ``dq='atomic'`` runs as ``'partials'``.
+      deterministic: without ``config``, keep dQ in its own kernel (bit-identical
+        gradients run to run) where the heuristic would add it with fp32 atomics.
 
     Returns:
       ``(dq, dk, dv)`` shaped and typed like ``q, k, v``.
     """
-    cfg = _resolve_config(config, q.shape[-1], block_mask)
+    kind = _kind(spec, softcap, alibi_slopes_BH is not None, segment_ids is not None, block_mask)
+    cfg = _resolve_config(
+        config,
+        q.shape[-1],
+        block_mask,
+        seq_k=k.shape[1],
+        kind=kind,
+        deterministic=deterministic,
+    )
     reason = backward_unsupported_reason(
         q,
         k,

@@ -42,6 +42,9 @@ from fa3_jax.config import BackwardConfig
 __all__ = ["dkdv_kernel_call", "smem_transforms"]
 
 _DQ_CHUNK = 64  # dQ columns per wgmma accumulator (32 fp32 registers per thread)
+#: fp32 dQ columns per block of the fused path's accumulator (one 128-byte swizzle row): it is
+#: laid out ``[B, Hq, D / 32, S, 32]``, so each TMA box a consumer adds is contiguous.
+_DQ_BLOCK = 32
 
 
 def smem_transforms(itemsize: int, cols: int | None = None):
@@ -310,14 +313,18 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 dq = pl.run_scoped(run, plgpu.ACC((bq, chunk), jnp.float32))
                 if c == 0:
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # last dQ store
-                dq_smem.at[wg, :, pl.ds(c, chunk)][...] = dq
+                for blk in range(0, chunk, _DQ_BLOCK):
+                    dq_smem.at[wg, (c + blk) // _DQ_BLOCK][...] = dq[:, blk : blk + _DQ_BLOCK]
             plgpu.commit_smem()
-            rows, dst_cols = pl.ds(qi * bq, bq), pl.ds(col0, cols)
+            rows = pl.ds(qi * bq, bq)
+            blocks = pl.ds(
+                pl.multiple_of(wg * (cols // _DQ_BLOCK), cols // _DQ_BLOCK), cols // _DQ_BLOCK
+            )
             if cfg.dq == "atomic":
-                dst = dq_ref.at[b, rows, hq, dst_cols]
+                dst = dq_ref.at[b, hq, blocks, rows]
                 plgpu.copy_smem_to_gmem(dq_smem.at[wg], dst, reduction_op="add")
             else:
-                dst = dq_ref.at[part, b, rows, hq, dst_cols]
+                dst = dq_ref.at[part, b, hq, blocks, rows]
                 plgpu.copy_smem_to_gmem(dq_smem.at[wg], dst)
 
         def accumulate_fused(dk_acc, dv_acc):
@@ -454,9 +461,11 @@ def dkdv_kernel_call(
             if staged_ds
             else None
         ),
-        plgpu.SMEM((wgs, bq, dq_cols), jnp.float32, transforms=smem_transforms(4))
+        plgpu.SMEM(
+            (wgs, dq_cols // _DQ_BLOCK, bq, _DQ_BLOCK), jnp.float32, transforms=smem_transforms(4)
+        )
         if fused
-        else None,  # dQ columns on their way to HBM
+        else None,  # dQ column blocks on their way to HBM
     )
     barriers = (
         plgpu.Barrier(num_arrivals=3 if params.has_segments else 2, num_barriers=wgs),
@@ -500,7 +509,11 @@ def dkdv_kernel_call(
     slots = (2 * meta.n_rows,) if cfg.dq == "partials" else ()
     # Zero-initialised and updated in place: the kernel only adds (or stores) the
     # tiles it visits, so unvisited q rows keep dQ = 0.
-    dq_acc = jax.new_ref(jnp.zeros((*slots, batch, seq_q, heads_q, head_dim), jnp.float32))
+    blocks = head_dim // _DQ_BLOCK
+    dq_acc = jax.new_ref(jnp.zeros((*slots, batch, heads_q, blocks, seq_q, _DQ_BLOCK), jnp.float32))
     dk, dv = kernel(*operands, dq_acc)
-    dq = dq_acc[...]
-    return dk, dv, dq[: meta.n_rows].sum(0) if slots else dq
+    dq_BHNSC = dq_acc[...]
+    if slots:
+        dq_BHNSC = dq_BHNSC[: meta.n_rows].sum(0)
+    dq_BSHD = dq_BHNSC.transpose(0, 3, 1, 2, 4).reshape(batch, seq_q, heads_q, head_dim)
+    return dk, dv, dq_BSHD

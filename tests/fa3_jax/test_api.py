@@ -98,6 +98,7 @@ BAD_INPUTS = [
     ),
     (dict(block_mask=BlockMask(jnp.ones((4, 1, 1), jnp.int32), 16, 16)), TypeError, "must be bool"),
     (dict(return_lse="yes"), TypeError, "return_lse must be a bool"),
+    (dict(deterministic=1), TypeError, "deterministic must be a bool"),
     (dict(implementation="cuda"), ValueError, "implementation must be None or one of"),
 ]
 
