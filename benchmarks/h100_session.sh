@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -77,6 +77,8 @@ case "$stage" in
   # release deferral, 3 stages, dQ kv tile 64, overlap against the default, bf16 (~4 min)
   backward-variants) python benchmarks/backward_gpu_check.py "$OUT" --variants 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -38 ;;
+  # dQ from its own kernel vs added by the dK/dV kernel (fp32 reduce-adds), bf16, D 64/128 (~2 min)
+  backward-dq) python benchmarks/backward_gpu_check.py "$OUT" --dq 2>&1 | tee -a "$OUT/$stage.log" | tail -34 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tee -a "$OUT/$stage.log" | tail -20
