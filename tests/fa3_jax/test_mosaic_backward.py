@@ -93,10 +93,11 @@ class _CountingBackward:
     the kernels ran."""
 
     def __init__(self, fn):
-        self.fn, self.calls = fn, 0
+        self.fn, self.calls, self.kwargs = fn, 0, None
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
+        self.kwargs = kwargs
         return self.fn(*args, **kwargs)
 
 
@@ -185,6 +186,22 @@ def _assert_same_grads(got, want, tol):
     for g, w in zip(got, want, strict=True):
         err = float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w))
         assert err < tol, f"parameter gradient relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_reaches_the_backward(monkeypatch, deterministic):
+    """fa3_jax.attention(deterministic=...) is what the Mosaic backward gets."""
+    spy = _CountingBackward(mosaic_partition.mha_backward)
+    monkeypatch.setattr(mosaic_partition, "mha_backward", spy)
+    q = jax.random.normal(jax.random.key(0), (1, 64, 2, 64), F16)
+
+    def loss(q):
+        out = fa3_jax.attention(q, q, q, implementation="mosaic", deterministic=deterministic)
+        return jnp.sum(out.astype(jnp.float32))
+
+    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+        jax.grad(loss)(q)
+    assert spy.calls == 1 and spy.kwargs["deterministic"] is deterministic
 
 
 def test_flax_model_grad_matches_reference():
