@@ -158,9 +158,10 @@ AB_MODES = {
 
 
 def end_to_end_runs(out_dir):
-    """dQ kv steps of 128 (the default) against 64 in fa3_jax.benchmark's own harness
-    ((fwd + bwd) - fwd under jax.vjp of fa3_jax.attention, CUPTI), where backward_gpu_check's
-    direct timing of ``mha_backward`` and the benchmark grid disagreed (causal D128 4k)."""
+    """dQ kv steps of 128 (the default) against 64 in the two-kernel path, timed by
+    fa3_jax.benchmark's own harness ((fwd + bwd) - fwd under jax.vjp of fa3_jax.attention,
+    CUPTI), where this script's direct timing of ``mha_backward`` and the benchmark grid
+    disagreed (causal D128 4k)."""
     import argparse
 
     from fa3_jax import benchmark as fb
@@ -177,7 +178,8 @@ def end_to_end_runs(out_dir):
             rec = dict(dtype=dtype, d=d, seq=seq, causal=causal)
             for label, kv in (("kv_dq128", 128), ("kv_dq64", 64), ("kv_dq128_again", 128)):
                 mosaic_backward.default_backward_config = (
-                    lambda *a, kv=kv, **k: dataclasses.replace(default(*a, **k), block_kv_dq=kv))
+                    lambda *a, kv=kv, **k: dataclasses.replace(
+                        default(*a, **k), dq="kernel", block_kv_dq=kv))
                 ms, _ = fb.time_jax("fa3_jax", problem, masks, cli)
                 rec[label] = round(fb.flops(problem, masks[1]) / ms / 1e9, 1)
             mosaic_backward.default_backward_config = default
