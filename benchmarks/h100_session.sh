@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | ptxas-backward | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -79,6 +79,9 @@ case "$stage" in
          | tee -a "$OUT/$stage.log" | tail -38 ;;
   # dQ from its own kernel vs added by the dK/dV kernel (fp32 reduce-adds), bf16, D 64/128 (~2 min)
   backward-dq) python benchmarks/backward_gpu_check.py "$OUT" --dq 2>&1 | tee -a "$OUT/$stage.log" | tail -34 ;;
+  # ptxas registers and spills of both backward modes, D 64/128, dense and causal (compile only, ~1 min)
+  ptxas-backward) MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/ptxas_backward.py > "$OUT/$stage.log" 2>&1
+         grep -i "^== \|spill\|Used [0-9]* registers" "$OUT/$stage.log" | head -60 ;;
   # two or more GPUs: the kernels split per device, then the 1.3b scaling run
   sharded) export NCCL_NVLS_ENABLE=0
          python benchmarks/sharded_gpu_check.py "$OUT/sharded.json" 2>&1 | tee -a "$OUT/$stage.log" | tail -20

@@ -1,0 +1,38 @@
+"""Compile (not run) the backward for ptxas' register and spill report: ``MOSAIC_GPU_DUMP_PTXAS=1
+python benchmarks/ptxas_backward.py`` on the GPU machine, then grep ``spill``.
+
+Both dQ modes (``kernel``: dK/dV and dQ kernels; ``atomic``: dQ added by the dK/dV kernel) at
+head dim 64/128, dense and causal, bf16, S 4096 (FA3 grid shape). The fused path loses 23-36% on
+causal head dim 128 only (benchmarks/NOTES.md, "Session 7"); session 4 saw spills there.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fa3_jax._mosaic.backward import mha_backward
+from fa3_jax.config import BackwardConfig
+from fa3_jax.masks import MaskSpec
+
+
+def main(seq: int = 4096) -> None:
+    for dq in ("kernel", "atomic"):
+        for causal in (False, True):
+            for d in (64, 128):
+                b, h = 16384 // seq, 2048 // d
+                q = jax.ShapeDtypeStruct((b, seq, h, d), jnp.bfloat16)
+                lse = jax.ShapeDtypeStruct((b, h, seq), jnp.float32)
+                cfg = BackwardConfig(register_operands=True, dq=dq, block_kv_dq=128)
+                spec = MaskSpec(seq, seq, causal)
+                fn = jax.jit(
+                    lambda *a, cfg=cfg, spec=spec: mha_backward(
+                        *a, spec=spec, softmax_scale=0.1, config=cfg
+                    )
+                )
+                print(f"== dq={dq} D{d} causal={causal}", flush=True)
+                fn.lower(q, q, q, q, lse, q).compile()
+
+
+if __name__ == "__main__":
+    main()
