@@ -83,7 +83,7 @@ def attention(
       deterministic: the Mosaic backward gives bit-identical gradients run to run.
         False (the default, as in FlashAttention): from 4096 keys, unmasked inputs
         (causal ones at head dim 64) get dQ added by the dK/dV kernel with fp32
-        atomics, 4-9% faster on an H100; their order varies, so gradients differ
+        atomics, 3-9% faster on an H100; their order varies, so gradients differ
         run to run at fp32 rounding. The forward is always deterministic.
 
     Returns:
