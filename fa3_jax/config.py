@@ -463,7 +463,7 @@ def default_backward_config(
     ``"masked"`` (anything else). Unless ``deterministic``, dense inputs with at least
     :data:`FUSED_DQ_MIN_SEQ_K` keys (causal ones at head dim <= 64) take ``dq='atomic'``:
     H100, bf16, timing the backward alone: +3…9% at 4k-16k (dense D64/D128, causal D64);
-    it loses 2-5% at 1k-2k and 23-35% on causal D128 (NOTES, "Session 7").
+    it loses 2-5% at 1k-2k and 23-36% on causal D128 (NOTES, "Session 7").
     """
     if kind not in BACKWARD_KINDS:
         raise ValueError(f"kind must be one of {BACKWARD_KINDS}, got {kind!r}")

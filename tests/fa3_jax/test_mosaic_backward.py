@@ -380,7 +380,7 @@ def test_config_validation_and_heuristic():
     (64, 16384, "causal", False, False, "atomic"),
     (128, 4096, "dense", False, True, "kernel"),  # asked for determinism
     (128, 2048, "dense", False, False, "kernel"),  # short: the two kernels win
-    (128, 4096, "causal", False, False, "kernel"),  # causal D128: fused loses 23-35%
+    (128, 4096, "causal", False, False, "kernel"),  # causal D128: fused loses 23-36%
     (64, 4096, "masked", False, False, "kernel"),
     (128, 4096, "dense", True, False, "kernel"),
     (128, None, "dense", False, False, "kernel"),
@@ -520,6 +520,14 @@ def test_gpu_deterministic():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _assert_equal_up_to_summation_order(got, want):
+    """(dq, dk, dv) of the fused dQ against the two-kernel path: fp32 adds in another order."""
+    for name, a, e in zip("qkv", got, want, strict=True):
+        a, e = np.asarray(a, np.float32), np.asarray(e, np.float32)
+        err = np.linalg.norm(a - e) / np.linalg.norm(e)
+        assert err < 5e-3, f"d{name}: relative difference {err:.3g}"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim):
@@ -539,10 +547,7 @@ def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim):
     cfg = BackwardConfig(register_operands=True, dq="atomic")
     atomic = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, config=cfg))(*args)
     exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
-    for name, a, e in zip("qkv", atomic, exact, strict=True):
-        a, e = np.asarray(a, np.float32), np.asarray(e, np.float32)
-        err = np.linalg.norm(a - e) / np.linalg.norm(e)
-        assert err < 5e-3, f"d{name}: relative difference {err:.3g}"
+    _assert_equal_up_to_summation_order(atomic, exact)
 
 
 @pytest.mark.gpu
@@ -556,10 +561,7 @@ def test_gpu_default_fused_dq_matches_deterministic():
     args, kwargs, _ = _grads_direct(case, 31)
     fast = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
     exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
-    for name, a, e in zip("qkv", fast, exact, strict=True):
-        a, e = np.asarray(a, np.float32), np.asarray(e, np.float32)
-        err = np.linalg.norm(a - e) / np.linalg.norm(e)
-        assert err < 5e-3, f"d{name}: relative difference {err:.3g}"
+    _assert_equal_up_to_summation_order(fast, exact)
 
 
 def test_unsupported_backward_falls_back_to_the_reference(monkeypatch):
