@@ -1,7 +1,8 @@
 """One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
 
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
-FLAG one of ``--order``, ``--mask-branch``.
+FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--variants``,
+``--end-to-end``.
 
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
 variant (each was checked on the H100 before); ``--order`` / ``--mask-branch``
@@ -81,14 +82,25 @@ def check(name, cfg, batch, seq, heads, heads_kv, d, dtype, causal, *, window=(N
     return dict(name=name, errs=errs, deterministic=same, nan=nan, ok=ok)
 
 
-def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True):
+#: Masked inputs of ``--dq-masks`` (causal walks): a 1024-key window, 8 packed documents
+#: per sequence, ALiBi slopes.
+BENCH_MASKS = ("none", "window", "segments", "alibi")
+
+
+def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True, mask="none"):
     batch, heads = 16384 // seq, 2048 // d
-    spec = MaskSpec(seq, seq, causal)
+    window = (1024, 0) if mask == "window" else (None, None)
+    spec = MaskSpec(seq, seq, causal, *window)
     scale = d**-0.5
     q, k, v, do = inputs(batch, seq, heads, heads, d, dtype, 1)
     fl = 4 * batch * seq * seq * heads * d * (0.5 if causal else 1.0) * 2.5
-    rec = dict(cfg=cfg_name, d=d, seq=seq, causal=causal, dtype=jnp.dtype(dtype).name)
+    rec = dict(cfg=cfg_name, d=d, seq=seq, causal=causal, dtype=jnp.dtype(dtype).name, mask=mask)
     kw = dict(spec=spec, softmax_scale=scale)
+    if mask == "segments":
+        ids = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32) // (seq // 8), (batch, seq))
+        kw["segment_ids"] = (ids, ids)
+    if mask == "alibi":
+        kw["alibi_slopes_BH"] = jnp.linspace(0.02, 0.3, heads, dtype=jnp.float32)[None]
     # Timing only: residual values need to be plausible, not exact (the
     # reference's S x S matrices would not fit at 16k).
     out = do * 0.5
@@ -117,12 +129,15 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True):
 
 
 def ab_runs(out_dir, name, variants, sizes):
-    """Same-run A/B of default-config variants (bf16), cuDNN alongside the first."""
+    """Same-run A/B of default-config variants (bf16), cuDNN alongside the first
+    (unmasked sizes only). ``sizes``: ``(d, seq, causal)`` or ``(d, seq, causal, mask)``."""
     rows = []
-    for d, seq, causal in sizes:
+    for d, seq, causal, *mask in sizes:
+        mask = mask[0] if mask else "none"
         for i, (label, change) in enumerate(variants):
             cfg = dataclasses.replace(default_backward_config(d), **change)
-            rows.append(bench(label, cfg, d, seq, causal, jnp.bfloat16, peers=i == 0))
+            rows.append(bench(label, cfg, d, seq, causal, jnp.bfloat16,
+                              peers=i == 0 and mask == "none", mask=mask))
             (out_dir / f"backward_{name}.json").write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -145,6 +160,15 @@ AB_MODES = {
         "dq",
         [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
         [(d, s, c) for d in (64, 128) for s in (1024, 2048, 4096, 16384) for c in (False, True)],
+    ),
+    # the same on masked causal walks (window, documents, ALiBi), and causal D128 (where the
+    # fused path lost 23-36%) with the element masks on every tile instead of behind a branch
+    "--dq-masks": (
+        "dq_masks",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic")),
+         ("atomic_select", dict(dq="atomic", branch_masks=False))],
+        [(d, 4096, True, m) for m in BENCH_MASKS for d in (64, 128)]
+        + [(128, 16384, True, m) for m in ("none", "alibi")],
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
@@ -195,9 +219,9 @@ def main():
     ab = [flag for flag in AB_MODES if flag in sys.argv]
     if ab:
         rows = ab_runs(out_dir, *AB_MODES[ab[0]])
-        print("\n| variant | D | S | causal | ours TF/s | cuDNN TF/s |")
+        print("\n| variant | D | S | causal | mask | ours TF/s | cuDNN TF/s |")
         for r in rows:
-            print(f"| {r['cfg']} | {r['d']} | {r['seq']} | {r['causal']} | "
+            print(f"| {r['cfg']} | {r['d']} | {r['seq']} | {r['causal']} | {r['mask']} | "
                   f"{r.get('ours_tflops', 0):.0f} | {r.get('cudnn_tflops', 0):.0f} |")
         return
     quick = "--quick" in sys.argv

@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | ptxas-backward | sharded | scaling}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -79,6 +79,23 @@ case "$stage" in
          | tee -a "$OUT/$stage.log" | tail -38 ;;
   # dQ from its own kernel vs added by the dK/dV kernel (fp32 reduce-adds), bf16, D 64/128 (~2 min)
   backward-dq) python benchmarks/backward_gpu_check.py "$OUT" --dq 2>&1 | tee -a "$OUT/$stage.log" | tail -34 ;;
+  # the same on masked causal walks (window, documents, ALiBi); causal D128 also with the element
+  # masks on every tile instead of behind a branch (~5 min)
+  backward-dq-masks) python benchmarks/backward_gpu_check.py "$OUT" --dq-masks 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -34 ;;
+  # the benchmark's backward (the jitted pullback timed alone) at the sizes `backward-dq` times (~2 min)
+  bwd-timing) python -m fa3_jax.benchmark --mode bwd --dtype bf16 --head-dims 64,128 --seqlens 1024,4096 \
+         --causal no,yes --impls fa3_jax,cudnn,torch_cudnn --tag h100-bwd-timing 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -14 ;;
+  # ncu --set full with per-SASS stall samples of the fused dK/dV+dQ kernel, causal against dense,
+  # D128 4k (the fused path loses 23-36% causal, wins dense) (~3 min)
+  ncu-fused) prof=(ncu --clock-control none -k regex:mosaic --set full --import-source no)
+         for mask in causal dense; do name=bwd_128_4096_${mask}_atomic
+           "${prof[@]}" --launch-skip 2 --launch-count 1 --export "/tmp/$name" -f \
+             python benchmarks/ncu_kernels.py bwd 128 4096 $mask atomic > "$OUT/$name.txt" 2>&1
+           ncu -i "/tmp/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip > "$OUT/${name}_sass.csv.gz"
+           grep -h "Duration\|Registers Per\|Est. Local\|Compute (SM) Th\|Local Memory\|Spill" "$OUT/$name.txt"
+         done ;;
   # ptxas registers and spills of both backward modes, D 64/128, dense and causal (compile only, ~1 min)
   ptxas-backward) MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/ptxas_backward.py > "$OUT/$stage.log" 2>&1
          grep -i "^== \|spill\|Used [0-9]* registers" "$OUT/$stage.log" | head -60 ;;

@@ -1,23 +1,27 @@
-"""Kernel launches to profile: ``ncu ... python benchmarks/ncu_kernels.py fwd|bwd D S causal|dense``.
+"""Kernel launches to profile: ``ncu ... python benchmarks/ncu_kernels.py fwd|bwd D S MASK``.
 
 FA3 grid shape (batch * seq = 16384, heads * head_dim = 2048), fp16, the default configs; three
 calls. ``fwd`` runs one forward kernel per call (profile with ``--launch-skip 2 --launch-count 1``);
 ``bwd`` runs the backward alone from given residuals, two Mosaic kernels per call, dK/dV then dQ
-(``--launch-skip 4 --launch-count 2``).
+(``--launch-skip 4 --launch-count 2``). MASK: ``causal`` or ``dense``. An optional fifth
+argument, ``kernel`` or ``atomic``, forces the backward's dQ mode (``atomic``: one Mosaic kernel
+per call, ``--launch-skip 2 --launch-count 1``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import jax
 import jax.numpy as jnp
 
 from fa3_jax import _mosaic
+from fa3_jax.config import default_backward_config
 from fa3_jax.masks import MaskSpec
 
 
-def main(mode: str, d: int, s: int, causal: bool) -> None:
+def main(mode: str, d: int, s: int, causal: bool, dq: str | None = None) -> None:
     b, h = 16384 // s, 2048 // d
     q_BSHD, k_BSHD, v_BSHD, do_BSHD = (
         jax.random.normal(key, (b, s, h, d), jnp.float16)
@@ -38,12 +42,18 @@ def main(mode: str, d: int, s: int, causal: bool) -> None:
             jax.block_until_ready(forward(q_BSHD, k_BSHD, v_BSHD))
         return
     out_BSHD, lse_BHS = forward(q_BSHD, k_BSHD, v_BSHD)
+    config = None
+    if dq is not None:
+        kind = "causal" if causal else "dense"
+        config = dataclasses.replace(default_backward_config(d, seq_k=s, kind=kind), dq=dq)
     backward = jax.jit(
-        lambda q, k, v, o, lse, do: _mosaic.mha_backward(q, k, v, o, lse, do, **common)
+        lambda q, k, v, o, lse, do: _mosaic.mha_backward(
+            q, k, v, o, lse, do, **common, config=config
+        )
     )
     for _ in range(3):
         jax.block_until_ready(backward(q_BSHD, k_BSHD, v_BSHD, out_BSHD, lse_BHS, do_BSHD))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "causal")
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "causal", *sys.argv[5:])

@@ -17,21 +17,26 @@ from fa3_jax.masks import MaskSpec
 
 
 def main(seq: int = 4096) -> None:
-    for dq in ("kernel", "atomic"):
-        for causal in (False, True):
-            for d in (64, 128):
-                b, h = 16384 // seq, 2048 // d
-                q = jax.ShapeDtypeStruct((b, seq, h, d), jnp.bfloat16)
-                lse = jax.ShapeDtypeStruct((b, h, seq), jnp.float32)
-                cfg = BackwardConfig(register_operands=True, dq=dq, block_kv_dq=128)
-                spec = MaskSpec(seq, seq, causal)
-                fn = jax.jit(
-                    lambda *a, cfg=cfg, spec=spec: mha_backward(
-                        *a, spec=spec, softmax_scale=0.1, config=cfg
-                    )
-                )
-                print(f"== dq={dq} D{d} causal={causal}", flush=True)
-                fn.lower(q, q, q, q, lse, q).compile()
+    runs = [
+        (dq, d, causal, True)
+        for dq in ("kernel", "atomic")
+        for causal in (False, True)
+        for d in (64, 128)
+    ]
+    runs.append(("atomic", 128, True, False))  # element masks on every tile, no branch
+    for dq, d, causal, branch in runs:
+        b, h = 16384 // seq, 2048 // d
+        q = jax.ShapeDtypeStruct((b, seq, h, d), jnp.bfloat16)
+        lse = jax.ShapeDtypeStruct((b, h, seq), jnp.float32)
+        cfg = BackwardConfig(register_operands=True, dq=dq, block_kv_dq=128, branch_masks=branch)
+        spec = MaskSpec(seq, seq, causal)
+        fn = jax.jit(
+            lambda *a, cfg=cfg, spec=spec: mha_backward(
+                *a, spec=spec, softmax_scale=0.1, config=cfg
+            )
+        )
+        print(f"== dq={dq} D{d} causal={causal} branch_masks={branch}", flush=True)
+        fn.lower(q, q, q, q, lse, q).compile()
 
 
 if __name__ == "__main__":

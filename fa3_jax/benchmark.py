@@ -4,7 +4,8 @@ The grid is FlashAttention-3's: ``batch * seq = --tokens`` (16384) and ``heads *
 head_dim = --hidden`` (2048). FLOPs are counted as in ``shared/ANCHORS.md``:
 ``4 * batch * seq_q * seq_k * heads * head_dim`` for the forward (halved when
 causal; for masked runs the exact number of visible query-key pairs is used),
-and 2.5x that for the backward, whose time is ``(fwd + bwd) - fwd``.
+and 2.5x that for the backward, which is timed alone: the forward runs once and
+its saved residuals feed every timed backward call.
 Timing (``--timer``), reported per call:
   ``cupti`` (the default on a GPU): GPU time, the sum of the durations of the
   kernels one call launches, median over ``--repeats * --iters`` back-to-back
@@ -220,25 +221,22 @@ def _timed(fn, args, cli) -> tuple[float, list[str] | None]:
 
 
 def time_jax(impl, problem, masks, args) -> tuple[float, list[str] | None]:
-    """Milliseconds per call (forward, or backward alone) and, with CUPTI, the
-    kernels of the timed call (for the backward: forward + backward)."""
+    """Milliseconds per call of the forward, or of the backward alone, and, with
+    CUPTI, the kernels one timed call launches.
+
+    The backward is timed on its own: the forward runs once (``jax.vjp`` under
+    ``jit``), and the jitted pullback is timed on the saved residuals, as
+    FlashAttention's ``benchmark_backward`` does with ``retain_graph``.
+    """
     fn = build(impl, problem, masks, args.fa3_implementation)
     rng = np.random.default_rng(0)
     dt = DTYPES[problem.dtype]
     q, k, v = (jnp.asarray(rng.standard_normal(problem.shape()), dt) for _ in range(3))
-    fwd = jax.jit(fn)
-    fwd_ms, kernels = _timed(fwd, (q, k, v), args)
     if problem.mode == "fwd":
-        return fwd_ms, kernels
+        return _timed(jax.jit(fn), (q, k, v), args)
     do = jnp.asarray(rng.standard_normal(problem.shape()), dt)
-
-    @jax.jit
-    def fwd_bwd(q, k, v, do):
-        out, vjp = jax.vjp(fn, q, k, v)
-        return vjp(do)
-
-    total, kernels = _timed(fwd_bwd, (q, k, v, do), args)
-    return total - fwd_ms, kernels
+    _, pullback = jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v))(q, k, v)
+    return _timed(jax.jit(lambda pullback, do: pullback(do)), (pullback, do), args)
 
 
 # ---------------------------------------------------------------- torch (subprocess)
@@ -287,13 +285,13 @@ for p in cfg["problems"]:
         rec = {"impl": impl, "key": p["key"]}
         try:
             with sdpa_kernel(backends[impl]):
-                fwd = timed(lambda: sdpa(q, k, v, is_causal=p["causal"]))
                 if p["mode"] == "fwd":
-                    rec["ms"] = fwd
+                    rec["ms"] = timed(lambda: sdpa(q, k, v, is_causal=p["causal"]))
                 else:
                     qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
-                    out = lambda: sdpa(qq, kk, vv, is_causal=p["causal"])
-                    rec["ms"] = timed(lambda: torch.autograd.grad(out(), (qq, kk, vv), do)) - fwd
+                    out = sdpa(qq, kk, vv, is_causal=p["causal"])
+                    rec["ms"] = timed(lambda: torch.autograd.grad(out, (qq, kk, vv), do,
+                                                                  retain_graph=True))
         except Exception as e:
             rec["error"] = f"{type(e).__name__}: {e}"[:300]
         print(json.dumps(rec), flush=True)
