@@ -170,6 +170,13 @@ AB_MODES = {
         [(d, 4096, True, m) for m in BENCH_MASKS for d in (64, 128)]
         + [(128, 16384, True, m) for m in ("none", "alibi")],
     ),
+    # both dQ modes where the fused path spilled (head dim 128, causal and masked walks)
+    "--dq-d128": (
+        "dq_d128",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
+        [(128, 4096, True), (128, 16384, True), (128, 4096, False), (128, 4096, True, "window"),
+         (128, 4096, True, "alibi"), (64, 4096, True, "segments")],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",

@@ -1,5 +1,5 @@
 """Compile (not run) the backward for ptxas' register and spill report: ``MOSAIC_GPU_DUMP_PTXAS=1
-python benchmarks/ptxas_backward.py`` on the GPU machine, then grep ``spill``.
+python benchmarks/ptxas_backward.py [HEAD_DIMS]`` on the GPU machine, then grep ``spill``.
 
 Both dQ modes (``kernel``: dK/dV and dQ kernels; ``atomic``: dQ added by the dK/dV kernel) at
 head dim 64/128, dense and causal, bf16, S 4096 (FA3 grid shape). The fused path loses 23-36% on
@@ -7,6 +7,8 @@ causal head dim 128 only (benchmarks/NOTES.md, "Session 7"); session 4 saw spill
 """
 
 from __future__ import annotations
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,28 +18,31 @@ from fa3_jax.config import BackwardConfig
 from fa3_jax.masks import MaskSpec
 
 
-def main(seq: int = 4096) -> None:
+def main(head_dims=(64, 128), seq: int = 4096) -> None:
     runs = [
-        (dq, d, causal, True)
+        (dq, d, causal, True, False)
         for dq in ("kernel", "atomic")
         for causal in (False, True)
-        for d in (64, 128)
+        for d in head_dims
     ]
-    runs.append(("atomic", 128, True, False))  # element masks on every tile, no branch
-    for dq, d, causal, branch in runs:
+    if 128 in head_dims:
+        runs.append(("atomic", 128, True, False, False))  # element masks on every tile
+        runs.append(("atomic", 128, True, True, True))  # ALiBi (the pretraining model's)
+    for dq, d, causal, branch, alibi in runs:
         b, h = 16384 // seq, 2048 // d
         q = jax.ShapeDtypeStruct((b, seq, h, d), jnp.bfloat16)
         lse = jax.ShapeDtypeStruct((b, h, seq), jnp.float32)
+        slopes = jnp.linspace(0.02, 0.3, h, dtype=jnp.float32)[None] if alibi else None
         cfg = BackwardConfig(register_operands=True, dq=dq, block_kv_dq=128, branch_masks=branch)
         spec = MaskSpec(seq, seq, causal)
         fn = jax.jit(
-            lambda *a, cfg=cfg, spec=spec: mha_backward(
-                *a, spec=spec, softmax_scale=0.1, config=cfg
+            lambda *a, cfg=cfg, spec=spec, slopes=slopes: mha_backward(
+                *a, spec=spec, softmax_scale=0.1, alibi_slopes_BH=slopes, config=cfg
             )
         )
-        print(f"== dq={dq} D{d} causal={causal} branch_masks={branch}", flush=True)
+        print(f"== dq={dq} D{d} causal={causal} branch_masks={branch} alibi={alibi}", flush=True)
         fn.lower(q, q, q, q, lse, q).compile()
 
 
 if __name__ == "__main__":
-    main()
+    main(tuple(int(d) for d in sys.argv[1].split(",")) if len(sys.argv) > 1 else (64, 128))
