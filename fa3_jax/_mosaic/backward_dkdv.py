@@ -160,6 +160,11 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         plgpu.barrier_wait(kv_bar.at[wg])
 
         layout = plgpu.Layout.WGMMA
+        k_pos = kv_base + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 0, layout=layout)
+        k_seg = None
+        if params.has_segments:
+            k_seg_col = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
+            k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
 
         score_accs = (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32))
 
@@ -199,20 +204,12 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             delta = lax.broadcast_in_dim(
                 plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
             )
-
-            def positions():
-                q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
-                k_pos = kv_base + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 0, layout=layout)
-                return q_pos, k_pos
-
-            def segments():
-                q_seg = plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0))
-                k_seg = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
-                return (
-                    lax.broadcast_in_dim(q_seg, (bk, bq), [1]),
-                    lax.broadcast_in_dim(k_seg, (bk, bq), [0]),
+            q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
+            q_seg = None
+            if params.has_segments:
+                q_seg = lax.broadcast_in_dim(
+                    plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
                 )
-
             slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
             p, ds = probs_and_dlogits(
                 params,
@@ -220,9 +217,11 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 dp,
                 lse2,
                 delta,
-                positions,
+                q_pos,
+                k_pos,
                 slope=slope,
-                segments=segments,
+                q_seg=q_seg,
+                k_seg=k_seg,
                 partial=part,
                 branch=cfg.branch_masks,
             )

@@ -112,6 +112,10 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         row = layout.reduce(1)
         lse2 = lax.broadcast_in_dim(plgpu.load(lse_smem.at[wg], layout=row), (bq, bk), [0])
         delta = lax.broadcast_in_dim(plgpu.load(delta_smem.at[wg], layout=row), (bq, bk), [0])
+        q_pos = q_base + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 0, layout=layout)
+        q_seg = None
+        if params.has_segments:
+            q_seg = lax.broadcast_in_dim(plgpu.load(qseg_smem.at[wg], layout=row), (bq, bk), [0])
         slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
 
         score_accs = (plgpu.ACC((bq, bk), jnp.float32), plgpu.ACC((bq, bk), jnp.float32))
@@ -124,29 +128,23 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             """Softmax recomputation and dS of one step; issues dQ += dS K (no wait)."""
             kj = tiles.index(mb, mh, q_tile, step)
             part = None if not masked else tiles.partial(mb, mh, q_tile, step)
-
-            def positions():
-                q_pos = q_base + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 0, layout=layout)
-                k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
-                return q_pos, k_pos
-
-            def segments():
-                q_seg = plgpu.load(qseg_smem.at[wg], layout=row)
-                k_seg = plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0))
-                return (
-                    lax.broadcast_in_dim(q_seg, (bq, bk), [0]),
-                    lax.broadcast_in_dim(k_seg, (bq, bk), [1]),
+            k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
+            k_seg = None
+            if params.has_segments:
+                k_seg = lax.broadcast_in_dim(
+                    plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1]
                 )
-
             _, ds = probs_and_dlogits(
                 params,
                 qk,
                 dp,
                 lse2,
                 delta,
-                positions,
+                q_pos,
+                k_pos,
                 slope=slope,
-                segments=segments,
+                q_seg=q_seg,
+                k_seg=k_seg,
                 partial=part,
                 branch=cfg.branch_masks,
             )

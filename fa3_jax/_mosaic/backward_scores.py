@@ -2,8 +2,7 @@
 
 Shared by the dK/dV and dQ kernels; works on register tiles of either
 orientation because every per-element quantity arrives as a full 2-D tile
-(positions and segment ids from the caller's functions, per-query lse/delta already
-broadcast by the caller).
+(positions from iotas, per-query lse/delta already broadcast by the caller).
 The logit recipe itself (scale, softcap, ALiBi, positional masks) comes from
 ``fa3_jax._mosaic.common`` so forward and backward cannot disagree.
 """
@@ -47,10 +46,12 @@ def probs_and_dlogits(
     dp,
     lse2,
     delta,
-    positions,
+    q_pos,
+    k_pos,
     *,
     slope=None,
-    segments=None,
+    q_seg=None,
+    k_seg=None,
     partial=None,
     branch: bool = False,
 ):
@@ -62,13 +63,9 @@ def probs_and_dlogits(
         is computed, so a caller can let the dP wgmma finish under the exp2s.
       lse2: f32 tile, the row's ``lse * log2(e)`` (``+inf`` for rows that see no key).
       delta: f32 tile, the row's ``rowsum(dO * O) - dlse``.
-      positions: function returning int32 tiles ``(q_pos, k_pos)`` of absolute
-        positions. Called where they are used (ALiBi on every tile, element masks
-        only inside the partial-tile branch), so the index tiles are rebuilt there
-        instead of staying live in registers across the caller's loop.
+      q_pos, k_pos: int32 tiles of absolute positions.
       slope: f32 scalar ALiBi slope (when ``params.has_alibi``).
-      segments: function returning int32 tiles ``(q_seg, k_seg)`` of segment ids
-        (when ``params.has_segments``), called like ``positions``.
+      q_seg, k_seg: int32 tiles of segment ids (when ``params.has_segments``).
       partial: int32 scalar; element masks apply only when nonzero; None compiles
         them out (no tile of the walk can be partial).
       branch: compute the element masks behind a branch taken only for partial
@@ -80,16 +77,13 @@ def probs_and_dlogits(
     capped2 = logits_base2(qk, softmax_scale=params.softmax_scale, softcap=params.softcap)
     s2 = capped2
     if params.has_alibi:
-        s2 = s2 + alibi_base2(*positions(), slope, spec=params.spec)
+        s2 = s2 + alibi_base2(q_pos, k_pos, slope, spec=params.spec)
     p = jnp.exp2(s2 - lse2)
     if partial is not None:
 
         def visible():
-            keep = positional_visible(*positions(), spec=params.spec)
-            if params.has_segments:
-                q_seg, k_seg = segments()
-                keep = keep & (q_seg == k_seg)
-            return keep
+            keep = positional_visible(q_pos, k_pos, spec=params.spec)
+            return keep & (q_seg == k_seg) if params.has_segments else keep
 
         if branch:
             p = lax.cond(partial != 0, lambda p: jnp.where(visible(), p, 0.0), lambda p: p, p)
