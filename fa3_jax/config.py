@@ -335,10 +335,10 @@ class BackwardConfig:
         ``'atomic'``: the dK/dV kernel also computes dQ = dS·K (5 GEMMs, as FA3)
         and adds it into a zeroed fp32 buffer laid out ``[B, Hq, D/32, S, 32]`` (each
         TMA reduce-add one contiguous box) whose order (hence rounding) varies run to
-        run. H100: faster than ``'kernel'`` from 4k keys on unmasked inputs (causal
-        only at head dim 64), slower below and on causal head dim 128
-        (benchmarks/NOTES.md, "Session 7"); :func:`default_backward_config` picks it
-        there unless asked for determinism.
+        run. H100: faster than ``'kernel'`` from 4k keys on unmasked inputs, and at
+        head dim 64 also on causal, window and ALiBi walks; slower below 4k and on
+        masked head dim 128 walks (benchmarks/NOTES.md, "Session 7", "Session 8");
+        :func:`default_backward_config` picks it there unless asked for determinism.
         ``'partials'``: as ``'atomic'``, but each kv tile's dQ goes to its own
         fp32 slot and XLA sums the slots in a fixed order (deterministic; 2 x kv
         tiles times the dQ memory). GPU interpret mode has no TMA reductions, so
@@ -460,10 +460,13 @@ def default_backward_config(
     +1.4…4.5% at head dim 64/128, 1k-16k, dense and causal (one causal size -0.2%).
 
     ``kind``: ``"dense"`` (no mask, ALiBi or softcap), ``"causal"`` (only that) or
-    ``"masked"`` (anything else). Unless ``deterministic``, dense inputs with at least
-    :data:`FUSED_DQ_MIN_SEQ_K` keys (causal ones at head dim <= 64) take ``dq='atomic'``:
-    H100, bf16, timing the backward alone: +3…9% at 4k-16k (dense D64/D128, causal D64);
-    it loses 2-5% at 1k-2k and 23-36% on causal D128 (NOTES, "Session 7").
+    ``"masked"`` (anything else). Unless ``deterministic``, inputs without a block mask and
+    with at least :data:`FUSED_DQ_MIN_SEQ_K` keys take ``dq='atomic'`` when dense, and at
+    head dim <= 64 also when causal or masked. H100, bf16, timing the backward alone
+    (NOTES, "Session 7" and "Session 8"): +3…9% at 4k-16k (dense D64/D128, causal D64);
+    causal D64 at 4k: +3.5% with a 1024-key window, +25% with ALiBi, even with segment
+    ids. It loses 2-5% at 1k-2k, and at head dim 128 23-38% on causal, window and
+    segment-id walks (ptxas spills 450-640 bytes in that kernel) and ±2% with ALiBi.
     """
     if kind not in BACKWARD_KINDS:
         raise ValueError(f"kind must be one of {BACKWARD_KINDS}, got {kind!r}")
@@ -474,7 +477,7 @@ def default_backward_config(
         and block_mask is None
         and seq_k is not None
         and seq_k >= FUSED_DQ_MIN_SEQ_K
-        and (kind == "dense" or (kind == "causal" and head_dim <= 64))
+        and (kind == "dense" or head_dim <= 64)
     )
     return BackwardConfig(
         compute_wgs=wgs,

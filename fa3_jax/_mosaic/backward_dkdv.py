@@ -35,8 +35,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
-from fa3_jax._mosaic.common import TileLists, needs_element_masks, tile_list_operands
+from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits, signed_alibi
+from fa3_jax._mosaic.common import LOG2E, TileLists, needs_element_masks, tile_list_operands
 from fa3_jax.config import BackwardConfig
 
 __all__ = ["dkdv_kernel_call", "smem_transforms"]
@@ -166,6 +166,12 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             k_seg_col = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
             k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
 
+        signed = signed_alibi(params)
+        if signed:
+            q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=layout.reduce(0))
+            k_iota = plgpu.broadcasted_iota(jnp.int32, (bk,), 0, layout=layout.reduce(1))
+            k_iota = k_iota.astype(jnp.float32)
+
         score_accs = (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32))
 
         def issue_scores(slot, s_acc, dp_acc):
@@ -198,9 +204,16 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             hq = head_q(g)
             qi = tiles.index(mb, meta_h(g), kv_tile, t)
             part = None if not masked else tiles.partial(mb, meta_h(g), kv_tile, t)
-            lse2 = lax.broadcast_in_dim(
-                plgpu.load(lse_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
-            )
+            lse2_q = plgpu.load(lse_smem.at[slot], layout=layout.reduce(0))
+            slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
+            alibi2 = None
+            if signed:
+                # lse2 + c * (q + offset - kv_base); key term c * (k - kv_base).
+                c = slope * LOG2E
+                q_from_kv = qi * bq + params.spec.offset - kv_base + q_iota
+                lse2_q = lse2_q + c * q_from_kv.astype(jnp.float32)
+                alibi2 = lax.broadcast_in_dim(c * k_iota, (bk, bq), [0])
+            lse2 = lax.broadcast_in_dim(lse2_q, (bk, bq), [1])
             delta = lax.broadcast_in_dim(
                 plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
             )
@@ -210,7 +223,6 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 q_seg = lax.broadcast_in_dim(
                     plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
                 )
-            slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
             p, ds = probs_and_dlogits(
                 params,
                 qk,
@@ -220,6 +232,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 q_pos,
                 k_pos,
                 slope=slope,
+                alibi2=alibi2,
                 q_seg=q_seg,
                 k_seg=k_seg,
                 partial=part,

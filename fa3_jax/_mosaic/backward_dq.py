@@ -22,8 +22,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from fa3_jax._mosaic.backward_dkdv import smem_transforms
-from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
-from fa3_jax._mosaic.common import TileLists, needs_element_masks, tile_list_operands
+from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits, signed_alibi
+from fa3_jax._mosaic.common import LOG2E, TileLists, needs_element_masks, tile_list_operands
 from fa3_jax.config import BackwardConfig
 
 __all__ = ["dq_kernel_call"]
@@ -110,13 +110,21 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
         layout = plgpu.Layout.WGMMA
         row = layout.reduce(1)
-        lse2 = lax.broadcast_in_dim(plgpu.load(lse_smem.at[wg], layout=row), (bq, bk), [0])
+        lse2_q = plgpu.load(lse_smem.at[wg], layout=row)
         delta = lax.broadcast_in_dim(plgpu.load(delta_smem.at[wg], layout=row), (bq, bk), [0])
         q_pos = q_base + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 0, layout=layout)
         q_seg = None
         if params.has_segments:
             q_seg = lax.broadcast_in_dim(plgpu.load(qseg_smem.at[wg], layout=row), (bq, bk), [0])
         slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
+        signed = signed_alibi(params)
+        if signed:
+            # lse2 + c * (q - q_base); per kv tile the key term c * (k - q_base - offset).
+            c = slope * LOG2E
+            q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=row)
+            lse2_q = lse2_q + c * q_iota.astype(jnp.float32)
+            k_iota = plgpu.broadcasted_iota(jnp.int32, (bk,), 0, layout=layout.reduce(0))
+        lse2 = lax.broadcast_in_dim(lse2_q, (bq, bk), [0])
 
         score_accs = (plgpu.ACC((bq, bk), jnp.float32), plgpu.ACC((bq, bk), jnp.float32))
 
@@ -134,6 +142,10 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 k_seg = lax.broadcast_in_dim(
                     plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1]
                 )
+            alibi2 = None
+            if signed:
+                k_from_q = kj * bk - q_base - params.spec.offset + k_iota
+                alibi2 = lax.broadcast_in_dim(c * k_from_q.astype(jnp.float32), (bq, bk), [1])
             _, ds = probs_and_dlogits(
                 params,
                 qk,
@@ -143,6 +155,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 q_pos,
                 k_pos,
                 slope=slope,
+                alibi2=alibi2,
                 q_seg=q_seg,
                 k_seg=k_seg,
                 partial=part,

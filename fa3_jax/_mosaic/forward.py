@@ -276,6 +276,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 q_seg = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
             if st.has_alibi:
                 slope = slope_ref[b if st.alibi_per_batch else 0, h]
+            signed = st.has_alibi and st.spec.diagonal_bounds[1] <= st.spec.offset
+            if signed:
+                # Every visible key has k <= q + offset: ALiBi is c * (k - row0 - offset)
+                # (a key term) - c * (q - row0) (a query term, constant along the row, so
+                # the softmax drops it; the lse gets it back at the end).
+                c = slope * LOG2E
+                k_iota = plgpu.broadcasted_iota(jnp.int32, (bkv,), 0, layout=_COL)
 
             def kv_segments(slot):
                 """Segment ids of the kv tile in ``slot`` (read before the slot is freed)."""
@@ -294,7 +301,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 kv_tile, is_partial = info
                 if fold is None:
                     s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
-                if st.has_alibi:
+                if signed:
+                    k_from_row0 = kv_tile * bkv - row0 - st.spec.offset + k_iota
+                    key_term = c * k_from_row0.astype(jnp.float32)
+                    s = s + lax.broadcast_in_dim(key_term, s.shape, [1])
+                elif st.has_alibi:
                     s = s + alibi_base2(*positions(kv_tile), slope, spec=st.spec)
                 if not masked:
                     return s
@@ -411,7 +422,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
             inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
             out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
             q_smem.at[qb][...] = out.astype(dtype)
-            lse = jnp.where(empty, -jnp.inf, (m_i + jnp.log2(jnp.where(empty, 1.0, l_i))) * LN2)
+            lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
+            if signed:
+                q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
+                lse2 = lse2 - c * q_iota.astype(jnp.float32)
+            lse = jnp.where(empty, -jnp.inf, lse2 * LN2)
             lse_smem.at[wg][...] = lse
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(q_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])

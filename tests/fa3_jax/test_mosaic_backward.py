@@ -47,6 +47,11 @@ INTERPRET_GRAD_CASES = [
     Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=128, causal=True),
     Case(dtype=F16, batch=1, heads_q=2, heads_kv=2, window=(16, 4), alibi="head"),
     Case(dtype=BF16, batch=2, heads_q=2, heads_kv=2, softcap=3.0, causal=True, alibi="batch"),
+    # ALiBi as a query + a key term (causal): both diagonal offsets, ragged tiles
+    Case(dtype=F16, batch=1, heads_q=2, heads_kv=1, seq_q=150, seq_k=300, causal=True,
+         alibi="head"),
+    Case(dtype=BF16, batch=1, heads_q=2, heads_kv=2, seq_q=300, seq_k=130, causal=True,
+         alibi="batch"),
     Case(
         dtype=F16, batch=1, heads_q=2, heads_kv=1, segments="shared", causal=True, masked_rows=True
     ),
@@ -254,6 +259,23 @@ def test_fused_dq_layouts_race_free(head_dim, wgs):
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [dict(alibi="head", segments="pair"), dict(alibi="batch", softcap=8.0, head_dim=128)],
+    ids=["d64-alibi-segments", "d128-alibi-softcap"],
+)
+def test_fused_dq_with_alibi_segments_softcap(extra):
+    """Fused dQ ('partials', the interpret-mode stand-in for 'atomic') on the masked walks
+    the heuristic sends to it at head dim 64, against the f32 reference."""
+    case = dataclasses.replace(_WALK_CASE, **dict(dtype=BF16, softcap=None, head_dim=64) | extra)
+    (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 23)
+    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+        grads = _mosaic.mha_backward(
+            q, k, v, out, lse, dout, **kwargs, config=BackwardConfig(dq="partials")
+        )
+    _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dq,branch", [("kernel", True), ("atomic", True), ("kernel", False)])
 def test_backward_lowers_for_cuda(head_dim, dq, branch):
@@ -276,6 +298,7 @@ def test_backward_lowers_for_cuda(head_dim, dq, branch):
             spec=MaskSpec(s, s, True),
             softmax_scale=0.1,
             softcap=5.0,
+            alibi_slopes_BH=jnp.full((1, h), 0.1, jnp.float32),
             config=cfg,
         )
 
@@ -381,7 +404,10 @@ def test_config_validation_and_heuristic():
     (128, 4096, "dense", False, True, "kernel"),  # asked for determinism
     (128, 2048, "dense", False, False, "kernel"),  # short: the two kernels win
     (128, 4096, "causal", False, False, "kernel"),  # causal D128: fused loses 23-36%
-    (64, 4096, "masked", False, False, "kernel"),
+    (64, 4096, "masked", False, False, "atomic"),  # D64 window/ALiBi: fused wins
+    (128, 4096, "masked", False, False, "kernel"),  # D128 window/segments: fused loses
+    (64, 2048, "masked", False, False, "kernel"),
+    (64, 4096, "masked", True, False, "kernel"),
     (128, 4096, "dense", True, False, "kernel"),
     (128, None, "dense", False, False, "kernel"),
 ])
@@ -529,8 +555,16 @@ def _assert_equal_up_to_summation_order(got, want):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim):
+@pytest.mark.parametrize(
+    "head_dim,masks",
+    [
+        (64, {}),
+        (128, {}),
+        (64, dict(window=(700, 0), alibi="head", segments="pair", softcap=20.0)),
+    ],
+    ids=["d64", "d128", "d64-window-alibi-segments-softcap"],
+)
+def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim, masks):
     """dq='atomic' (TMA reduce-adds: compiled only on the GPU) against the default
     two-kernel path: equal up to rounding (fp32 summation order)."""
     case = Case(
@@ -542,6 +576,7 @@ def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim):
         heads_kv=2,
         head_dim=head_dim,
         causal=True,
+        **masks,
     )
     args, kwargs, _ = _grads_direct(case, 19)
     cfg = BackwardConfig(register_operands=True, dq="atomic")

@@ -62,6 +62,8 @@ _EXTRA = [
     Case(dtype=jnp.bfloat16, block_sparse=(64, 64, 0.5), masked_rows=True, seq_q=128, seq_k=192),
     Case(dtype=jnp.float16, heads_q=4, heads_kv=1, causal=True, window=(50, 0), alibi="batch",
          softcap=8.0, segments="shared", block_sparse=(64, 64, 0.7), seq_q=200, seq_k=200),
+    # ALiBi as a key term (causal) with the diagonal below the first query (offset < 0)
+    Case(dtype=jnp.bfloat16, causal=True, alibi="head", seq_q=300, seq_k=130),
 ]
 
 _SKIPPED_SIZES = {(1, 1), (300, 300)}  # covered by neighbours; keeps CI under budget
