@@ -1,8 +1,8 @@
 """One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
 
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
-FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--variants``,
-``--end-to-end``.
+FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
+``--alibi``, ``--variants``, ``--end-to-end``.
 
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
 variant (each was checked on the H100 before); ``--order`` / ``--mask-branch``
@@ -83,7 +83,7 @@ def check(name, cfg, batch, seq, heads, heads_kv, d, dtype, causal, *, window=(N
 
 
 #: Masked inputs of ``--dq-masks`` (causal walks): a 1024-key window, 8 packed documents
-#: per sequence, ALiBi slopes.
+#: per sequence, ALiBi slopes; ``softcap`` (20) is a non-mask extra timed the same way.
 BENCH_MASKS = ("none", "window", "segments", "alibi")
 
 
@@ -101,6 +101,8 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True, mask="no
         kw["segment_ids"] = (ids, ids)
     if mask == "alibi":
         kw["alibi_slopes_BH"] = jnp.linspace(0.02, 0.3, heads, dtype=jnp.float32)[None]
+    if mask == "softcap":
+        kw["softcap"] = 20.0
     # Timing only: residual values need to be plausible, not exact (the
     # reference's S x S matrices would not fit at 16k).
     out = do * 0.5
@@ -176,6 +178,13 @@ AB_MODES = {
         [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
         [(128, 4096, True), (128, 16384, True), (128, 4096, False), (128, 4096, True, "window"),
          (128, 4096, True, "alibi"), (64, 4096, True, "segments")],
+    ),
+    # causal ALiBi (the pretraining model's) and softcap in both dQ modes
+    "--alibi": (
+        "alibi",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
+        [(64, 4096, True, "alibi"), (128, 2048, True, "alibi"), (128, 4096, True, "alibi"),
+         (128, 16384, True, "alibi"), (64, 4096, True, "softcap")],
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (

@@ -61,7 +61,7 @@ class Problem:
     heads: int
     head_dim: int
     causal: bool
-    mask: str = "none"  # none | window | segments | block_sparse:<density>
+    mask: str = "none"  # none | window | segments | alibi | block_sparse:<density>
 
     def shape(self):
         return (self.batch, self.seq, self.heads, self.head_dim)
@@ -90,6 +90,12 @@ def mask_inputs(problem: Problem, seed: int = 0):
         if problem.causal:
             dense = dense & np.tril(np.ones((s, s), bool))
         return {"segment_ids": jnp.asarray(seg)}, dense
+    if problem.mask == "alibi":
+        # The ALiBi paper's slopes, 2^(-8 h / H) for h = 1..H; every key stays visible.
+        heads = np.arange(1, problem.heads + 1)
+        return {
+            "alibi_slopes": jnp.asarray(2.0 ** (-8.0 * heads / problem.heads), jnp.float32)
+        }, None
     if problem.mask.startswith("block_sparse:"):
         density = float(problem.mask.split(":")[1])
         n = -(-s // SPARSE_BLOCK)
@@ -125,6 +131,11 @@ def _fa3(problem, kwargs, implementation):
 
 
 def _cudnn(problem, kwargs, dense, implementation="cudnn"):
+    if "alibi_slopes" in kwargs:
+        raise ValueError(
+            "skipped: jax.nn.dot_product_attention takes ALiBi only as a materialized "
+            "[H, S, S] bias (see pretrain.benchmark for that baseline)"
+        )
     if implementation == "xla" and problem.seq > 4096:
         raise ValueError("skipped: XLA materializes the S x S logits (too slow/large past 4096)")
     mask = None if dense is None or problem.mask == "window" else jnp.asarray(dense)
@@ -151,8 +162,8 @@ def _cudnn(problem, kwargs, dense, implementation="cudnn"):
 def _jax_mgpu(problem, kwargs, dense):
     from jax.experimental.pallas.ops.gpu import attention_mgpu as mgpu
 
-    if dense is not None:
-        raise ValueError("attention_mgpu has no masks")
+    if problem.mask != "none":
+        raise ValueError("attention_mgpu has no masks or ALiBi")
     if problem.dtype != "fp16":
         raise ValueError("attention_mgpu runs fp16 only")
     if problem.mode == "bwd" and problem.causal:
@@ -427,7 +438,7 @@ def parse_args(argv=None):
         "--masks",
         type=_csv(str),
         default=["none"],
-        help="none,window,segments,block_sparse:0.2,...",
+        help="none,window,segments,alibi,block_sparse:0.2,...",
     )
     p.add_argument("--impls", type=_csv(str), default=list(PEERS), help=",".join(PEERS))
     p.add_argument(

@@ -43,7 +43,7 @@ def test_benchmark_writes_records(tmp_path):
             "--causal",
             "yes",
             "--masks",
-            "none,window,segments,block_sparse:0.5",
+            "none,window,segments,alibi,block_sparse:0.5",
             "--impls",
             "fa3_jax,xla,torch_fa2",
             "--iters",
@@ -56,13 +56,15 @@ def test_benchmark_writes_records(tmp_path):
             "smoke",
         ]
     )
-    assert len(records) == 2 * 4 * 2 + 2  # torch only for mask none
+    assert len(records) == 2 * 5 * 2 + 2  # torch only for mask none
     for rec in records:
         assert KEYS <= rec.keys()
         assert ("ms" in rec and "tflops" in rec) != ("error" in rec)
     ours = [r for r in records if r["impl"] == "fa3_jax"]
     assert all("ms" in r for r in ours)
-    assert all(r["ms"] > 0 for r in ours if r["mode"] == "fwd")
+    assert all(r["ms"] > 0 for r in ours)  # the backward is timed alone, not subtracted
+    xla_alibi = [r for r in records if r["impl"] == "xla" and r["mask"] == "alibi"]
+    assert xla_alibi and all("materialized" in r["error"] for r in xla_alibi)
     saved = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
     assert saved == records
     table = next(tmp_path.glob("*-smoke.md")).read_text()
