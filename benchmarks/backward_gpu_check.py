@@ -2,7 +2,7 @@
 
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
 FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
-``--alibi``, ``--variants``, ``--end-to-end``.
+``--fused-d128``, ``--alibi``, ``--variants``, ``--end-to-end``.
 
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
 variant (each was checked on the H100 before); ``--order`` / ``--mask-branch``
@@ -178,6 +178,12 @@ AB_MODES = {
         [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
         [(128, 4096, True), (128, 16384, True), (128, 4096, False), (128, 4096, True, "window"),
          (128, 4096, True, "alibi"), (64, 4096, True, "segments")],
+    ),
+    # the fused path at head dim 128, where it spills (register-budget variants are A/B'd as trees)
+    "--fused-d128": (
+        "fused_d128",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
+        [(128, 4096, True), (128, 16384, True), (128, 4096, False), (128, 4096, True, "alibi")],
     ),
     # causal ALiBi (the pretraining model's) and softcap in both dQ modes
     "--alibi": (

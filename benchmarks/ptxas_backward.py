@@ -1,5 +1,6 @@
-"""Compile (not run) the backward for ptxas' register and spill report: ``MOSAIC_GPU_DUMP_PTXAS=1
-python benchmarks/ptxas_backward.py [HEAD_DIMS]`` on the GPU machine, then grep ``spill``.
+"""Compile (not run) the backward for ptxas' register and spill report, on the GPU machine:
+``MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/ptxas_backward.py [HEAD_DIMS [DQ_MODES]]``, then grep
+``spill``.
 
 Both dQ modes (``kernel``: dK/dV and dQ kernels; ``atomic``: dQ added by the dK/dV kernel) at
 head dim 64/128, dense and causal, bf16, S 4096 (FA3 grid shape). The fused path loses 23-36% on
@@ -18,14 +19,14 @@ from fa3_jax.config import BackwardConfig
 from fa3_jax.masks import MaskSpec
 
 
-def main(head_dims=(64, 128), seq: int = 4096) -> None:
+def main(head_dims=(64, 128), dq_modes=("kernel", "atomic"), seq: int = 4096) -> None:
     runs = [
         (dq, d, causal, True, False)
-        for dq in ("kernel", "atomic")
+        for dq in dq_modes
         for causal in (False, True)
         for d in head_dims
     ]
-    if 128 in head_dims:
+    if 128 in head_dims and "atomic" in dq_modes:
         runs.append(("atomic", 128, True, False, False))  # element masks on every tile
         runs.append(("atomic", 128, True, True, True))  # ALiBi (the pretraining model's)
     for dq, d, causal, branch, alibi in runs:
@@ -45,4 +46,5 @@ def main(head_dims=(64, 128), seq: int = 4096) -> None:
 
 
 if __name__ == "__main__":
-    main(tuple(int(d) for d in sys.argv[1].split(",")) if len(sys.argv) > 1 else (64, 128))
+    dims = tuple(int(d) for d in sys.argv[1].split(",")) if len(sys.argv) > 1 else (64, 128)
+    main(dims, tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("kernel", "atomic"))
