@@ -81,10 +81,11 @@ def attention(
         Mosaic GPU kernels; also runs under GPU interpret mode) or ``'reference'``
         (pure JAX).
       deterministic: the Mosaic backward gives bit-identical gradients run to run.
-        False (the default, as in FlashAttention): from 4096 keys, unmasked inputs
-        (causal ones at head dim 64) get dQ added by the dK/dV kernel with fp32
-        atomics, 3-9% faster on an H100; their order varies, so gradients differ
-        run to run at fp32 rounding. The forward is always deterministic.
+        False (the default, as in FlashAttention): from 4096 keys, inputs without a
+        block mask (at head dim 128 only unmasked ones) get dQ added by the dK/dV
+        kernel with fp32 atomics, 3-21% faster on an H100; their order varies, so
+        gradients differ run to run at fp32 rounding. The forward is always
+        deterministic.
 
     Returns:
       ``out [batch, seq_q, heads_q, head_dim_v]`` in q's dtype, or ``(out, lse)``

@@ -436,8 +436,8 @@ DQ_MODES = ("kernel", "atomic", "partials")
 BACKWARD_TILE_ORDERS = ("tiles", "batch")
 
 
-#: Keys from which unmasked inputs (causal ones at head dim <= 64) add dQ from the dK/dV kernel
-#: unless gradients must be deterministic.
+#: Keys from which inputs without a block mask (at head dim 128 only unmasked ones) add dQ from
+#: the dK/dV kernel unless gradients must be deterministic.
 FUSED_DQ_MIN_SEQ_K = 4096
 BACKWARD_KINDS = ("dense", "causal", "masked")
 

@@ -265,8 +265,9 @@ def test_fused_dq_layouts_race_free(head_dim, wgs):
     ids=["d64-alibi-segments", "d128-alibi-softcap"],
 )
 def test_fused_dq_with_alibi_segments_softcap(extra):
-    """Fused dQ ('partials', the interpret-mode stand-in for 'atomic') on the masked walks
-    the heuristic sends to it at head dim 64, against the f32 reference."""
+    """Fused dQ ('partials', the interpret-mode stand-in for 'atomic') with ALiBi, segment
+    ids and softcap (the heuristic sends such walks to it at head dim 64; head dim 128
+    runs it when asked), against the f32 reference."""
     case = dataclasses.replace(_WALK_CASE, **dict(dtype=BF16, softcap=None, head_dim=64) | extra)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 23)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
