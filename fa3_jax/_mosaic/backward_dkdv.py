@@ -35,8 +35,14 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits, signed_alibi
-from fa3_jax._mosaic.common import LOG2E, TileLists, needs_element_masks, tile_list_operands
+from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
+from fa3_jax._mosaic.common import (
+    LOG2E,
+    TileLists,
+    alibi_splits,
+    needs_element_masks,
+    tile_list_operands,
+)
 from fa3_jax.config import BackwardConfig
 
 __all__ = ["dkdv_kernel_call", "smem_transforms"]
@@ -166,7 +172,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             k_seg_col = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
             k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
 
-        signed = signed_alibi(params)
+        signed = params.has_alibi and alibi_splits(params.spec)
         if signed:
             q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=layout.reduce(0))
             k_iota = plgpu.broadcasted_iota(jnp.int32, (bk,), 0, layout=layout.reduce(1))

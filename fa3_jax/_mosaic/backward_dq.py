@@ -22,8 +22,14 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from fa3_jax._mosaic.backward_dkdv import smem_transforms
-from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits, signed_alibi
-from fa3_jax._mosaic.common import LOG2E, TileLists, needs_element_masks, tile_list_operands
+from fa3_jax._mosaic.backward_scores import ScoreParams, probs_and_dlogits
+from fa3_jax._mosaic.common import (
+    LOG2E,
+    TileLists,
+    alibi_splits,
+    needs_element_masks,
+    tile_list_operands,
+)
 from fa3_jax.config import BackwardConfig
 
 __all__ = ["dq_kernel_call"]
@@ -117,7 +123,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         if params.has_segments:
             q_seg = lax.broadcast_in_dim(plgpu.load(qseg_smem.at[wg], layout=row), (bq, bk), [0])
         slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
-        signed = signed_alibi(params)
+        signed = params.has_alibi and alibi_splits(params.spec)
         if signed:
             # lse2 + c * (q - q_base); per kv tile the key term c * (k - q_base - offset).
             c = slope * LOG2E

@@ -18,7 +18,7 @@ from jax import lax
 from fa3_jax._mosaic.common import LOG2E, alibi_base2, logits_base2, positional_visible
 from fa3_jax.masks import MaskSpec
 
-__all__ = ["ScoreParams", "probs_and_dlogits", "prepare_lse", "signed_alibi"]
+__all__ = ["ScoreParams", "probs_and_dlogits", "prepare_lse"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,19 +38,6 @@ class ScoreParams:
     softcap: float | None
     has_alibi: bool
     has_segments: bool
-
-
-def signed_alibi(params: ScoreParams) -> bool:
-    """Whether every visible key has ``k <= q + offset`` (causal, or a window whose right
-    extent is 0), so ALiBi's ``-c * |q + offset - k|`` (``c = slope * log2(e)``) is
-    ``-c * (q + offset) + c * k``: a query term the kernels fold into the per-query
-    ``lse2`` vector and a key term added to the logits, in place of an abs and an int
-    to float conversion per element. Both terms are taken relative to a tile's first
-    query or key, so they stay small near the diagonal, where the probabilities that
-    matter are (far from it they underflow to 0 either way). Invisible elements of a
-    partial tile get a wrong but finite bias; the element masks drop them.
-    """
-    return params.has_alibi and params.spec.diagonal_bounds[1] <= params.spec.offset
 
 
 def probs_and_dlogits(
@@ -79,8 +66,8 @@ def probs_and_dlogits(
       delta: f32 tile, the row's ``rowsum(dO * O) - dlse``.
       q_pos, k_pos: int32 tiles of absolute positions.
       slope: f32 scalar ALiBi slope (when ``params.has_alibi``).
-      alibi2: f32 tile, the key term of :func:`signed_alibi` (whose query term the
-        caller folded into ``lse2``), replacing the ALiBi computed from positions.
+      alibi2: f32 tile, ALiBi's key term when it splits (``common.alibi_splits``; the
+        caller folded the query term into ``lse2``), replacing the ALiBi from positions.
       q_seg, k_seg: int32 tiles of segment ids (when ``params.has_segments``).
       partial: int32 scalar; element masks apply only when nonzero; None compiles
         them out (no tile of the walk can be partial).

@@ -22,6 +22,7 @@ __all__ = [
     "LN2",
     "logits_base2",
     "alibi_base2",
+    "alibi_splits",
     "positional_visible",
     "needs_element_masks",
     "TileLists",
@@ -46,6 +47,19 @@ def alibi_base2(q_pos, k_pos, slope, *, spec: MaskSpec):
     """
     distance = jnp.abs(q_pos + spec.offset - k_pos).astype(jnp.float32)
     return distance * (slope * -LOG2E)
+
+
+def alibi_splits(spec: MaskSpec) -> bool:
+    """Whether every visible key has ``k <= q + offset`` (causal, or a window whose right
+    extent is 0), so ALiBi's ``-c * |q + offset - k|`` (``c = slope * log2(e)``) splits into
+    a query term and a key term: the kernels add the key term to the logits (a broadcast
+    vector) and move the query term into the per-query lse, in place of an abs and an int
+    to float conversion per element. The terms are taken relative to a tile's first query
+    or key, so they stay small near the diagonal, where the probabilities that matter are
+    (far from it they underflow to 0 either way). Elements a partial tile hides get a
+    wrong but finite bias; the element masks drop them.
+    """
+    return spec.diagonal_bounds[1] <= spec.offset
 
 
 def positional_visible(q_pos, k_pos, *, spec: MaskSpec):

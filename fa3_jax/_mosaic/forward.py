@@ -45,6 +45,7 @@ from fa3_jax._mosaic.common import (
     LOG2E,
     TileLists,
     alibi_base2,
+    alibi_splits,
     logits_base2,
     needs_element_masks,
     positional_visible,
@@ -276,11 +277,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 q_seg = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
             if st.has_alibi:
                 slope = slope_ref[b if st.alibi_per_batch else 0, h]
-            signed = st.has_alibi and st.spec.diagonal_bounds[1] <= st.spec.offset
+            signed = st.has_alibi and alibi_splits(st.spec)
             if signed:
-                # Every visible key has k <= q + offset: ALiBi is c * (k - row0 - offset)
-                # (a key term) - c * (q - row0) (a query term, constant along the row, so
-                # the softmax drops it; the lse gets it back at the end).
+                # ALiBi is c * (k - row0 - offset) (a key term) - c * (q - row0) (a query
+                # term, constant along the row, so the softmax drops it; the lse gets it
+                # back at the end).
                 c = slope * LOG2E
                 k_iota = plgpu.broadcasted_iota(jnp.int32, (bkv,), 0, layout=_COL)
 

@@ -20,6 +20,7 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 import fa3_jax
 from fa3_jax import _mosaic
 from fa3_jax._mosaic import forward
+from fa3_jax._mosaic.common import alibi_splits
 from fa3_jax.config import (
     ForwardConfig,
     check_forward_fits,
@@ -265,6 +266,20 @@ def test_lpt_order_interpret(monkeypatch):
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
         ForwardConfig(**bad)
+
+
+@pytest.mark.parametrize("seq_q,seq_k,spec_kw,splits", [
+    (200, 200, dict(causal=True), True),
+    (300, 130, dict(causal=True), True),  # diagonal below the first query
+    (200, 200, dict(window_left=64, window_right=0), True),
+    (200, 200, dict(causal=True, window_left=64, window_right=8), True),  # causal caps it
+    (200, 200, dict(window_left=16, window_right=4), False),  # keys right of the diagonal
+    (200, 200, dict(), False),
+])
+def test_alibi_splits_only_where_no_visible_key_lies_right_of_the_diagonal(
+    seq_q, seq_k, spec_kw, splits
+):
+    assert alibi_splits(MaskSpec(seq_q, seq_k, **spec_kw)) is splits
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
