@@ -44,7 +44,7 @@ def main(mode: str, d: int, s: int, causal: bool, dq: str | None = None) -> None
     out_BSHD, lse_BHS = forward(q_BSHD, k_BSHD, v_BSHD)
     config = None
     if dq is not None:
-        kind = "causal" if causal else "dense"
+        kind = "masked" if causal else "dense"
         config = dataclasses.replace(default_backward_config(d, seq_k=s, kind=kind), dq=dq)
     backward = jax.jit(
         lambda q, k, v, o, lse, do: _mosaic.mha_backward(

@@ -439,7 +439,7 @@ BACKWARD_TILE_ORDERS = ("tiles", "batch")
 #: Keys from which inputs without a block mask (at head dim 128 only unmasked ones) add dQ from
 #: the dK/dV kernel unless gradients must be deterministic.
 FUSED_DQ_MIN_SEQ_K = 4096
-BACKWARD_KINDS = ("dense", "causal", "masked")
+BACKWARD_KINDS = ("dense", "masked")
 
 
 def default_backward_config(
@@ -459,10 +459,10 @@ def default_backward_config(
     H100, bf16 (benchmarks/NOTES.md, "Session 7"): dQ kv steps of 128 against 64,
     +1.4…4.5% at head dim 64/128, 1k-16k, dense and causal (one causal size -0.2%).
 
-    ``kind``: ``"dense"`` (no mask, ALiBi or softcap), ``"causal"`` (only that) or
-    ``"masked"`` (anything else). Unless ``deterministic``, inputs without a block mask and
-    with at least :data:`FUSED_DQ_MIN_SEQ_K` keys take ``dq='atomic'`` when dense, and at
-    head dim <= 64 also when causal or masked. H100, bf16, timing the backward alone
+    ``kind``: ``"dense"`` (no mask, ALiBi or softcap) or ``"masked"`` (anything else,
+    causal included). Unless ``deterministic``, inputs without a block mask and with at
+    least :data:`FUSED_DQ_MIN_SEQ_K` keys take ``dq='atomic'`` when dense, and at head
+    dim <= 64 also when masked. H100, bf16, timing the backward alone
     (NOTES, "Session 7" and "Session 8"): +3…9% at 4k-16k (dense D64/D128, causal D64);
     causal D64 at 4k: +3.5% with a 1024-key window, +25% with ALiBi, even with segment
     ids. It loses 2-5% at 1k-2k, and at head dim 128 23-38% on causal, window and

@@ -49,13 +49,9 @@ def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
 
 
 def _kind(spec: MaskSpec, softcap, has_alibi: bool, has_segments: bool, block_mask) -> str:
-    """The heuristic's input kind: ``'dense'``, ``'causal'`` (only) or ``'masked'``."""
-    if softcap is not None or has_alibi or has_segments or block_mask is not None:
-        return "masked"
-    if not spec.is_positional:
-        return "dense"
-    plain_causal = spec.causal and spec.window_left is None and spec.window_right is None
-    return "causal" if plain_causal else "masked"
+    """The heuristic's input kind: ``'dense'`` (no mask, ALiBi or softcap) or ``'masked'``."""
+    extras = softcap is not None or has_alibi or has_segments or block_mask is not None
+    return "masked" if extras or spec.is_positional else "dense"
 
 
 def _resolve_config(config, head_dim, block_mask, **heuristic) -> BackwardConfig:
