@@ -2,8 +2,10 @@
 
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
 FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
-``--fused-d128``, ``--alibi``, ``--variants``, ``--end-to-end``.
+``--fused-d128``, ``--alibi``, ``--registers``, ``--trees``, ``--q128``, ``--variants``,
+``--end-to-end``.
 
+``--rounds N`` (with an A/B flag) times the variants in turn N times and reports medians;
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
 variant (each was checked on the H100 before); ``--order`` / ``--mask-branch``
 only time the default config in both ``tile_order`` / ``branch_masks`` values
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import statistics
 import subprocess
 import sys
 import traceback
@@ -87,14 +90,15 @@ def check(name, cfg, batch, seq, heads, heads_kv, d, dtype, causal, *, window=(N
 BENCH_MASKS = ("none", "window", "segments", "alibi")
 
 
-def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True, mask="none"):
+def prepare(cfg, d, seq, causal, dtype=jnp.float16, mask="none"):
+    """(jitted backward, its arguments, FLOPs, cuDNN's (fwd+bwd, fwd) or None) at FA3 grid
+    sizes; cuDNN only for unmasked inputs."""
     batch, heads = 16384 // seq, 2048 // d
     window = (1024, 0) if mask == "window" else (None, None)
     spec = MaskSpec(seq, seq, causal, *window)
     scale = d**-0.5
     q, k, v, do = inputs(batch, seq, heads, heads, d, dtype, 1)
     fl = 4 * batch * seq * seq * heads * d * (0.5 if causal else 1.0) * 2.5
-    rec = dict(cfg=cfg_name, d=d, seq=seq, causal=causal, dtype=jnp.dtype(dtype).name, mask=mask)
     kw = dict(spec=spec, softmax_scale=scale)
     if mask == "segments":
         ids = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32) // (seq // 8), (batch, seq))
@@ -108,21 +112,35 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True, mask="no
     out = do * 0.5
     lse = jnp.full((batch, heads, seq), 6.0, jnp.float32)
     bwd = jax.jit(lambda *a: mha_backward(*a, **kw, config=cfg))
-    try:
-        rec["ours_ms"] = timeit(bwd, (q, k, v, out, lse, do))
-        rec["ours_tflops"] = fl / rec["ours_ms"] / 1e9
-    except Exception as e:  # noqa: BLE001 - report and go on
-        rec["ours_error"] = repr(e)[:300]
-    if peers:
+    peer = None
+    if mask == "none":
         def loss(q, k, v):
             o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
             return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
 
         fwd = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
             q, k, v, is_causal=causal, implementation="cudnn"))
-        fb = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        peer = (jax.jit(jax.grad(loss, argnums=(0, 1, 2))), fwd)
+    return bwd, (q, k, v, out, lse, do), fl, peer
+
+
+def cudnn_ms(peer, qkv):
+    """cuDNN's backward as (fwd + bwd) - fwd under ``jax.grad``."""
+    fb, fwd = peer
+    return timeit(fb, qkv) - timeit(fwd, qkv)
+
+
+def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True, mask="none"):
+    bwd, args, fl, peer = prepare(cfg, d, seq, causal, dtype, mask)
+    rec = dict(cfg=cfg_name, d=d, seq=seq, causal=causal, dtype=jnp.dtype(dtype).name, mask=mask)
+    try:
+        rec["ours_ms"] = timeit(bwd, args)
+        rec["ours_tflops"] = fl / rec["ours_ms"] / 1e9
+    except Exception as e:  # noqa: BLE001 - report and go on
+        rec["ours_error"] = repr(e)[:300]
+    if peers and peer is not None:
         try:
-            rec["cudnn_ms"] = timeit(fb, (q, k, v)) - timeit(fwd, (q, k, v))
+            rec["cudnn_ms"] = cudnn_ms(peer, args[:3])
             rec["cudnn_tflops"] = fl / rec["cudnn_ms"] / 1e9
         except Exception as e:  # noqa: BLE001
             rec["cudnn_error"] = repr(e)[:300]
@@ -130,17 +148,45 @@ def bench(cfg_name, cfg, d, seq, causal, dtype=jnp.float16, peers=True, mask="no
     return rec
 
 
-def ab_runs(out_dir, name, variants, sizes):
+def interleaved(variants, d, seq, causal, mask, rounds):
+    """Each variant (and cuDNN, unmasked) timed once per round, the variants in turn, so a
+    drift of the card's clocks during the run reaches all of them alike; medians over rounds."""
+    built = [(label, prepare(cfg, d, seq, causal, jnp.bfloat16, mask)) for label, cfg in variants]
+    times = {label: [] for label, _ in variants}
+    peer = built[0][1][3]
+    if peer is not None:
+        times["cudnn"] = []
+    for _ in range(rounds):
+        for label, (bwd, args, _, _) in built:
+            times[label].append(timeit(bwd, args))
+        if peer is not None:
+            times["cudnn"].append(cudnn_ms(peer, built[0][1][1][:3]))
+    fl = built[0][1][2]
+    rows = []
+    for label, ms in times.items():
+        med = statistics.median(ms)
+        rows.append(dict(cfg=label, d=d, seq=seq, causal=causal, dtype="bfloat16", mask=mask,
+                         ms_rounds=ms, ours_ms=med, ours_tflops=fl / med / 1e9))
+        print("BENCH", json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def ab_runs(out_dir, name, variants, sizes, rounds=1):
     """Same-run A/B of default-config variants (bf16), cuDNN alongside the first
-    (unmasked sizes only). ``sizes``: ``(d, seq, causal)`` or ``(d, seq, causal, mask)``."""
+    (unmasked sizes only). ``sizes``: ``(d, seq, causal)`` or ``(d, seq, causal, mask)``.
+    ``rounds`` > 1: the variants timed in turn, medians over rounds (:func:`interleaved`)."""
     rows = []
     for d, seq, causal, *mask in sizes:
         mask = mask[0] if mask else "none"
-        for i, (label, change) in enumerate(variants):
-            cfg = dataclasses.replace(default_backward_config(d), **change)
-            rows.append(bench(label, cfg, d, seq, causal, jnp.bfloat16,
-                              peers=i == 0 and mask == "none", mask=mask))
-            (out_dir / f"backward_{name}.json").write_text(json.dumps(rows, indent=1))
+        cfgs = [(label, dataclasses.replace(default_backward_config(d), **change))
+                for label, change in variants]
+        if rounds > 1:
+            rows.extend(interleaved(cfgs, d, seq, causal, mask, rounds))
+        else:
+            for i, (label, cfg) in enumerate(cfgs):
+                rows.append(bench(label, cfg, d, seq, causal, jnp.bfloat16, peers=i == 0,
+                                  mask=mask))
+        (out_dir / f"backward_{name}.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -192,6 +238,32 @@ AB_MODES = {
         [(64, 4096, True, "alibi"), (128, 2048, True, "alibi"), (128, 4096, True, "alibi"),
          (128, 16384, True, "alibi"), (64, 4096, True, "softcap")],
     ),
+    # the register split between producer and consumers (40/232 against FA3's 24/240) in both
+    # dQ modes (the first single-round run also had the fused path with P^T and dS^T read from
+    # SMEM: slower everywhere, results/backward_registers_h100_2026-11-26_single.json)
+    "--registers": (
+        "registers",
+        [("kernel", dict(dq="kernel")), ("kernel_p24", dict(dq="kernel", producer_registers=24)),
+         ("atomic", dict(dq="atomic")), ("atomic_p24", dict(dq="atomic", producer_registers=24))],
+        [(128, 4096, True), (128, 8192, True), (128, 16384, True), (128, 4096, True, "alibi"),
+         (128, 4096, False), (128, 8192, False), (128, 16384, False), (64, 2048, False),
+         (64, 4096, False), (64, 4096, True)],
+    ),
+    # both dQ modes at the default config on causal walks (and one dense control), for an
+    # A/B of two source trees run alternately (e.g. a mask formulation)
+    "--trees": (
+        "trees",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
+        [(128, 4096, True), (128, 16384, True), (64, 4096, True), (128, 4096, True, "window"),
+         (128, 4096, False)],
+    ),
+    # head dim 64 below 4k keys (two kernels): 128-row q steps in the dK/dV kernel, FA3's tile
+    # there (the fused path's three dS^T buffers of 64 x 128 do not fit the SMEM with it)
+    "--q128": (
+        "q128",
+        [("default", {}), ("q128", dict(block_q_dkv=128))],
+        [(64, s, c) for s in (1024, 2048, 4096) for c in (False, True)],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",
@@ -240,7 +312,8 @@ def main():
         return end_to_end_runs(out_dir)
     ab = [flag for flag in AB_MODES if flag in sys.argv]
     if ab:
-        rows = ab_runs(out_dir, *AB_MODES[ab[0]])
+        rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 1
+        rows = ab_runs(out_dir, *AB_MODES[ab[0]], rounds=rounds)
         print("\n| variant | D | S | causal | mask | ours TF/s | cuDNN TF/s |")
         for r in rows:
             print(f"| {r['cfg']} | {r['d']} | {r['seq']} | {r['causal']} | {r['mask']} | "

@@ -353,6 +353,15 @@ class BackwardConfig:
         branch taken only for the partial tiles of a walk, as the forward does
         (default); False selects on every tile of a masked walk, branch-free. H100,
         causal bf16: +7% at 1k, +11-18% at 4k-16k (benchmarks/NOTES.md, "Session 6").
+      producer_registers: registers per thread of the producer warpgroup (TMA loads); None:
+        24 when the dK/dV kernel also computes dQ (FA3's split, 240 for each of two
+        consumers), else 40. H100, bf16, medians of three interleaved rounds
+        (benchmarks/NOTES.md, "Session 9"): 24 makes the fused path 12-15% faster on causal
+        head dim 128 (fewer spills) and 0-2.5% faster elsewhere; the two kernels lose 1-5%
+        with it.
+      consumer_registers: registers per thread of each consumer warpgroup; None: what the
+        producer leaves of the register file, in multiples of 8, at most 240
+        (:attr:`registers`).
     """
 
     block_q_dkv: int = 64
@@ -367,6 +376,8 @@ class BackwardConfig:
     dq: str = "kernel"
     tile_order: str = "tiles"
     branch_masks: bool = True
+    producer_registers: int | None = None
+    consumer_registers: int | None = None
 
     def __post_init__(self):
         for name in ("block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq"):
@@ -396,6 +407,32 @@ class BackwardConfig:
                 f"BackwardConfig.dq={self.dq!r} supports neither overlap nor defer_release "
                 "(each step waits for its dQ GEMM)"
             )
+        for name in ("producer_registers", "consumer_registers"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or value % 8 or not 24 <= value <= 256
+            ):
+                raise ValueError(
+                    f"BackwardConfig.{name} must be a multiple of 8 in [24, 256], got {value!r}"
+                )
+        consumer, producer = self.registers
+        used = WARPGROUP * (self.compute_wgs * consumer + producer)
+        if used > REGISTER_FILE:
+            raise ValueError(
+                f"BackwardConfig registers {consumer}x{self.compute_wgs} + {producer} per "
+                f"thread need {used} > {REGISTER_FILE}"
+            )
+
+    @property
+    def registers(self) -> tuple[int, int]:
+        """(consumer, producer) registers per thread, as ``set_max_registers`` sets them."""
+        producer = self.producer_registers
+        if producer is None:
+            producer = 40 if self.dq == "kernel" else 24
+        if self.consumer_registers is not None:
+            return self.consumer_registers, producer
+        left = REGISTER_FILE // WARPGROUP - producer
+        return min(240, left // self.compute_wgs // 8 * 8), producer
 
     @property
     def tile_kv_dkv(self) -> int:
@@ -465,8 +502,12 @@ def default_backward_config(
     dim <= 64 also when masked. H100, bf16, timing the backward alone
     (NOTES, "Session 7" and "Session 8"): +3…9% at 4k-16k (dense D64/D128, causal D64);
     causal D64 at 4k: +3.5% with a 1024-key window, +25% with ALiBi, even with segment
-    ids. It loses 2-5% at 1k-2k, and at head dim 128 23-38% on causal, window and
-    segment-id walks (ptxas spills 450-640 bytes in that kernel) and ±2% with ALiBi.
+    ids. It loses 2-5% at 1k-2k, and at head dim 128 12-38% on causal, window and
+    segment-id walks (ptxas spills 480 bytes in that kernel at causal D128) and ±2% with ALiBi.
+
+    Unmasked head dim 64 on the two kernels takes 128-row q steps in the dK/dV kernel (FA3's
+    tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
+    1k-4k; on causal walks they lose 20-25% (not taken).
     """
     if kind not in BACKWARD_KINDS:
         raise ValueError(f"kind must be one of {BACKWARD_KINDS}, got {kind!r}")
@@ -480,6 +521,7 @@ def default_backward_config(
         and (kind == "dense" or head_dim <= 64)
     )
     return BackwardConfig(
+        block_q_dkv=128 if kind == "dense" and head_dim <= 64 and not fused else 64,
         compute_wgs=wgs,
         block_kv_dq=64 if small_blocks else 128,
         register_operands=not interpret,

@@ -120,7 +120,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     @pl.when(wg == wgs)
     def _producer():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(cfg.registers[1], action="decrease")
 
         def load(step, hq, qi):
             slot = lax.rem(step, stages)
@@ -156,7 +156,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     @pl.when(wg < wgs)
     def _consumer():
-        plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+        plgpu.set_max_registers(cfg.registers[0], action="increase")
         kv_base = (kv_tile * wgs + wg) * bk
         kv_rows = pl.ds(kv_base, bk)
         plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, h_kv], k_smem.at[wg], kv_bar.at[wg])

@@ -73,7 +73,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     @pl.when(wg == wgs)
     def _producer():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(cfg.registers[1], action="decrease")
 
         # With overlap the consumers read one tile past the walk (see walk_overlapped).
         n_loads = n_steps + 1 if cfg.overlap else n_steps
@@ -102,7 +102,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     @pl.when(wg < wgs)
     def _consumer():
-        plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+        plgpu.set_max_registers(cfg.registers[0], action="increase")
         q_base = (q_tile * wgs + wg) * bq
         q_rows = pl.ds(q_base, bq)
         bar = q_bar.at[wg]

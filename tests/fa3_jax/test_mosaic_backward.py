@@ -391,6 +391,21 @@ def test_config_validation_and_heuristic():
         BackwardConfig(tile_order="heads")
     with pytest.raises(ValueError, match="neither overlap nor defer_release"):
         BackwardConfig(dq="atomic", defer_release=True)
+    with pytest.raises(ValueError, match="producer_registers must be a multiple of 8"):
+        BackwardConfig(producer_registers=20)
+    with pytest.raises(ValueError, match="need 66560 > 65536"):
+        BackwardConfig(producer_registers=24, consumer_registers=248)
+    # (consumer, producer): FA3's 24/240 split where the dK/dV kernel also computes dQ
+    assert BackwardConfig().registers == (232, 40)
+    assert BackwardConfig(dq="atomic").registers == (240, 24)
+    assert BackwardConfig(compute_wgs=1).registers == (240, 40)
+    assert BackwardConfig(dq="atomic", producer_registers=40).registers == (232, 40)
+    # 128-row q steps for unmasked head dim 64 on the two kernels only
+    assert default_backward_config(64, kind="dense").block_q_dkv == 128
+    assert default_backward_config(64, kind="masked").block_q_dkv == 64
+    assert default_backward_config(128, kind="dense").block_q_dkv == 64
+    fused = default_backward_config(64, kind="dense", seq_k=4096, deterministic=False)
+    assert (fused.dq, fused.block_q_dkv) == ("atomic", 64)
     assert default_backward_config(128).dq == "kernel"
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
