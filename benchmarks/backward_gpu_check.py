@@ -2,8 +2,8 @@
 
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
 FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
-``--fused-d128``, ``--alibi``, ``--registers``, ``--trees``, ``--q128``, ``--variants``,
-``--end-to-end``.
+``--fused-d128``, ``--alibi``, ``--registers``, ``--trees``, ``--q128``, ``--sparse``,
+``--variants``, ``--end-to-end``.
 
 ``--rounds N`` (with an A/B flag) times the variants in turn N times and reports medians;
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from fa3_jax._mosaic.backward import mha_backward
 from fa3_jax.benchmark import gpu_time
 from fa3_jax.config import BackwardConfig, default_backward_config
-from fa3_jax.masks import MaskSpec
+from fa3_jax.masks import BlockMask, MaskSpec
 from fa3_jax.reference import attention_reference
 
 
@@ -107,6 +107,10 @@ def prepare(cfg, d, seq, causal, dtype=jnp.float16, mask="none"):
         kw["alibi_slopes_BH"] = jnp.linspace(0.02, 0.3, heads, dtype=jnp.float32)[None]
     if mask == "softcap":
         kw["softcap"] = 20.0
+    if mask.startswith("sparse"):  # e.g. "sparse50": 128 x 128 blocks kept with probability 0.5
+        n = seq // 128
+        keep = jax.random.uniform(jax.random.key(5), (1, n, n)) < int(mask[6:]) / 100
+        kw["block_mask"] = BlockMask(keep, 128, 128).normalized(batch, heads, seq, seq)
     # Timing only: residual values need to be plausible, not exact (the
     # reference's S x S matrices would not fit at 16k).
     out = do * 0.5
@@ -263,6 +267,14 @@ AB_MODES = {
         "q128",
         [("default", {}), ("q128", dict(block_q_dkv=128))],
         [(64, s, c) for s in (1024, 2048, 4096) for c in (False, True)],
+    ),
+    # block-sparse masks (128 x 128 blocks, 20/50/80% kept): both dQ modes (the heuristic keeps
+    # block masks on the two kernels), dense 16k as the reference rate
+    "--sparse": (
+        "sparse",
+        [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
+        [(d, 16384, False, m) for d in (128, 64)
+         for m in ("none", "sparse20", "sparse50", "sparse80")],
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (

@@ -81,9 +81,10 @@ def attention(
         Mosaic GPU kernels; also runs under GPU interpret mode) or ``'reference'``
         (pure JAX).
       deterministic: the Mosaic backward gives bit-identical gradients run to run.
-        False (the default, as in FlashAttention): from 4096 keys, inputs without a
-        block mask (at head dim 128 only unmasked ones) get dQ added by the dK/dV
-        kernel with fp32 atomics, 3-21% faster on an H100; their order varies, so
+        False (the default, as in FlashAttention): from 4096 keys, inputs (at head dim
+        128 only unmasked and block-sparse ones; block masks of 128-multiple blocks) get
+        dQ added by the dK/dV kernel with fp32 atomics, 1-21% faster on an H100; their
+        order varies, so
         gradients differ run to run at fp32 rounding. The forward is always
         deterministic.
 

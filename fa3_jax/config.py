@@ -473,10 +473,10 @@ DQ_MODES = ("kernel", "atomic", "partials")
 BACKWARD_TILE_ORDERS = ("tiles", "batch")
 
 
-#: Keys from which inputs without a block mask (at head dim 128 only unmasked ones) add dQ from
-#: the dK/dV kernel unless gradients must be deterministic.
+#: Keys from which inputs (at head dim 128 only unmasked or block-sparse ones) add dQ from the
+#: dK/dV kernel unless gradients must be deterministic.
 FUSED_DQ_MIN_SEQ_K = 4096
-BACKWARD_KINDS = ("dense", "masked")
+BACKWARD_KINDS = ("dense", "block_sparse", "masked")
 
 
 def default_backward_config(
@@ -496,14 +496,16 @@ def default_backward_config(
     H100, bf16 (benchmarks/NOTES.md, "Session 7"): dQ kv steps of 128 against 64,
     +1.4…4.5% at head dim 64/128, 1k-16k, dense and causal (one causal size -0.2%).
 
-    ``kind``: ``"dense"`` (no mask, ALiBi or softcap) or ``"masked"`` (anything else,
-    causal included). Unless ``deterministic``, inputs without a block mask and with at
-    least :data:`FUSED_DQ_MIN_SEQ_K` keys take ``dq='atomic'`` when dense, and at head
-    dim <= 64 also when masked. H100, bf16, timing the backward alone
-    (NOTES, "Session 7" and "Session 8"): +3…9% at 4k-16k (dense D64/D128, causal D64);
-    causal D64 at 4k: +3.5% with a 1024-key window, +25% with ALiBi, even with segment
-    ids. It loses 2-5% at 1k-2k, and at head dim 128 12-38% on causal, window and
-    segment-id walks (ptxas spills 480 bytes in that kernel at causal D128) and ±2% with ALiBi.
+    ``kind``: ``"dense"`` (no mask, ALiBi or softcap), ``"block_sparse"`` (a block mask and
+    nothing else) or ``"masked"`` (anything else, causal included). Unless ``deterministic``,
+    inputs with at least :data:`FUSED_DQ_MIN_SEQ_K` keys (and block masks, if any, of
+    128-multiple blocks) take ``dq='atomic'`` when dense or block-sparse, and at head dim
+    <= 64 also when masked. H100, bf16, timing the backward alone (NOTES, "Session 7",
+    "Session 8" and "Session 9"): +3…9% at 4k-16k (dense D64/D128, causal D64); causal D64
+    at 4k: +3.5% with a 1024-key window, +25% with ALiBi, even with segment ids;
+    block-sparse 16k (128 x 128 blocks kept at 20/50/80%): +1…9% at head dim 128, +5…8% at
+    64. It loses 2-5% at 1k-2k, and at head dim 128 12-38% on causal, window and segment-id
+    walks (ptxas spills 480 bytes in that kernel at causal D128) and ±2% with ALiBi.
 
     Unmasked head dim 64 on the two kernels takes 128-row q steps in the dK/dV kernel (FA3's
     tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
@@ -515,10 +517,10 @@ def default_backward_config(
     wgs = 1 if small_blocks else 2
     fused = (
         not deterministic
-        and block_mask is None
+        and not small_blocks
         and seq_k is not None
         and seq_k >= FUSED_DQ_MIN_SEQ_K
-        and (kind == "dense" or head_dim <= 64)
+        and (kind != "masked" or head_dim <= 64)
     )
     return BackwardConfig(
         block_q_dkv=128 if kind == "dense" and head_dim <= 64 and not fused else 64,

@@ -49,9 +49,12 @@ def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
 
 
 def _kind(spec: MaskSpec, softcap, has_alibi: bool, has_segments: bool, block_mask) -> str:
-    """The heuristic's input kind: ``'dense'`` (no mask, ALiBi or softcap) or ``'masked'``."""
-    extras = softcap is not None or has_alibi or has_segments or block_mask is not None
-    return "masked" if extras or spec.is_positional else "dense"
+    """The heuristic's input kind: ``'dense'`` (no mask, ALiBi or softcap), ``'block_sparse'``
+    (a block mask and nothing else) or ``'masked'``."""
+    extras = softcap is not None or has_alibi or has_segments or spec.is_positional
+    if extras:
+        return "masked"
+    return "dense" if block_mask is None else "block_sparse"
 
 
 def _resolve_config(config, head_dim, block_mask, **heuristic) -> BackwardConfig:

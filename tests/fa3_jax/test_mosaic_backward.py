@@ -278,6 +278,28 @@ def test_fused_dq_with_alibi_segments_softcap(extra):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
+def test_fused_dq_with_block_mask(head_dim):
+    """Fused dQ over per-head block-sparse walks (128 x 128 blocks, a query block that sees no
+    key, GQA, odd lengths): skipped tiles add nothing, against the f32 reference."""
+    case = Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=350,
+                head_dim=head_dim, block_sparse=(128, 128, 0.6), masked_rows=True)
+    q, k, v, kwargs, _ = make_inputs(case, 29)
+    q, k, v = (jnp.asarray(x, BF16) for x in (q, k, v))
+    dout = jnp.asarray(np.random.default_rng(30).standard_normal(q.shape), BF16)
+    spec = MaskSpec(case.seq_q, case.seq_k)
+    block_mask = kwargs["block_mask"].normalized(1, 2, case.seq_q, case.seq_k)
+    ref_kwargs = dict(spec=spec, softmax_scale=0.125, softcap=None, alibi_slopes=None,
+                      segment_ids=None, block_mask=block_mask)
+    out, lse = attention_reference(q, k, v, **ref_kwargs)
+    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+        grads = _mosaic.mha_backward(
+            q, k, v, out, lse, dout, spec=spec, softmax_scale=0.125, block_mask=block_mask,
+            config=BackwardConfig(dq="partials"),
+        )
+    _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dq,branch", [("kernel", True), ("atomic", True), ("kernel", False)])
 def test_backward_lowers_for_cuda(head_dim, dq, branch):
     """The GPU configs (P/dS in registers; TMA reduce-add for 'atomic', which interpret
@@ -410,6 +432,14 @@ def test_config_validation_and_heuristic():
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
     assert default_backward_config(128, bm).compute_wgs == 1
+    # fused dQ from 4k keys: block masks of 128-multiple blocks (not 64), masked only at D64
+    bm128 = BlockMask(jnp.ones((1, 1, 2, 2), bool), 128, 256)
+    fast = dict(seq_k=4096, deterministic=False)
+    assert default_backward_config(128, bm128, kind="block_sparse", **fast).dq == "atomic"
+    assert default_backward_config(128, bm, kind="block_sparse", **fast).dq == "kernel"
+    assert default_backward_config(128, kind="masked", **fast).dq == "kernel"
+    assert default_backward_config(64, kind="masked", **fast).dq == "atomic"
+    assert default_backward_config(128, bm128, kind="block_sparse", seq_k=4096).dq == "kernel"
     with pytest.raises(ValueError, match="kind must be one of"):
         default_backward_config(128, kind="window")
 
