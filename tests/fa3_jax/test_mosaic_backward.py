@@ -631,14 +631,20 @@ def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim, masks):
 
 
 @pytest.mark.gpu
-def test_gpu_default_fused_dq_matches_deterministic():
-    """The default for 4k unmasked keys adds dQ with fp32 atomics: equal to the
-    deterministic two-kernel path up to the summation order."""
+@pytest.mark.parametrize("kind", ["dense", "block_sparse"])
+def test_gpu_default_fused_dq_matches_deterministic(kind):
+    """The default for 4k unmasked or block-sparse keys adds dQ with fp32 atomics: equal to
+    the deterministic two-kernel path up to the summation order."""
     case = Case(dtype=BF16, batch=1, seq_q=4096, seq_k=4096, heads_q=4, heads_kv=2, head_dim=128)
-    chosen = mosaic_backward._resolve_config(None, 128, None, seq_k=4096, kind="dense",
+    args, kwargs, _ = _grads_direct(case, 31)
+    block_mask = None
+    if kind == "block_sparse":
+        keep = np.random.default_rng(32).random((4, 32, 32)) < 0.5
+        block_mask = BlockMask(jnp.asarray(keep), 128, 128).normalized(1, 4, 4096, 4096)
+        kwargs["block_mask"] = block_mask
+    chosen = mosaic_backward._resolve_config(None, 128, block_mask, seq_k=4096, kind=kind,
                                              deterministic=False)
     assert chosen.dq == "atomic"
-    args, kwargs, _ = _grads_direct(case, 31)
     fast = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
     exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
     _assert_equal_up_to_summation_order(fast, exact)
