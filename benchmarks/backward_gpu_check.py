@@ -3,7 +3,7 @@
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
 FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
 ``--fused-d128``, ``--alibi``, ``--registers``, ``--trees``, ``--q128``, ``--sparse``,
-``--variants``, ``--end-to-end``.
+``--fused-short``, ``--variants``, ``--end-to-end``.
 
 ``--rounds N`` (with an A/B flag) times the variants in turn N times and reports medians;
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
@@ -184,6 +184,8 @@ def ab_runs(out_dir, name, variants, sizes, rounds=1):
         mask = mask[0] if mask else "none"
         cfgs = [(label, dataclasses.replace(default_backward_config(d), **change))
                 for label, change in variants]
+        # fp32 dK+dV plus 64x128 score tiles exceed the registers above head dim 64
+        cfgs = [(label, cfg) for label, cfg in cfgs if cfg.block_q_dkv == 64 or d <= 64]
         if rounds > 1:
             rows.extend(interleaved(cfgs, d, seq, causal, mask, rounds))
         else:
@@ -275,6 +277,15 @@ AB_MODES = {
         [("kernel", dict(dq="kernel")), ("atomic", dict(dq="atomic"))],
         [(d, 16384, False, m) for d in (128, 64)
          for m in ("none", "sparse20", "sparse50", "sparse80")],
+    ),
+    # where the fused dQ starts to pay (FUSED_DQ_MIN_SEQ_K = 4k): below 4k keys, against the
+    # two kernels with their default q steps (128 rows for unmasked head dim 64)
+    "--fused-short": (
+        "fused_short",
+        [("kernel", dict(dq="kernel")), ("kernel_q128", dict(dq="kernel", block_q_dkv=128)),
+         ("atomic", dict(dq="atomic"))],
+        [(128, 1024, False), (128, 2048, False), (64, 1024, False), (64, 2048, False),
+         (64, 2048, True), (128, 2048, True)],
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (

@@ -277,16 +277,17 @@ def test_fused_dq_with_alibi_segments_softcap(extra):
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_fused_dq_with_block_mask(head_dim):
+@pytest.mark.parametrize("head_dim,causal", [(64, True), (128, False)])
+def test_fused_dq_with_block_mask(head_dim, causal):
     """Fused dQ over per-head block-sparse walks (128 x 128 blocks, a query block that sees no
-    key, GQA, odd lengths): skipped tiles add nothing, against the f32 reference."""
+    key, GQA, odd lengths; at head dim 64 with causal element masks, as the heuristic runs it):
+    skipped tiles add nothing, against the f32 reference."""
     case = Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=350,
-                head_dim=head_dim, block_sparse=(128, 128, 0.6), masked_rows=True)
+                head_dim=head_dim, causal=causal, block_sparse=(128, 128, 0.6), masked_rows=True)
     q, k, v, kwargs, _ = make_inputs(case, 29)
     q, k, v = (jnp.asarray(x, BF16) for x in (q, k, v))
     dout = jnp.asarray(np.random.default_rng(30).standard_normal(q.shape), BF16)
-    spec = MaskSpec(case.seq_q, case.seq_k)
+    spec = MaskSpec(case.seq_q, case.seq_k, causal)
     block_mask = kwargs["block_mask"].normalized(1, 2, case.seq_q, case.seq_k)
     ref_kwargs = dict(spec=spec, softmax_scale=0.125, softcap=None, alibi_slopes=None,
                       segment_ids=None, block_mask=block_mask)
@@ -452,8 +453,9 @@ def test_config_validation_and_heuristic():
     (64, 4096, "masked", False, False, "atomic"),  # D64 window/ALiBi: fused wins
     (128, 4096, "masked", False, False, "kernel"),  # D128 causal/window/documents: fused loses
     (64, 2048, "masked", False, False, "kernel"),
-    (64, 4096, "masked", True, False, "kernel"),
-    (128, 4096, "dense", True, False, "kernel"),
+    (64, 4096, "masked", True, False, "atomic"),  # block mask + causal at D64: as masked D64
+    (128, 4096, "block_sparse", True, False, "atomic"),  # tile-aligned blocks: no element masks
+    (128, 4096, "masked", True, False, "kernel"),  # block mask + causal at D128
     (128, None, "dense", False, False, "kernel"),
 ])
 def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, block_mask,
