@@ -249,8 +249,10 @@ AB_MODES = {
     # SMEM: slower everywhere, results/backward_registers_h100_2026-11-26_single.json)
     "--registers": (
         "registers",
-        [("kernel", dict(dq="kernel")), ("kernel_p24", dict(dq="kernel", producer_registers=24)),
-         ("atomic", dict(dq="atomic")), ("atomic_p24", dict(dq="atomic", producer_registers=24))],
+        [("kernel", dict(dq="kernel", producer_registers=40)),
+         ("kernel_p24", dict(dq="kernel", producer_registers=24)),
+         ("atomic", dict(dq="atomic", producer_registers=40)),
+         ("atomic_p24", dict(dq="atomic", producer_registers=24))],
         [(128, 4096, True), (128, 8192, True), (128, 16384, True), (128, 4096, True, "alibi"),
          (128, 4096, False), (128, 8192, False), (128, 16384, False), (64, 2048, False),
          (64, 4096, False), (64, 4096, True)],

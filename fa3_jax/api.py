@@ -84,9 +84,8 @@ def attention(
         False (the default, as in FlashAttention): from 4096 keys, inputs (at head dim
         128 only unmasked and block-sparse ones; block masks of 128-multiple blocks) get
         dQ added by the dK/dV kernel with fp32 atomics, 1-21% faster on an H100; their
-        order varies, so
-        gradients differ run to run at fp32 rounding. The forward is always
-        deterministic.
+        order varies, so gradients differ run to run at fp32 rounding. The forward is
+        always deterministic.
 
     Returns:
       ``out [batch, seq_q, heads_q, head_dim_v]`` in q's dtype, or ``(out, lse)``
