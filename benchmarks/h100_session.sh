@@ -94,7 +94,8 @@ case "$stage" in
            "${prof[@]}" --launch-skip 2 --launch-count 1 --export "/tmp/$name" -f \
              python benchmarks/ncu_kernels.py bwd 128 4096 $mask atomic > "$OUT/$name.txt" 2>&1
            ncu -i "/tmp/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip > "$OUT/${name}_sass.csv.gz"
-           grep -h "Duration\|Registers Per\|Est. Local\|Compute (SM) Th\|Local Memory\|Spill" "$OUT/$name.txt"
+           ncu -i "/tmp/$name.ncu-rep" --page details > "$OUT/${name}_details.txt" 2>&1
+           grep -h "Duration\|Registers Per\|Compute (SM) Th\|Local Memory\|Spill" "$OUT/${name}_details.txt"
          done ;;
   # ptxas registers and spills of both backward modes, D 64/128, dense and causal (compile only, ~1 min)
   ptxas-backward) MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/ptxas_backward.py > "$OUT/$stage.log" 2>&1
