@@ -3,7 +3,7 @@
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
 FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
 ``--fused-d128``, ``--alibi``, ``--registers``, ``--trees``, ``--q128``, ``--sparse``,
-``--fused-short``, ``--variants``, ``--end-to-end``.
+``--fused-short``, ``--fused-stages``, ``--variants``, ``--end-to-end``.
 
 ``--rounds N`` (with an A/B flag) times the variants in turn N times and reports medians;
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
@@ -288,6 +288,12 @@ AB_MODES = {
          ("atomic", dict(dq="atomic"))],
         [(128, 1024, False), (128, 2048, False), (64, 1024, False), (64, 2048, False),
          (64, 2048, True), (128, 2048, True)],
+    ),
+    # a third Q/dO ring slot for the fused path at head dim 64 (its SMEM allows it there)
+    "--fused-stages": (
+        "fused_stages",
+        [("atomic", dict(dq="atomic")), ("atomic_stages3", dict(dq="atomic", stages=3))],
+        [(64, 4096, False), (64, 16384, False), (64, 4096, True), (64, 16384, True)],
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (

@@ -507,6 +507,9 @@ def default_backward_config(
     64. It loses 2-5% at 1k-2k, and at head dim 128 12-38% on causal, window and segment-id
     walks (ptxas spills 480 bytes in that kernel at causal D128) and ±2% with ALiBi.
 
+    The fused path at head dim 64 keeps three Q/dO ring slots (its SMEM allows them there;
+    NOTES, "Session 9": +0…3% at 4k-16k, dense and causal, three interleaved rounds).
+
     Unmasked head dim 64 on the two kernels takes 128-row q steps in the dK/dV kernel (FA3's
     tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
     1k-4k; on causal walks they lose 20-25% (not taken).
@@ -524,6 +527,7 @@ def default_backward_config(
     )
     return BackwardConfig(
         block_q_dkv=128 if kind == "dense" and head_dim <= 64 and not fused else 64,
+        stages=3 if fused and head_dim <= 64 else 2,
         compute_wgs=wgs,
         block_kv_dq=64 if small_blocks else 128,
         register_operands=not interpret,

@@ -242,16 +242,17 @@ def test_deterministic_bit_identical(dq):
 
 
 @pytest.mark.parametrize(
-    "head_dim,wgs",
-    [(64, 2), (128, 2), (64, 1), (128, 1)],
-    ids=["d64-2wg-swizzle64", "d128-2wg", "d64-1wg", "d128-1wg"],
+    "head_dim,wgs,stages",
+    [(64, 2, 2), (64, 2, 3), (128, 2, 2), (64, 1, 2), (128, 1, 2)],
+    ids=["d64-2wg-swizzle64", "d64-2wg-3stages", "d128-2wg", "d64-1wg", "d128-1wg"],
 )
-def test_fused_dq_layouts_race_free(head_dim, wgs):
+def test_fused_dq_layouts_race_free(head_dim, wgs, stages):
     """Fused dQ (each consumer's column block over every consumer's dS^T; at D64 with two
-    consumers the 64-byte swizzle) with race detection, against the f32 reference."""
+    consumers the 64-byte swizzle; three ring slots, the D64 default) with race detection,
+    against the f32 reference."""
     case = dataclasses.replace(_WALK_CASE, dtype=BF16, softcap=None, head_dim=head_dim)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 17)
-    cfg = BackwardConfig(dq="partials", compute_wgs=wgs)
+    cfg = BackwardConfig(dq="partials", compute_wgs=wgs, stages=stages)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
         jax.block_until_ready(grads)
@@ -428,7 +429,7 @@ def test_config_validation_and_heuristic():
     assert default_backward_config(64, kind="masked").block_q_dkv == 64
     assert default_backward_config(128, kind="dense").block_q_dkv == 64
     fused = default_backward_config(64, kind="dense", seq_k=4096, deterministic=False)
-    assert (fused.dq, fused.block_q_dkv) == ("atomic", 64)
+    assert (fused.dq, fused.block_q_dkv, fused.stages) == ("atomic", 64, 3)
     assert default_backward_config(128).dq == "kernel"
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
@@ -633,20 +634,22 @@ def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim, masks):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", ["dense", "block_sparse"])
-def test_gpu_default_fused_dq_matches_deterministic(kind):
-    """The default for 4k unmasked or block-sparse keys adds dQ with fp32 atomics: equal to
-    the deterministic two-kernel path up to the summation order."""
-    case = Case(dtype=BF16, batch=1, seq_q=4096, seq_k=4096, heads_q=4, heads_kv=2, head_dim=128)
+@pytest.mark.parametrize("kind,head_dim", [("dense", 128), ("block_sparse", 128), ("masked", 64)])
+def test_gpu_default_fused_dq_matches_deterministic(kind, head_dim):
+    """The default for 4k unmasked or block-sparse keys (and causal ones at head dim 64, with
+    three ring slots) adds dQ with fp32 atomics: equal to the deterministic two-kernel path up
+    to the summation order."""
+    case = Case(dtype=BF16, batch=1, seq_q=4096, seq_k=4096, heads_q=4, heads_kv=2,
+                head_dim=head_dim, causal=kind == "masked")
     args, kwargs, _ = _grads_direct(case, 31)
     block_mask = None
     if kind == "block_sparse":
         keep = np.random.default_rng(32).random((4, 32, 32)) < 0.5
         block_mask = BlockMask(jnp.asarray(keep), 128, 128).normalized(1, 4, 4096, 4096)
         kwargs["block_mask"] = block_mask
-    chosen = mosaic_backward._resolve_config(None, 128, block_mask, seq_k=4096, kind=kind,
+    chosen = mosaic_backward._resolve_config(None, head_dim, block_mask, seq_k=4096, kind=kind,
                                              deterministic=False)
-    assert chosen.dq == "atomic"
+    assert (chosen.dq, chosen.stages) == ("atomic", 3 if head_dim == 64 else 2)
     fast = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
     exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
     _assert_equal_up_to_summation_order(fast, exact)
