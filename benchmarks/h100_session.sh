@@ -88,7 +88,7 @@ case "$stage" in
          --causal no,yes --impls fa3_jax,cudnn,torch_cudnn --tag h100-bwd-timing 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -14 ;;
   # ncu --set full with per-SASS stall samples of the fused dK/dV+dQ kernel, causal against dense,
-  # D128 4k (the fused path loses 23-36% causal, wins dense) (~3 min)
+  # D128 4k (the fused path loses 12-22% causal, wins dense) (~1 min)
   ncu-fused) prof=(ncu --clock-control none -k regex:mosaic --set full --import-source no)
          for mask in causal dense; do name=bwd_128_4096_${mask}_atomic
            "${prof[@]}" --launch-skip 2 --launch-count 1 --export "/tmp/$name" -f \

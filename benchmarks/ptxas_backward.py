@@ -4,12 +4,13 @@ then grep ``spill``. ``VARIANTS``: ``;``-separated sets of ``BackwardConfig`` ov
 ``"producer_registers=40;producer_registers=24,register_operands=False"`` (ints and booleans).
 
 Both dQ modes (``kernel``: dK/dV and dQ kernels; ``atomic``: dQ added by the dK/dV kernel) at
-head dim 64/128, dense and causal, bf16, S 4096 (FA3 grid shape). The fused path loses 23-36% on
-causal head dim 128 only (benchmarks/NOTES.md, "Session 7"); session 4 saw spills there.
+head dim 64/128, dense and causal, bf16, S 4096 (FA3 grid shape). The fused path loses 12-38% on
+masked head dim 128 walks, where it spills (benchmarks/NOTES.md, "Session 8" and "Session 9").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 
@@ -49,14 +50,9 @@ def main(
         q = jax.ShapeDtypeStruct((b, seq, h, d), jnp.bfloat16)
         lse = jax.ShapeDtypeStruct((b, h, seq), jnp.float32)
         slopes = jnp.linspace(0.02, 0.3, h, dtype=jnp.float32)[None] if alibi else None
-        cfg = BackwardConfig(
-            **{
-                "register_operands": True,
-                "dq": dq,
-                "block_kv_dq": 128,
-                "branch_masks": branch,
-                **_overrides(variant),
-            }
+        cfg = dataclasses.replace(
+            BackwardConfig(register_operands=True, dq=dq, block_kv_dq=128, branch_masks=branch),
+            **_overrides(variant),
         )
         spec = MaskSpec(seq, seq, causal)
         fn = jax.jit(

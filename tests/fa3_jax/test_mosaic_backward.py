@@ -130,25 +130,36 @@ class TestMosaicBackwardInterpret(_MosaicBackwardBase):
 
 
 def _grads_direct(case: Case, seed: int, *, dlse: bool = False):
-    """Inputs, reference forward residuals and ``mha_backward`` kwargs for a case."""
+    """Inputs, reference forward residuals and ``mha_backward`` kwargs for a case (its masks,
+    ALiBi slopes, segment ids and block mask in the forms ``mha_backward`` takes)."""
     q, k, v, kwargs, _ = make_inputs(case, seed)
     rng = np.random.default_rng(seed + 1)
     dt = case.dtype
     q, k, v = (jnp.asarray(x, dt) for x in (q, k, v))
     dout = jnp.asarray(rng.standard_normal(q.shape), dt)
     spec = MaskSpec(case.seq_q, case.seq_k, case.causal, *case.window)
-    scale = 1.0 / np.sqrt(case.head_dim)
-    ref_kwargs = dict(
+    slopes_BH = segments = block_mask = None
+    if "alibi_slopes" in kwargs:
+        slopes_BH = jnp.asarray(kwargs["alibi_slopes"], jnp.float32).reshape(-1, case.heads_q)
+    if "segment_ids" in kwargs:
+        ids = kwargs["segment_ids"]
+        pair = ids if isinstance(ids, tuple) else (ids, ids)
+        segments = tuple(jnp.asarray(x, jnp.int32) for x in pair)
+    if "block_mask" in kwargs:
+        block_mask = kwargs["block_mask"].normalized(
+            case.batch, case.heads_q, case.seq_q, case.seq_k
+        )
+    common = dict(
         spec=spec,
-        softmax_scale=scale,
+        softmax_scale=case.scale or 1.0 / np.sqrt(case.head_dim),
         softcap=case.softcap,
-        alibi_slopes=None,
-        segment_ids=None,
-        block_mask=None,
+        segment_ids=segments,
+        block_mask=block_mask,
     )
+    ref_kwargs = dict(common, alibi_slopes=slopes_BH)
     out, lse = attention_reference(q, k, v, **ref_kwargs)
     dlse_BHS = jnp.asarray(rng.standard_normal(lse.shape), jnp.float32) if dlse else None
-    bwd_kwargs = dict(spec=spec, softmax_scale=scale, softcap=case.softcap, dlse_BHS=dlse_BHS)
+    bwd_kwargs = dict(common, alibi_slopes_BH=slopes_BH, dlse_BHS=dlse_BHS)
     return (q, k, v, out, lse, dout), bwd_kwargs, ref_kwargs
 
 
@@ -285,18 +296,10 @@ def test_fused_dq_with_block_mask(head_dim, causal):
     skipped tiles add nothing, against the f32 reference."""
     case = Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=350,
                 head_dim=head_dim, causal=causal, block_sparse=(128, 128, 0.6), masked_rows=True)
-    q, k, v, kwargs, _ = make_inputs(case, 29)
-    q, k, v = (jnp.asarray(x, BF16) for x in (q, k, v))
-    dout = jnp.asarray(np.random.default_rng(30).standard_normal(q.shape), BF16)
-    spec = MaskSpec(case.seq_q, case.seq_k, causal)
-    block_mask = kwargs["block_mask"].normalized(1, 2, case.seq_q, case.seq_k)
-    ref_kwargs = dict(spec=spec, softmax_scale=0.125, softcap=None, alibi_slopes=None,
-                      segment_ids=None, block_mask=block_mask)
-    out, lse = attention_reference(q, k, v, **ref_kwargs)
+    (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 29)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
         grads = _mosaic.mha_backward(
-            q, k, v, out, lse, dout, spec=spec, softmax_scale=0.125, block_mask=block_mask,
-            config=BackwardConfig(dq="partials"),
+            q, k, v, out, lse, dout, **kwargs, config=BackwardConfig(dq="partials")
         )
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
@@ -434,34 +437,28 @@ def test_config_validation_and_heuristic():
     assert default_backward_config(128).compute_wgs == 2
     bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 64, 64)
     assert default_backward_config(128, bm).compute_wgs == 1
-    # fused dQ from 4k keys: block masks of 128-multiple blocks (not 64), masked only at D64
-    bm128 = BlockMask(jnp.ones((1, 1, 2, 2), bool), 128, 256)
-    fast = dict(seq_k=4096, deterministic=False)
-    assert default_backward_config(128, bm128, kind="block_sparse", **fast).dq == "atomic"
-    assert default_backward_config(128, bm, kind="block_sparse", **fast).dq == "kernel"
-    assert default_backward_config(128, kind="masked", **fast).dq == "kernel"
-    assert default_backward_config(64, kind="masked", **fast).dq == "atomic"
-    assert default_backward_config(128, bm128, kind="block_sparse", seq_k=4096).dq == "kernel"
     with pytest.raises(ValueError, match="kind must be one of"):
         default_backward_config(128, kind="window")
 
 
-@pytest.mark.parametrize("head_dim,seq_k,kind,block_mask,deterministic,dq", [
-    (128, 4096, "dense", False, False, "atomic"),
-    (64, 16384, "masked", False, False, "atomic"),  # causal D64: fused wins
-    (128, 4096, "dense", False, True, "kernel"),  # asked for determinism
-    (128, 2048, "dense", False, False, "kernel"),  # short: the two kernels win
-    (64, 4096, "masked", False, False, "atomic"),  # D64 window/ALiBi: fused wins
-    (128, 4096, "masked", False, False, "kernel"),  # D128 causal/window/documents: fused loses
-    (64, 2048, "masked", False, False, "kernel"),
-    (64, 4096, "masked", True, False, "atomic"),  # block mask + causal at D64: as masked D64
-    (128, 4096, "block_sparse", True, False, "atomic"),  # tile-aligned blocks: no element masks
-    (128, 4096, "masked", True, False, "kernel"),  # block mask + causal at D128
-    (128, None, "dense", False, False, "kernel"),
+@pytest.mark.parametrize("head_dim,seq_k,kind,block,deterministic,dq", [
+    (128, 4096, "dense", 0, False, "atomic"),
+    (64, 16384, "masked", 0, False, "atomic"),  # causal D64: fused wins
+    (128, 4096, "dense", 0, True, "kernel"),  # asked for determinism
+    (128, 2048, "dense", 0, False, "kernel"),  # short: the two kernels win
+    (64, 4096, "masked", 0, False, "atomic"),  # D64 window/ALiBi: fused wins
+    (128, 4096, "masked", 0, False, "kernel"),  # D128 causal/window/documents: fused loses
+    (64, 2048, "masked", 0, False, "kernel"),
+    (64, 4096, "masked", 128, False, "atomic"),  # block mask + causal at D64: as masked D64
+    (128, 4096, "block_sparse", 128, False, "atomic"),  # tile-aligned blocks: no element masks
+    (128, 4096, "block_sparse", 128, True, "kernel"),
+    (128, 4096, "block_sparse", 64, False, "kernel"),  # 64-row blocks: one consumer, two kernels
+    (128, 4096, "masked", 128, False, "kernel"),  # block mask + causal at D128
+    (128, None, "dense", 0, False, "kernel"),
 ])
-def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, block_mask,
+def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, block,
                                                           deterministic, dq):
-    bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), 128, 128) if block_mask else None
+    bm = BlockMask(jnp.ones((1, 1, 2, 2), bool), block, block) if block else None
     cfg = default_backward_config(head_dim, bm, seq_k=seq_k, kind=kind,
                                   deterministic=deterministic)
     assert cfg.dq == dq
@@ -640,15 +637,11 @@ def test_gpu_default_fused_dq_matches_deterministic(kind, head_dim):
     three ring slots) adds dQ with fp32 atomics: equal to the deterministic two-kernel path up
     to the summation order."""
     case = Case(dtype=BF16, batch=1, seq_q=4096, seq_k=4096, heads_q=4, heads_kv=2,
-                head_dim=head_dim, causal=kind == "masked")
+                head_dim=head_dim, causal=kind == "masked",
+                block_sparse=(128, 128, 0.5) if kind == "block_sparse" else None)
     args, kwargs, _ = _grads_direct(case, 31)
-    block_mask = None
-    if kind == "block_sparse":
-        keep = np.random.default_rng(32).random((4, 32, 32)) < 0.5
-        block_mask = BlockMask(jnp.asarray(keep), 128, 128).normalized(1, 4, 4096, 4096)
-        kwargs["block_mask"] = block_mask
-    chosen = mosaic_backward._resolve_config(None, head_dim, block_mask, seq_k=4096, kind=kind,
-                                             deterministic=False)
+    chosen = mosaic_backward._resolve_config(None, head_dim, kwargs["block_mask"], seq_k=4096,
+                                             kind=kind, deterministic=False)
     assert (chosen.dq, chosen.stages) == ("atomic", 3 if head_dim == 64 else 2)
     fast = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
     exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
