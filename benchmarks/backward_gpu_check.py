@@ -94,18 +94,19 @@ def prepare(cfg, d, seq, causal, dtype=jnp.float16, mask="none"):
     """(jitted backward, its arguments, FLOPs, cuDNN's (fwd+bwd, fwd) or None) at FA3 grid
     sizes; cuDNN only for unmasked inputs."""
     batch, heads = 16384 // seq, 2048 // d
-    window = (1024, 0) if mask == "window" else (None, None)
+    masks = mask.split("+")  # e.g. "alibi+segments"
+    window = (1024, 0) if "window" in masks else (None, None)
     spec = MaskSpec(seq, seq, causal, *window)
     scale = d**-0.5
     q, k, v, do = inputs(batch, seq, heads, heads, d, dtype, 1)
     fl = 4 * batch * seq * seq * heads * d * (0.5 if causal else 1.0) * 2.5
     kw = dict(spec=spec, softmax_scale=scale)
-    if mask == "segments":
+    if "segments" in masks:
         ids = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32) // (seq // 8), (batch, seq))
         kw["segment_ids"] = (ids, ids)
-    if mask == "alibi":
+    if "alibi" in masks:
         kw["alibi_slopes_BH"] = jnp.linspace(0.02, 0.3, heads, dtype=jnp.float32)[None]
-    if mask == "softcap":
+    if "softcap" in masks:
         kw["softcap"] = 20.0
     if mask.startswith("sparse"):  # e.g. "sparse50": 128 x 128 blocks kept with probability 0.5
         n = seq // 128
@@ -294,6 +295,24 @@ AB_MODES = {
         "fused_stages",
         [("atomic", dict(dq="atomic")), ("atomic_stages3", dict(dq="atomic", stages=3))],
         [(64, 4096, False), (64, 16384, False), (64, 4096, True), (64, 16384, True)],
+    ),
+    # partial tiles walked in a loop of their own (masks compiled in), full ones without masks,
+    # in both dQ modes on masked walks
+    "--split": (
+        "split",
+        [("kernel", dict(dq="kernel")), ("kernel_split", dict(dq="kernel", split_partial=True)),
+         ("atomic", dict(dq="atomic")), ("atomic_split", dict(dq="atomic", split_partial=True))],
+        [(128, 4096, True), (128, 16384, True), (128, 4096, True, "window"),
+         (128, 16384, True, "segments"), (128, 4096, True, "alibi"), (64, 4096, True)],
+    ),
+    # the same with ALiBi (the pretraining model's causal ALiBi over 8 packed documents first)
+    "--split-alibi": (
+        "split_alibi",
+        [("kernel", dict(dq="kernel")), ("kernel_split", dict(dq="kernel", split_partial=True)),
+         ("atomic", dict(dq="atomic")), ("atomic_split", dict(dq="atomic", split_partial=True))],
+        [(128, 2048, True, "alibi+segments"), (128, 4096, True, "alibi+segments"),
+         (128, 2048, True, "alibi"), (128, 16384, True, "alibi"), (64, 4096, True, "alibi"),
+         (64, 2048, True, "alibi+segments"), (128, 2048, True)],
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (

@@ -353,6 +353,10 @@ class BackwardConfig:
         branch taken only for the partial tiles of a walk, as the forward does
         (default); False selects on every tile of a masked walk, branch-free. H100,
         causal bf16: +7% at 1k, +11-18% at 4k-16k (benchmarks/NOTES.md, "Session 6").
+      split_partial: in the dK/dV kernel, walk each kv tile's partial q tiles (listed
+        first, see ``tile_metadata(partial_first=True)``) in a loop with the element masks
+        compiled in and its full ones in a second loop without them (FA3 separates its
+        masking iterations the same way), instead of one loop testing each tile's flag.
       producer_registers: registers per thread of the producer warpgroup (TMA loads); None:
         24 when the dK/dV kernel also computes dQ (FA3's split, 240 for each of two
         consumers), else 40. H100, bf16, medians of three interleaved rounds
@@ -376,6 +380,7 @@ class BackwardConfig:
     dq: str = "kernel"
     tile_order: str = "tiles"
     branch_masks: bool = True
+    split_partial: bool = False
     producer_registers: int | None = None
     consumer_registers: int | None = None
 
@@ -476,7 +481,7 @@ BACKWARD_TILE_ORDERS = ("tiles", "batch")
 #: Keys from which inputs (at head dim 128 only unmasked or block-sparse ones) add dQ from the
 #: dK/dV kernel unless gradients must be deterministic.
 FUSED_DQ_MIN_SEQ_K = 4096
-BACKWARD_KINDS = ("dense", "block_sparse", "masked")
+BACKWARD_KINDS = ("dense", "block_sparse", "masked", "alibi")
 
 
 def default_backward_config(
@@ -497,7 +502,8 @@ def default_backward_config(
     +1.4…4.5% at head dim 64/128, 1k-16k, dense and causal (one causal size -0.2%).
 
     ``kind``: ``"dense"`` (no mask, ALiBi or softcap), ``"block_sparse"`` (a block mask and
-    nothing else) or ``"masked"`` (anything else, causal included). Unless ``deterministic``,
+    nothing else), ``"alibi"`` (ALiBi slopes, with or without masks) or ``"masked"``
+    (anything else, causal included); ``"alibi"`` counts as masked below. Unless ``deterministic``,
     inputs with at least :data:`FUSED_DQ_MIN_SEQ_K` keys (and block masks, if any, of
     128-multiple blocks) take ``dq='atomic'`` when dense or block-sparse, and at head dim
     <= 64 also when masked. H100, bf16, timing the backward alone (NOTES, "Session 7",
@@ -513,6 +519,13 @@ def default_backward_config(
     Unmasked head dim 64 on the two kernels takes 128-row q steps in the dK/dV kernel (FA3's
     tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
     1k-4k; on causal walks they lose 20-25% (not taken).
+
+    ALiBi walks on the two kernels split their partial tiles from their full ones
+    (``split_partial``): H100, bf16, causal, three interleaved rounds (NOTES, "Session 10"):
+    +3…11% at head dim 128 (2k-16k, with and without 8 packed documents), +2…12% at 64; without
+    ALiBi the split loses 4-15% there (causal, window; ptxas: the dQ kernel's spills go from
+    116 to 652 bytes at causal D128), and on the fused path it is even with ALiBi and -6% on
+    causal at head dim 64 (not taken).
     """
     if kind not in BACKWARD_KINDS:
         raise ValueError(f"kind must be one of {BACKWARD_KINDS}, got {kind!r}")
@@ -523,7 +536,7 @@ def default_backward_config(
         and not small_blocks
         and seq_k is not None
         and seq_k >= FUSED_DQ_MIN_SEQ_K
-        and (kind != "masked" or head_dim <= 64)
+        and (kind in ("dense", "block_sparse") or head_dim <= 64)
     )
     return BackwardConfig(
         block_q_dkv=128 if kind == "dense" and head_dim <= 64 and not fused else 64,
@@ -532,4 +545,5 @@ def default_backward_config(
         block_kv_dq=64 if small_blocks else 128,
         register_operands=not interpret,
         dq="atomic" if fused else "kernel",
+        split_partial=kind == "alibi" and not fused,
     )

@@ -168,6 +168,9 @@ class TileMetadata:
       all_visible: every row visits every column tile, in order (static; known
         for positional masks only): ``index`` is then ``arange`` per row and
         ``count`` the column count, so kernels need not read them.
+      partial_count: int32 ``[Bm, Hm, n_rows]`` when built with ``partial_first``:
+        each row then lists its partial tiles first (ascending), then its full
+        ones (ascending), and this counts the partial ones; None otherwise.
     """
 
     index: jax.Array
@@ -177,6 +180,7 @@ class TileMetadata:
     tile_k: int = dataclasses.field(metadata=dict(static=True))
     transposed: bool = dataclasses.field(metadata=dict(static=True))
     all_visible: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    partial_count: jax.Array | None = None
 
     @property
     def n_rows(self) -> int:
@@ -321,6 +325,7 @@ def tile_metadata(
     segment_ids=None,
     block_mask: BlockMask | None = None,
     transpose: bool = False,
+    partial_first: bool = False,
 ) -> TileMetadata:
     """Per-tile visiting lists for the kernels (jit-compatible).
 
@@ -331,6 +336,9 @@ def tile_metadata(
       block_mask: optional :class:`BlockMask`.
       transpose: rows are kv tiles and columns q tiles (the backward dK/dV
         kernel's loop); otherwise rows are q tiles.
+      partial_first: order each row's partial tiles before its full ones and
+        fill ``partial_count``, so a kernel can walk them in a separate loop
+        with the element masks compiled in, and the rest without.
     """
     for name, value in (("tile_q", tile_q), ("tile_k", tile_k)):
         if not isinstance(value, int) or value < 1:
@@ -340,7 +348,8 @@ def tile_metadata(
         # NumPy and hand XLA constants (no sort to constant-fold at compile time).
         nonempty, full = _positional_tiles(spec, tile_q, tile_k)
         visible, full, xp = nonempty[None, None], (full & nonempty)[None, None], np
-        all_visible = bool(nonempty.all())
+        # Reordering partial tiles first keeps rows in order only if none is partial.
+        all_visible = bool(nonempty.all()) and not (partial_first and not full.all())
     else:
         visible, full = tile_visibility(
             spec, tile_q, tile_k, segment_ids=segment_ids, block_mask=block_mask
@@ -349,7 +358,7 @@ def tile_metadata(
         all_visible = False
     if transpose:
         visible, full = visible.swapaxes(-1, -2), full.swapaxes(-1, -2)
-    index, count, partial = _pack_visible(visible, full, xp)
+    index, count, partial = _pack_visible(visible, full, xp, partial_first)
     return TileMetadata(
         jnp.asarray(index),
         jnp.asarray(count),
@@ -358,14 +367,19 @@ def tile_metadata(
         tile_k,
         transpose,
         all_visible,
+        jnp.asarray(partial.sum(-1, dtype=xp.int32)) if partial_first else None,
     )
 
 
-def _pack_visible(visible, full, xp):
+def _pack_visible(visible, full, xp, partial_first: bool = False):
     """``(index, count, partial)`` int32 from bool ``visible``/``full`` ``[..., n_cols]``."""
     n_cols = visible.shape[-1]
-    # A stable sort puts the visible columns first, in ascending order.
-    order = xp.argsort(~visible, axis=-1, stable=True).astype(xp.int32)
+    # A stable sort puts the visible columns first, in ascending order (partial ones
+    # before full ones with ``partial_first``).
+    rank = (~visible).astype(xp.int32)
+    if partial_first:
+        rank = 2 * rank + (visible & full).astype(xp.int32)
+    order = xp.argsort(rank, axis=-1, stable=True).astype(xp.int32)
     count = visible.sum(-1, dtype=xp.int32)
     valid = xp.arange(n_cols, dtype=xp.int32) < count[..., None]
     last = xp.take_along_axis(order, xp.maximum(count - 1, 0)[..., None], axis=-1)

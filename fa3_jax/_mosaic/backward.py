@@ -50,8 +50,11 @@ def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
 
 def _kind(spec: MaskSpec, softcap, has_alibi: bool, has_segments: bool, block_mask) -> str:
     """The heuristic's input kind: ``'dense'`` (no mask, ALiBi or softcap), ``'block_sparse'``
-    (a block mask and nothing else) or ``'masked'``."""
-    extras = softcap is not None or has_alibi or has_segments or spec.is_positional
+    (a block mask and nothing else), ``'alibi'`` (ALiBi, with or without masks) or
+    ``'masked'``."""
+    if has_alibi:
+        return "alibi"
+    extras = softcap is not None or has_segments or spec.is_positional
     if extras:
         return "masked"
     return "dense" if block_mask is None else "block_sparse"
@@ -199,7 +202,7 @@ def mha_backward(
         segments is not None,
     )
 
-    def metadata(tile_q, tile_k, transpose):
+    def metadata(tile_q, tile_k, transpose, partial_first=False):
         return tile_metadata(
             spec,
             tile_q,
@@ -207,15 +210,16 @@ def mha_backward(
             segment_ids=segment_ids,
             block_mask=block_mask,
             transpose=transpose,
+            partial_first=partial_first,
         )
 
     inputs = (q_p, k_p, v_p, do_p, lse2, delta)
     extras = dict(params=params, cfg=cfg, slopes=slopes, segments=segments)
-    meta_t = metadata(cfg.block_q_dkv, cfg.tile_kv_dkv, True)
+    meta_t = metadata(cfg.block_q_dkv, cfg.tile_kv_dkv, True, cfg.split_partial)
     dk, dv, dq_f32 = dkdv_kernel_call(*inputs, meta_t, **extras)
     if dq_f32 is not None:
         dq = (dq_f32[:, :seq_q] * params.softmax_scale).astype(q.dtype)
     else:
-        meta = metadata(cfg.tile_q_dq, cfg.block_kv_dq, False)
+        meta = metadata(cfg.tile_q_dq, cfg.block_kv_dq, False, cfg.split_partial)
         dq = dq_kernel_call(*inputs, meta, **extras)[:, :seq_q]
     return dq, dk[:, :seq_k], dv[:, :seq_k]

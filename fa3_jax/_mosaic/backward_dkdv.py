@@ -104,17 +104,16 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
     def meta_h(g):
         return head_q(g) if shp.meta_h > 1 else 0
 
-    def walk(body, init):
-        """Runs ``body(g, t, step, carry)`` over (group head, visited q tile)."""
+    def walk(body, init, masked=False):
+        """Runs ``body(g, t, step, carry, mask)`` over (group head, visited q tile);
+        ``mask``: see ``TileLists.walk_row`` and ``issue_dkdv``."""
 
         def per_head(g, carry):
-            n = tiles.count(mb, meta_h(g), kv_tile)
-
-            def per_tile(t, carry):
+            def per_tile(t, carry, mask):
                 step, inner = carry
-                return step + 1, body(g, t, step, inner)
+                return step + 1, body(g, t, step, inner, mask)
 
-            return lax.fori_loop(0, n, per_tile, carry)
+            return tiles.walk_row(mb, meta_h(g), kv_tile, per_tile, carry, masked=masked)
 
         return lax.fori_loop(0, group, per_head, (jnp.int32(0), init))
 
@@ -138,7 +137,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             if params.has_segments:
                 plgpu.copy_gmem_to_smem(qseg_ref.at[b, rows], qseg_smem.at[slot], bar)
 
-        def issue(g, t, step, _):
+        def issue(g, t, step, _, mask):
             load(step, head_q(g), tiles.index(mb, meta_h(g), kv_tile, t))
             return 0
 
@@ -202,14 +201,15 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
             return pl.run_scoped(run, score_accs)
 
-        def issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp, ds_dst=None):
+        def issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp, mask, ds_dst=None):
             """Softmax recomputation and dS^T of one step; issues dV, dK wgmmas (no wait).
 
+            ``mask``: the step's element-mask mode (see ``TileLists.walk_row``).
             ``ds_dst``: SMEM tile that must receive dS^T (for the fused dQ GEMMs).
             """
             hq = head_q(g)
             qi = tiles.index(mb, meta_h(g), kv_tile, t)
-            part = None if not masked else tiles.partial(mb, meta_h(g), kv_tile, t)
+            part = tiles.partial(mb, meta_h(g), kv_tile, t) if mask is None else (mask or None)
             lse2_q = plgpu.load(lse_smem.at[slot], layout=layout.reduce(0))
             slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
             alibi2 = None
@@ -259,7 +259,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
 
         def accumulate_plain(dk_acc, dv_acc):
-            def step_body(g, t, step, prev_slot):
+            def step_body(g, t, step, prev_slot, mask):
                 slot = lax.rem(step, stages)
                 plgpu.barrier_wait(full_bar.at[slot])
 
@@ -271,7 +271,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                         def _():
                             plgpu.barrier_arrive(consumed_bar.at[prev_slot])
 
-                    issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp)
+                    issue_dkdv(dk_acc, dv_acc, g, t, slot, qk, dp, mask)
 
                 with_scores(slot, use)
                 if not cfg.defer_release:
@@ -279,7 +279,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     plgpu.barrier_arrive(consumed_bar.at[slot])
                 return slot
 
-            steps, last_slot = walk(step_body, jnp.int32(0))
+            steps, last_slot = walk(step_body, jnp.int32(0), masked)
             dk, dv = dk_acc[...], dv_acc[...]
             if cfg.defer_release:
 
@@ -293,20 +293,20 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             """Step t's softmax runs while the tensor cores compute S^T, dP^T of t+1."""
             plgpu.barrier_wait(full_bar.at[0])
 
-            def step_body(g, t, step, carry):
+            def step_body(g, t, step, carry, mask):
                 slot, next_slot = lax.rem(step, stages), lax.rem(step + 1, stages)
                 plgpu.barrier_wait(full_bar.at[next_slot])
 
                 def overlapped(accs):
                     issue_scores(next_slot, *accs)
-                    issue_dkdv(dk_acc, dv_acc, g, t, slot, *carry)
+                    issue_dkdv(dk_acc, dv_acc, g, t, slot, *carry, mask)
                     return accs[0][...], accs[1][...]  # waits for this step's dV/dK too
 
                 scores = pl.run_scoped(overlapped, score_accs)
                 plgpu.barrier_arrive(consumed_bar.at[slot])
                 return scores
 
-            steps, _ = walk(step_body, scores_now(0))
+            steps, _ = walk(step_body, scores_now(0), masked)
             plgpu.barrier_arrive(consumed_bar.at[lax.rem(steps, stages)])
             return dk_acc[...], dv_acc[...]
 
@@ -354,13 +354,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.commit_smem()
             plgpu.barrier_arrive(step_bar.at[2])
 
-            def step_body(g, t, step, prev):
+            def step_body(g, t, step, prev, mask):
                 slot, buf = lax.rem(step, stages), lax.rem(step, 3)
                 plgpu.barrier_wait(full_bar.at[slot])
                 with_scores(
                     slot,
                     lambda qk, dp: issue_dkdv(
-                        dk_acc, dv_acc, g, t, slot, qk, dp, ds_dst=ds_smem.at[wg, buf]
+                        dk_acc, dv_acc, g, t, slot, qk, dp, mask, ds_dst=ds_smem.at[wg, buf]
                     ),
                 )
                 prev_buf = lax.rem(step + 2, 3)
@@ -372,7 +372,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 return head_q(g), tiles.index(mb, meta_h(g), kv_tile, t), kv_tile
 
             spare = shp.kv_tiles + kv_tile
-            steps, last = walk(step_body, (head_q(0), jnp.int32(0), spare))
+            steps, last = walk(step_body, (head_q(0), jnp.int32(0), spare), masked)
             last_buf = lax.rem(steps + 2, 3)
             plgpu.barrier_wait(step_bar.at[last_buf])
             dq_columns(last_buf, *last)

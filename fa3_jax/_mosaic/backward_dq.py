@@ -138,10 +138,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.wgmma(s_acc, q_smem.at[wg], k_smem.at[slot].T)
             plgpu.wgmma(dp_acc, do_smem.at[wg], v_smem.at[slot].T)
 
-        def issue_dq(dq_acc, step, slot, qk, dp):
-            """Softmax recomputation and dS of one step; issues dQ += dS K (no wait)."""
+        def issue_dq(dq_acc, step, slot, qk, dp, mask):
+            """Softmax recomputation and dS of one step; issues dQ += dS K (no wait).
+
+            ``mask``: the step's element-mask mode (see ``TileLists.walk_row``).
+            """
             kj = tiles.index(mb, mh, q_tile, step)
-            part = None if not masked else tiles.partial(mb, mh, q_tile, step)
+            part = tiles.partial(mb, mh, q_tile, step) if mask is None else (mask or None)
             k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
             k_seg = None
             if params.has_segments:
@@ -176,7 +179,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.wgmma(dq_acc, ds_op, k_smem.at[slot])
 
         def walk(dq_acc):
-            def step_body(step, prev_slot):
+            def step_body(step, prev_slot, mask):
                 slot = lax.rem(step, stages)
                 plgpu.barrier_wait(full_bar.at[slot])
 
@@ -191,7 +194,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                         def _():
                             plgpu.barrier_arrive(consumed_bar.at[prev_slot])
 
-                    issue_dq(dq_acc, step, slot, qk, lambda: accs[1][...])
+                    issue_dq(dq_acc, step, slot, qk, lambda: accs[1][...], mask)
 
                 pl.run_scoped(scores_then_dq, score_accs)
                 if not cfg.defer_release:
@@ -199,7 +202,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     plgpu.barrier_arrive(consumed_bar.at[slot])
                 return slot
 
-            last_slot = lax.fori_loop(0, n_steps, step_body, jnp.int32(0))
+            last_slot = tiles.walk_row(mb, mh, q_tile, step_body, jnp.int32(0), masked=masked)
             dq = dq_acc[...]
             if cfg.defer_release:
 
@@ -221,20 +224,21 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 issue_scores(0, *accs)
                 return accs[0][...], accs[1][...]
 
-            def step_body(step, carry):
+            def step_body(step, carry, mask):
                 slot, next_slot = lax.rem(step, stages), lax.rem(step + 1, stages)
                 plgpu.barrier_wait(full_bar.at[next_slot])
 
                 def overlapped(accs):
                     issue_scores(next_slot, *accs)
-                    issue_dq(dq_acc, step, slot, *carry)
+                    issue_dq(dq_acc, step, slot, *carry, mask)
                     return accs[0][...], accs[1][...]  # waits for dQ of this step too
 
                 scores = pl.run_scoped(overlapped, score_accs)
                 plgpu.barrier_arrive(consumed_bar.at[slot])
                 return scores
 
-            lax.fori_loop(0, n_steps, step_body, pl.run_scoped(first, score_accs))
+            first_scores = pl.run_scoped(first, score_accs)
+            tiles.walk_row(mb, mh, q_tile, step_body, first_scores, masked=masked)
             plgpu.barrier_arrive(consumed_bar.at[lax.rem(n_steps, stages)])
             return dq_acc[...]
 

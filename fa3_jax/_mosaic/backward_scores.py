@@ -69,8 +69,9 @@ def probs_and_dlogits(
       alibi2: f32 tile, ALiBi's key term when it splits (``common.alibi_splits``; the
         caller folded the query term into ``lse2``), replacing the ALiBi from positions.
       q_seg, k_seg: int32 tiles of segment ids (when ``params.has_segments``).
-      partial: int32 scalar; element masks apply only when nonzero; None compiles
-        them out (no tile of the walk can be partial).
+      partial: int32 scalar, element masks apply only when nonzero; ``True``: the
+        tile is known to be partial (masks applied, no test); None compiles them
+        out (the tile is known to be full).
       branch: compute the element masks behind a branch taken only for partial
         tiles (as the forward does); False selects on every tile, branch-free.
 
@@ -90,7 +91,9 @@ def probs_and_dlogits(
             keep = positional_visible(q_pos, k_pos, spec=params.spec)
             return keep & (q_seg == k_seg) if params.has_segments else keep
 
-        if branch:
+        if partial is True:
+            p = jnp.where(visible(), p, 0.0)
+        elif branch:
             p = lax.cond(partial != 0, lambda p: jnp.where(visible(), p, 0.0), lambda p: p, p)
         else:
             p = jnp.where(visible() | (partial == 0), p, 0.0)

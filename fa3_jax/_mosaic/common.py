@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import jax.numpy as jnp
+from jax import lax
 
 from fa3_jax.masks import MaskSpec, TileMetadata
 
@@ -86,20 +87,28 @@ def needs_element_masks(spec: MaskSpec, *, tile_k: int, has_segments: bool) -> b
 def tile_list_operands(meta: TileMetadata, masked: bool) -> list:
     """The metadata arrays a kernel takes: none when every tile is visited in order and no
     element masks are compiled in (XLA would otherwise launch kernels each call to
-    materialize the constant ``count``/``partial`` arrays), else ``[index, count, partial]``."""
+    materialize the constant ``count``/``partial`` arrays), else ``[index, count, partial]``
+    and ``partial_count`` when the lists put partial tiles first."""
     if meta.all_visible and not masked:
         return []
-    return [meta.index, meta.count, meta.partial]
+    extra = [] if meta.partial_count is None else [meta.partial_count]
+    return [meta.index, meta.count, meta.partial, *extra]
 
 
 @dataclasses.dataclass(frozen=True)
 class TileLists:
     """A kernel's reads of its tile visiting lists ``[Bm, Hm, row, j]``; without metadata
-    refs (see :func:`tile_list_operands`) entry ``j`` is column tile ``j`` and every row
-    has ``n_cols`` entries."""
+    refs (see :func:`tile_list_operands`) entry ``j`` is column tile ``j``, every row
+    has ``n_cols`` entries and none is partial."""
 
-    refs: tuple[Any, ...]  # (index, count, partial) refs, or () for the static lists
+    refs: tuple[Any, ...]  # (index, count, partial[, partial_count]) refs, or ()
     n_cols: int
+
+    @property
+    def partial_first(self) -> bool:
+        """Whether rows list their partial tiles first and ``partial_count`` counts them
+        (static: the metadata was built with ``partial_first``)."""
+        return len(self.refs) == 4
 
     @classmethod
     def take(cls, refs, meta_operands: int, n_cols: int):
@@ -114,3 +123,23 @@ class TileLists:
 
     def partial(self, b, h, row, j):
         return self.refs[2][b, h, row, j]
+
+    def walk_row(self, b, h, row, body, carry, *, masked: bool):
+        """``carry = body(j, carry, mask)`` for the entries ``j`` of one row, in order.
+
+        ``mask`` is static, the entry's element-mask mode: False when ``masked`` is
+        (nothing can be partial); with partial-first lists, True for the partial entries
+        (a loop of their own, masks compiled in) and False for the full ones (a second
+        loop, masks compiled out); else None (test the entry's ``partial`` flag).
+        """
+
+        def loop(lo, hi, mask, carry):
+            return lax.fori_loop(lo, hi, lambda j, c: body(j, c, mask), carry)
+
+        n = self.count(b, h, row)
+        if not masked:
+            return loop(0, n, False, carry)
+        if not self.partial_first:
+            return loop(0, n, None, carry)
+        n_partial = self.refs[3][b, h, row]
+        return loop(n_partial, n, False, loop(0, n_partial, True, carry))

@@ -94,16 +94,20 @@ def test_unsorted_segments_are_conservative():
     assert not (full & ~want_full).any()
 
 
+@pytest.mark.parametrize("partial_first", [False, True])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("dynamic", [True, False], ids=["segments+blocks", "positional"])
-def test_tile_metadata_lists(transpose, dynamic):
+def test_tile_metadata_lists(transpose, dynamic, partial_first):
+    """Each row lists its visible tiles ascending (with ``partial_first``: the partial ones,
+    then the full ones, each ascending, and ``partial_count`` counts the partial ones)."""
     rng = np.random.default_rng(2)
     spec = MaskSpec(300, 250, causal=True, window_left=100)
     seg = (_segments(rng, 2, 300), _segments(rng, 2, 250)) if dynamic else None
     bm = BlockMask(jnp.asarray(rng.random((4, 5, 4)) < 0.6), 64, 64) if dynamic else None
     visible, full = tile_visibility(spec, 64, 64, segment_ids=seg, block_mask=bm)
     meta = jax.jit(
-        lambda s, b: tile_metadata(spec, 64, 64, segment_ids=s, block_mask=b, transpose=transpose)
+        lambda s, b: tile_metadata(spec, 64, 64, segment_ids=s, block_mask=b,
+                                   transpose=transpose, partial_first=partial_first)
     )(seg, bm)
     visible, full = np.asarray(visible), np.asarray(full)
     if transpose:
@@ -111,14 +115,26 @@ def test_tile_metadata_lists(transpose, dynamic):
     index, count, partial = (np.asarray(x) for x in (meta.index, meta.count, meta.partial))
     assert index.shape == visible.shape and meta.transposed == transpose
     assert index.dtype == count.dtype == partial.dtype == np.int32
+    assert (meta.partial_count is not None) == partial_first
     for b, h, r in itertools.product(*(range(n) for n in visible.shape[:3])):
         n = count[b, h, r]
         want = np.flatnonzero(visible[b, h, r])
+        if partial_first:
+            is_full = full[b, h, r, want]
+            want = np.concatenate([want[~is_full], want[is_full]])
+            assert meta.partial_count[b, h, r] == (~is_full).sum()
         np.testing.assert_array_equal(index[b, h, r, :n], want)
         np.testing.assert_array_equal(partial[b, h, r, :n], ~full[b, h, r, want])
         assert (partial[b, h, r, n:] == 0).all()
         assert (index[b, h, r, n:] == (want[-1] if n else 0)).all()
     assert (count > 1).any() and (not dynamic or (count == 0).any())
+    if partial_first and not dynamic:  # the window's far edge moves before the full tiles
+        aligned = tile_metadata(MaskSpec(512, 512, causal=True, window_left=200), 64, 64,
+                                transpose=transpose, partial_first=True)
+        # q row 5 (kv rows 2): window edges and diagonal first, then the full tiles
+        row, want = (2, [2, 5, 6, 3, 4]) if transpose else (5, [1, 2, 5, 3, 4])
+        np.testing.assert_array_equal(aligned.index[0, 0, row, :5], want)
+        assert aligned.count[0, 0, row] == 5 and aligned.partial_count[0, 0, row] == 3
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
@@ -132,6 +148,9 @@ def test_all_visible_flag_matches_the_lists(spec, transpose):
     assert meta.all_visible == bool((count == meta.n_cols).all() and (index == arange).all())
     assert tile_metadata(MaskSpec(256, 256), 64, 64).all_visible
     assert not tile_metadata(MaskSpec(256, 256, causal=True), 64, 64).all_visible
+    # Partial tiles first breaks the order only where some tile is partial.
+    assert tile_metadata(MaskSpec(256, 256), 64, 64, partial_first=True).all_visible
+    assert not tile_metadata(MaskSpec(256, 250), 64, 64, partial_first=True).all_visible
     ids = jnp.zeros((1, 256), jnp.int32)
     assert not tile_metadata(MaskSpec(256, 256), 64, 64, segment_ids=(ids, ids)).all_visible
 
@@ -143,6 +162,8 @@ def test_tile_list_operands_only_where_needed():
     assert len(tile_list_operands(dense, masked=True)) == 3
     causal = tile_metadata(MaskSpec(256, 256, causal=True), 64, 64)
     assert len(tile_list_operands(causal, masked=False)) == 3
+    causal = tile_metadata(MaskSpec(256, 256, causal=True), 64, 64, partial_first=True)
+    assert len(tile_list_operands(causal, masked=True)) == 4
 
 
 def test_mask_spec_and_block_mask_validation():

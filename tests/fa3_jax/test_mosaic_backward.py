@@ -305,14 +305,17 @@ def test_fused_dq_with_block_mask(head_dim, causal):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("dq,branch", [("kernel", True), ("atomic", True), ("kernel", False)])
-def test_backward_lowers_for_cuda(head_dim, dq, branch):
+@pytest.mark.parametrize("dq,branch,split", [("kernel", True, False), ("atomic", True, False),
+                                              ("kernel", False, False), ("kernel", True, True),
+                                              ("atomic", True, True)])
+def test_backward_lowers_for_cuda(head_dim, dq, branch, split):
     """The GPU configs (P/dS in registers; TMA reduce-add for 'atomic', which interpret
     mode cannot run) pass Mosaic GPU's lowering and layout inference."""
     b, s, h = 1, 256, 2
     q = jax.ShapeDtypeStruct((b, s, h, head_dim), BF16)
     lse = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
-    cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq, branch_masks=branch)
+    cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq, branch_masks=branch,
+                              split_partial=split)
     assert cfg.register_operands
 
     def backward(q, k, v, o, lse, do):
@@ -343,9 +346,13 @@ def test_backward_lowers_for_cuda(head_dim, dq, branch):
         BackwardConfig(tile_order="batch"),
         BackwardConfig(branch_masks=False),
         BackwardConfig(branch_masks=False, overlap=True, block_kv_dq=128),
+        BackwardConfig(split_partial=True),
+        BackwardConfig(split_partial=True, overlap=True, block_kv_dq=128),
+        BackwardConfig(split_partial=True, dq="partials"),
     ],
     ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order",
-         "select-masks", "select-masks-overlap"],
+         "select-masks", "select-masks-overlap", "split-partial", "split-partial-overlap",
+         "split-partial-fused"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
@@ -446,7 +453,9 @@ def test_config_validation_and_heuristic():
     (64, 16384, "masked", 0, False, "atomic"),  # causal D64: fused wins
     (128, 4096, "dense", 0, True, "kernel"),  # asked for determinism
     (128, 2048, "dense", 0, False, "kernel"),  # short: the two kernels win
-    (64, 4096, "masked", 0, False, "atomic"),  # D64 window/ALiBi: fused wins
+    (64, 4096, "masked", 0, False, "atomic"),  # D64 window: fused wins
+    (64, 4096, "alibi", 0, False, "atomic"),  # D64 ALiBi: fused wins
+    (128, 4096, "alibi", 0, False, "kernel"),
     (128, 4096, "masked", 0, False, "kernel"),  # D128 causal/window/documents: fused loses
     (64, 2048, "masked", 0, False, "kernel"),
     (64, 4096, "masked", 128, False, "atomic"),  # block mask + causal at D64: as masked D64
@@ -462,6 +471,8 @@ def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, 
     cfg = default_backward_config(head_dim, bm, seq_k=seq_k, kind=kind,
                                   deterministic=deterministic)
     assert cfg.dq == dq
+    # Partial tiles get their own loop on ALiBi walks of the two kernels only.
+    assert cfg.split_partial == (kind == "alibi" and dq == "kernel")
 
 
 @pytest.mark.parametrize("spec_kw,extras,kind", [
@@ -470,7 +481,8 @@ def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, 
     (dict(causal=True, window_left=64), {}, "masked"),
     (dict(window_left=64, window_right=0), {}, "masked"),
     (dict(causal=True), dict(softcap=5.0), "masked"),
-    (dict(), dict(has_alibi=True), "masked"),
+    (dict(), dict(has_alibi=True), "alibi"),
+    (dict(causal=True), dict(has_alibi=True, has_segments=True), "alibi"),
     (dict(causal=True), dict(has_segments=True), "masked"),
 ])
 def test_backward_kind(spec_kw, extras, kind):
