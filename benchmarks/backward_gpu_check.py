@@ -305,6 +305,13 @@ AB_MODES = {
         [(128, 4096, True), (128, 16384, True), (128, 4096, True, "window"),
          (128, 16384, True, "segments"), (128, 4096, True, "alibi"), (64, 4096, True)],
     ),
+    # causal head dim 128 from 8k keys: the fused path with the split against the two kernels
+    "--split-long": (
+        "split_long",
+        [("kernel", dict(dq="kernel")), ("atomic_split", dict(dq="atomic", split_partial=True))],
+        [(128, 8192, True), (128, 16384, True), (128, 8192, True, "segments"),
+         (128, 16384, True, "window")],
+    ),
     # the same with ALiBi (the pretraining model's causal ALiBi over 8 packed documents first)
     "--split-alibi": (
         "split_alibi",

@@ -253,17 +253,19 @@ def test_deterministic_bit_identical(dq):
 
 
 @pytest.mark.parametrize(
-    "head_dim,wgs,stages",
-    [(64, 2, 2), (64, 2, 3), (128, 2, 2), (64, 1, 2), (128, 1, 2)],
-    ids=["d64-2wg-swizzle64", "d64-2wg-3stages", "d128-2wg", "d64-1wg", "d128-1wg"],
+    "head_dim,wgs,stages,split",
+    [(64, 2, 2, False), (64, 2, 3, False), (128, 2, 2, False), (64, 1, 2, False),
+     (128, 1, 2, False), (128, 2, 2, True)],
+    ids=["d64-2wg-swizzle64", "d64-2wg-3stages", "d128-2wg", "d64-1wg", "d128-1wg",
+         "d128-2wg-split"],
 )
-def test_fused_dq_layouts_race_free(head_dim, wgs, stages):
+def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split):
     """Fused dQ (each consumer's column block over every consumer's dS^T; at D64 with two
-    consumers the 64-byte swizzle; three ring slots, the D64 default) with race detection,
-    against the f32 reference."""
+    consumers the 64-byte swizzle; three ring slots, the D64 default; partial tiles in a
+    loop of their own) with race detection, against the f32 reference."""
     case = dataclasses.replace(_WALK_CASE, dtype=BF16, softcap=None, head_dim=head_dim)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 17)
-    cfg = BackwardConfig(dq="partials", compute_wgs=wgs, stages=stages)
+    cfg = BackwardConfig(dq="partials", compute_wgs=wgs, stages=stages, split_partial=split)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
         jax.block_until_ready(grads)
@@ -363,14 +365,20 @@ def test_config_variants(cfg):
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 5e-3)
 
 
-def test_no_races_and_lse_cotangent():
-    """Race detection on one GQA causal config; the lse cotangent is honoured."""
-    case = Case(
-        dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=70, seq_k=130, causal=True, softcap=4.0
-    )
+@pytest.mark.parametrize("alibi", [None, "head"], ids=["softcap", "alibi-split"])
+def test_no_races_and_lse_cotangent(alibi, monkeypatch):
+    """Race detection on one GQA causal config (with ALiBi: partial tiles in their own loop,
+    the default there); the lse cotangent is honoured."""
+    case = Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=70, seq_k=130, causal=True,
+                softcap=4.0, alibi=alibi)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 5, dlse=True)
+    used = []
+    dkdv = mosaic_backward.dkdv_kernel_call
+    monkeypatch.setattr(mosaic_backward, "dkdv_kernel_call",
+                        lambda *a, cfg, **kw: used.append(cfg) or dkdv(*a, cfg=cfg, **kw))
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs)
+    assert [c.split_partial for c in used] == [alibi is not None]
     assert not interpret_pallas_call.get_races().races_found, "race detected in the backward"
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2, kwargs["dlse_BHS"])
 
