@@ -305,6 +305,12 @@ AB_MODES = {
         [(128, 4096, True), (128, 16384, True), (128, 4096, True, "window"),
          (128, 16384, True, "segments"), (128, 4096, True, "alibi"), (64, 4096, True)],
     ),
+    # the split on the two kernels only, for an A/B of two source trees (which kernel loses)
+    "--split-trees": (
+        "split_trees",
+        [("kernel", dict(dq="kernel")), ("kernel_split", dict(dq="kernel", split_partial=True))],
+        [(128, 4096, True), (128, 4096, True, "window"), (128, 2048, True), (64, 4096, True)],
+    ),
     # causal head dim 128 from 8k keys: the fused path with the split against the two kernels
     "--split-long": (
         "split_long",
