@@ -353,7 +353,7 @@ class BackwardConfig:
         branch taken only for the partial tiles of a walk, as the forward does
         (default); False selects on every tile of a masked walk, branch-free. H100,
         causal bf16: +7% at 1k, +11-18% at 4k-16k (benchmarks/NOTES.md, "Session 6").
-      split_partial: in the dK/dV kernel, walk each kv tile's partial q tiles (listed
+      split_partial: in the dK/dV and dQ kernels, walk each row's partial tiles (listed
         first, see ``tile_metadata(partial_first=True)``) in a loop with the element masks
         compiled in and its full ones in a second loop without them (FA3 separates its
         masking iterations the same way), instead of one loop testing each tile's flag.

@@ -127,7 +127,7 @@ class TileLists:
     def walk_row(self, b, h, row, body, carry, *, masked: bool):
         """``carry = body(j, carry, mask)`` for the entries ``j`` of one row, in order.
 
-        ``mask`` is static, the entry's element-mask mode: False when ``masked`` is
+        ``mask`` is static, the entry's element-mask mode: False when not ``masked``
         (nothing can be partial); with partial-first lists, True for the partial entries
         (a loop of their own, masks compiled in) and False for the full ones (a second
         loop, masks compiled out); else None (test the entry's ``partial`` flag).
