@@ -209,7 +209,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             """
             hq = head_q(g)
             qi = tiles.index(mb, meta_h(g), kv_tile, t)
-            part = tiles.partial(mb, meta_h(g), kv_tile, t) if mask is None else (mask or None)
+            part = tiles.partial_arg(mb, meta_h(g), kv_tile, t, mask)
             lse2_q = plgpu.load(lse_smem.at[slot], layout=layout.reduce(0))
             slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
             alibi2 = None

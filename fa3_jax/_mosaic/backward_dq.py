@@ -144,7 +144,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             ``mask``: the step's element-mask mode (see ``TileLists.walk_row``).
             """
             kj = tiles.index(mb, mh, q_tile, step)
-            part = tiles.partial(mb, mh, q_tile, step) if mask is None else (mask or None)
+            part = tiles.partial_arg(mb, mh, q_tile, step, mask)
             k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
             k_seg = None
             if params.has_segments:

@@ -124,6 +124,11 @@ class TileLists:
     def partial(self, b, h, row, j):
         return self.refs[2][b, h, row, j]
 
+    def partial_arg(self, b, h, row, j, mask):
+        """``probs_and_dlogits``'s ``partial`` for entry ``j`` walked in mode ``mask`` (see
+        :meth:`walk_row`): the entry's flag, True (known partial) or None (known full)."""
+        return self.partial(b, h, row, j) if mask is None else (mask or None)
+
     def walk_row(self, b, h, row, body, carry, *, masked: bool):
         """``carry = body(j, carry, mask)`` for the entries ``j`` of one row, in order.
 
