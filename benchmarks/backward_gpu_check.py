@@ -1,11 +1,11 @@
 """One GPU run for the Mosaic backward: correctness of each variant, then timings vs cuDNN.
 
 ``PYTHONPATH=. python benchmarks/backward_gpu_check.py OUT_DIR [--quick] [--no-checks] [FLAG]``,
-FLAG one of ``--order``, ``--mask-branch``, ``--dq``, ``--dq-masks``, ``--dq-d128``,
-``--fused-d128``, ``--alibi``, ``--registers``, ``--trees``, ``--q128``, ``--sparse``,
-``--fused-short``, ``--fused-stages``, ``--variants``, ``--end-to-end``.
+FLAG one of the A/B modes (``AB_MODES``: ``--order``, ``--dq``, ``--split``, ``--q-rows``, …),
+``--variants`` or ``--end-to-end``.
 
 ``--rounds N`` (with an A/B flag) times the variants in turn N times and reports medians;
+``--check`` (with an A/B flag) first checks each variant's gradients at small masked shapes;
 ``--quick`` times three sizes only; ``--no-checks`` skips step 1 and times every
 variant (each was checked on the H100 before); ``--order`` / ``--mask-branch``
 only time the default config in both ``tile_order`` / ``branch_masks`` values
@@ -197,6 +197,31 @@ def ab_runs(out_dir, name, variants, sizes, rounds=1):
     return rows
 
 
+def ab_checks(out_dir, variants):
+    """:func:`check` of each A/B variant (the default config with its changes) at small
+    masked shapes: causal D128 bf16 with GQA and an odd length, causal D64 fp16 with ALiBi,
+    segment ids and softcap. Each variant is checked in its own dQ mode; 'atomic' adds
+    in a run-to-run varying order, so its determinism flag is reported, not required."""
+    shapes = [((2, 1000, 4, 2, 128, jnp.bfloat16, True), {}),
+              ((1, 2048, 4, 4, 64, jnp.float16, True),
+               dict(softcap=20.0, alibi=True, segments=True))]
+    rows = []
+    for label, change in variants:
+        for args, extra in shapes:
+            cfg = dataclasses.replace(default_backward_config(args[4]), **change)
+            try:
+                rec = check(f"{label}-D{args[4]}-{sorted(extra)}", cfg, *args, **extra)
+                if cfg.dq == "atomic":
+                    rec["ok"] = max(rec["errs"]) < (2e-2 if args[5] == jnp.bfloat16 else 5e-3)
+                    rec["ok"] = rec["ok"] and not rec["nan"]
+            except Exception:  # noqa: BLE001 - report and go on
+                print(f"CHECK {label} raised:\n{traceback.format_exc()[-3000:]}", flush=True)
+                rec = dict(name=label, ok=False)
+            rows.append(rec)
+    (out_dir / "backward_checks.json").write_text(json.dumps(rows, indent=1))
+    print("CHECKS", "all OK" if all(r["ok"] for r in rows) else "FAILED", flush=True)
+
+
 AB_MODES = {
     # CTA order: neighbouring CTAs on one head's tiles ('tiles') or on batch entries
     "--order": (
@@ -327,6 +352,16 @@ AB_MODES = {
          (128, 2048, True, "alibi"), (128, 16384, True, "alibi"), (64, 4096, True, "alibi"),
          (64, 2048, True, "alibi+segments"), (128, 2048, True)],
     ),
+    # the score tiles with q rows as the wgmma M dimension (FA3's orientation: per-query lse and
+    # delta in two registers per thread, P/dS through SMEM) against kv rows, both dQ modes
+    "--q-rows": (
+        "q_rows",
+        [("kernel", dict(dq="kernel")), ("kernel_q", dict(dq="kernel", q_rows=True)),
+         ("atomic", dict(dq="atomic")), ("atomic_q", dict(dq="atomic", q_rows=True)),
+         ("atomic_q_split", dict(dq="atomic", q_rows=True, split_partial=True))],
+        [(128, 4096, True), (128, 16384, True), (128, 4096, False), (128, 16384, False),
+         (128, 2048, False), (128, 4096, True, "alibi"), (64, 4096, True), (64, 4096, False)],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",
@@ -375,6 +410,8 @@ def main():
         return end_to_end_runs(out_dir)
     ab = [flag for flag in AB_MODES if flag in sys.argv]
     if ab:
+        if "--check" in sys.argv:
+            ab_checks(out_dir, AB_MODES[ab[0]][1])
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 1
         rows = ab_runs(out_dir, *AB_MODES[ab[0]], rounds=rounds)
         print("\n| variant | D | S | causal | mask | ours TF/s | cuDNN TF/s |")

@@ -359,6 +359,11 @@ class BackwardConfig:
         masking iterations the same way), instead of one loop testing each tile's flag.
         The partial loop applies its masks with a select (behind a branch it lost 8% on
         causal ALiBi with documents, D128 2k); ``branch_masks`` acts without the split only.
+      q_rows: the dK/dV kernel computes S = Q K^T and dP = dO V^T with the q tile as the
+        wgmma M dimension (FA3's orientation) instead of S^T = K Q^T and dP^T = V dO^T.
+        Per-query lse, delta and positions then take two registers per thread instead of
+        one per score column, and P and dS reach the dV/dK GEMMs through SMEM (as
+        transposed A operands) instead of registers. Not with ``overlap``.
       producer_registers: registers per thread of the producer warpgroup (TMA loads); None:
         24 when the dK/dV kernel also computes dQ (FA3's split, 240 for each of two
         consumers), else 40. H100, bf16, medians of three interleaved rounds
@@ -383,6 +388,7 @@ class BackwardConfig:
     tile_order: str = "tiles"
     branch_masks: bool = True
     split_partial: bool = False
+    q_rows: bool = False
     producer_registers: int | None = None
     consumer_registers: int | None = None
 
@@ -402,6 +408,8 @@ class BackwardConfig:
                 "BackwardConfig.overlap needs stages >= 2 (the next tile must be "
                 f"in flight), got stages={self.stages}"
             )
+        if self.q_rows and self.overlap:
+            raise ValueError("BackwardConfig.q_rows does not support overlap")
         if self.dq not in DQ_MODES:
             raise ValueError(f"BackwardConfig.dq must be one of {DQ_MODES}, got {self.dq!r}")
         if self.tile_order not in BACKWARD_TILE_ORDERS:
@@ -455,18 +463,19 @@ class BackwardConfig:
         """Shared memory each kernel needs (bytes), before Mosaic's own scratch."""
         d, s, w = head_dim, self.stages, self.compute_wgs
         staged = 0 if self.register_operands else 1  # P/dS staging buffers
-        tile = w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P^T or dS^T of the CTA
+        staged_dkdv = 1 if self.q_rows else staged
+        tile = w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P or dS of the CTA
         dkdv = (
             2 * w * self.block_kv_dkv * d * itemsize  # K, V of the owned tile
             + 2 * s * self.block_q_dkv * d * itemsize  # Q, dO ring
             + 3 * s * self.block_q_dkv * 4  # lse, delta, q segment ids ring
         )
         if self.dq == "kernel":
-            dkdv += staged * 2 * tile
+            dkdv += staged_dkdv * 2 * tile
         else:
-            # P^T staged unless in registers, a ring of three dS^T (the other
+            # P staged unless in registers, a ring of three dS (the other
             # warpgroups read them for dQ), fp32 dQ columns on their way out.
-            dkdv += staged * tile + 3 * tile + self.block_q_dkv * d * 4
+            dkdv += staged_dkdv * tile + 3 * tile + self.block_q_dkv * d * 4
         dq = (
             2 * w * self.block_q_dq * d * itemsize  # Q, dO of the owned tile
             + 2 * s * self.block_kv_dq * d * itemsize  # K, V ring

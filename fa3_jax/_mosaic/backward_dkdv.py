@@ -9,7 +9,10 @@ registers over the whole walk, so GQA sums and the q-tile order are fixed.
 
 Per visited q tile, a consumer computes (transposed so kv rows are the
 wgmma M dimension):  S^T = K Q^T,  dP^T = V dO^T,  P^T = exp2(S^T - lse),
-dS^T = P^T (dP^T - delta),  dV += P^T dO,  dK += dS^T Q.
+dS^T = P^T (dP^T - delta),  dV += P^T dO,  dK += dS^T Q.  With ``cfg.q_rows``
+the score tiles are S = Q K^T and dP = dO V^T instead (q rows as M, FA3's
+orientation; per-query vectors are then cheap in registers), and P, dS reach
+the dV/dK GEMMs through SMEM as transposed A operands.
 
 With ``cfg.dq != 'kernel'`` the kernel also produces dQ (FA3's five GEMMs).
 Consumer ``w`` computes columns ``[w*Dw, (w+1)*Dw)`` (``Dw = D / compute_wgs``)
@@ -89,6 +92,10 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
     bq, bk, stages, wgs = cfg.block_q_dkv, cfg.block_kv_dkv, cfg.stages, cfg.compute_wgs
     group = shp.group
+    # Score tiles: [kv, q] (S^T), or [q, kv] (S) with q_rows. ``q_dim``: their q axis.
+    q_dim = 0 if cfg.q_rows else 1
+    k_dim = 1 - q_dim
+    tile_shape = (bq, bk) if cfg.q_rows else (bk, bq)
     # Look-ahead scores need a second pair of score tiles in registers next to
     # the fp32 dK/dV accumulators: only affordable at head_dim 64.
     overlap = cfg.overlap and shp.head_dim <= 64
@@ -165,23 +172,29 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         plgpu.barrier_wait(kv_bar.at[wg])
 
         layout = plgpu.Layout.WGMMA
-        k_pos = kv_base + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 0, layout=layout)
+        # Layouts of per-query / per-key vectors of a score tile.
+        q_vec, k_vec = layout.reduce(k_dim), layout.reduce(q_dim)
+        k_pos = kv_base + plgpu.broadcasted_iota(jnp.int32, tile_shape, k_dim, layout=layout)
         k_seg = None
         if params.has_segments:
-            k_seg_col = plgpu.load(kseg_smem.at[wg], layout=layout.reduce(1))
-            k_seg = lax.broadcast_in_dim(k_seg_col, (bk, bq), [0])
+            k_seg_vec = plgpu.load(kseg_smem.at[wg], layout=k_vec)
+            k_seg = lax.broadcast_in_dim(k_seg_vec, tile_shape, [k_dim])
 
         signed = params.has_alibi and alibi_splits(params.spec)
         if signed:
-            q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=layout.reduce(0))
-            k_iota = plgpu.broadcasted_iota(jnp.int32, (bk,), 0, layout=layout.reduce(1))
+            q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=q_vec)
+            k_iota = plgpu.broadcasted_iota(jnp.int32, (bk,), 0, layout=k_vec)
             k_iota = k_iota.astype(jnp.float32)
 
-        score_accs = (plgpu.ACC((bk, bq), jnp.float32), plgpu.ACC((bk, bq), jnp.float32))
+        score_accs = (plgpu.ACC(tile_shape, jnp.float32), plgpu.ACC(tile_shape, jnp.float32))
 
         def issue_scores(slot, s_acc, dp_acc):
-            plgpu.wgmma(s_acc, k_smem.at[wg], q_smem.at[slot].T)
-            plgpu.wgmma(dp_acc, v_smem.at[wg], do_smem.at[slot].T)
+            if cfg.q_rows:
+                plgpu.wgmma(s_acc, q_smem.at[slot], k_smem.at[wg].T)
+                plgpu.wgmma(dp_acc, do_smem.at[slot], v_smem.at[wg].T)
+            else:
+                plgpu.wgmma(s_acc, k_smem.at[wg], q_smem.at[slot].T)
+                plgpu.wgmma(dp_acc, v_smem.at[wg], do_smem.at[slot].T)
 
         def with_scores(slot, use):
             """Issues S^T, dP^T; ``use(qk, dp)`` gets S^T once ready and dP^T as a function
@@ -205,12 +218,13 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             """Softmax recomputation and dS^T of one step; issues dV, dK wgmmas (no wait).
 
             ``mask``: the step's element-mask mode (see ``TileLists.walk_row``).
-            ``ds_dst``: SMEM tile that must receive dS^T (for the fused dQ GEMMs).
+            ``ds_dst``: SMEM tile that must receive dS^T (dS with ``q_rows``; for the fused
+            dQ GEMMs).
             """
             hq = head_q(g)
             qi = tiles.index(mb, meta_h(g), kv_tile, t)
             part = tiles.partial_arg(mb, meta_h(g), kv_tile, t, mask)
-            lse2_q = plgpu.load(lse_smem.at[slot], layout=layout.reduce(0))
+            lse2_q = plgpu.load(lse_smem.at[slot], layout=q_vec)
             slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
             alibi2 = None
             if signed:
@@ -218,16 +232,16 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 c = slope * LOG2E
                 q_from_kv = qi * bq + params.spec.offset - kv_base + q_iota
                 lse2_q = lse2_q + c * q_from_kv.astype(jnp.float32)
-                alibi2 = lax.broadcast_in_dim(c * k_iota, (bk, bq), [0])
-            lse2 = lax.broadcast_in_dim(lse2_q, (bk, bq), [1])
+                alibi2 = lax.broadcast_in_dim(c * k_iota, tile_shape, [k_dim])
+            lse2 = lax.broadcast_in_dim(lse2_q, tile_shape, [q_dim])
             delta = lax.broadcast_in_dim(
-                plgpu.load(delta_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
+                plgpu.load(delta_smem.at[slot], layout=q_vec), tile_shape, [q_dim]
             )
-            q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, (bk, bq), 1, layout=layout)
+            q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, tile_shape, q_dim, layout=layout)
             q_seg = None
             if params.has_segments:
                 q_seg = lax.broadcast_in_dim(
-                    plgpu.load(qseg_smem.at[slot], layout=layout.reduce(0)), (bk, bq), [1]
+                    plgpu.load(qseg_smem.at[slot], layout=q_vec), tile_shape, [q_dim]
                 )
             p, ds = probs_and_dlogits(
                 params,
@@ -245,6 +259,15 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 branch=cfg.branch_masks,
             )
             p_op, ds_op = p.astype(dtype), ds.astype(dtype)
+            if cfg.q_rows:
+                # P and dS through SMEM, read transposed by the dV/dK GEMMs.
+                ds_dst = ds_smem.at[wg] if ds_dst is None else ds_dst
+                ds_dst[...] = ds_op
+                p_smem.at[wg][...] = p_op
+                plgpu.commit_smem()
+                plgpu.wgmma(dv_acc, p_smem.at[wg].T, do_smem.at[slot])
+                plgpu.wgmma(dk_acc, ds_dst.T, q_smem.at[slot])
+                return
             if ds_dst is None and not cfg.register_operands:
                 ds_dst = ds_smem.at[wg]
             if ds_dst is not None:
@@ -326,7 +349,8 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 def run(acc, c=c):
                     for j in range(wgs):
                         k_block = k_smem.at[j, :, pl.ds(col0 + c, chunk)]
-                        plgpu.wgmma(acc, ds_smem.at[j, buf].T, k_block)
+                        ds = ds_smem.at[j, buf]
+                        plgpu.wgmma(acc, ds if cfg.q_rows else ds.T, k_block)
                     return acc[...]
 
                 dq = pl.run_scoped(run, plgpu.ACC((bq, chunk), jnp.float32))
@@ -350,7 +374,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             # Step t runs the dQ GEMM of step t-1. "Step -1" is a zero dS^T tile
             # in buffer 2 (adding zeros to q tile 0; 'partials' stores it to a
             # spare slot), so no wgmma sits under a branch for the first or last step.
-            ds_smem.at[wg, 2][...] = jnp.zeros((bk, bq), dtype)
+            ds_smem.at[wg, 2][...] = jnp.zeros(tile_shape, dtype)
             plgpu.commit_smem()
             plgpu.barrier_arrive(step_bar.at[2])
 
@@ -461,8 +485,9 @@ def dkdv_kernel_call(
     # The dQ GEMMs read K in blocks of dq_cols columns; K's partners Q (in S^T)
     # and dS^T (in dK, dQ) take the same swizzle.
     tr_k = smem_transforms(itemsize, min(dq_cols, _DQ_CHUNK)) if fused else tr
-    staged_p = not cfg.register_operands
-    staged_ds = fused or not cfg.register_operands
+    staged_p = cfg.q_rows or not cfg.register_operands
+    staged_ds = fused or staged_p
+    tile_shape = (bq, bk) if cfg.q_rows else (bk, bq)  # P / dS, see _kernel
     n_copies = 5 if params.has_segments else 4
     scratch = (
         plgpu.SMEM((wgs, bk, head_dim), dtype, transforms=tr_k),  # K
@@ -473,10 +498,12 @@ def dkdv_kernel_call(
         plgpu.SMEM((stages, bq), jnp.float32),  # delta ring
         plgpu.SMEM((stages, bq), jnp.int32) if params.has_segments else None,
         plgpu.SMEM((wgs, bk), jnp.int32) if params.has_segments else None,
-        plgpu.SMEM((wgs, bk, bq), dtype, transforms=tr) if staged_p else None,  # P^T
-        # dS^T: a ring of three when the other consumers read it for dQ.
+        plgpu.SMEM((wgs, *tile_shape), dtype, transforms=tr) if staged_p else None,  # P^T or P
+        # dS^T (or dS): a ring of three when the other consumers read it for dQ.
         (
-            plgpu.SMEM((wgs, 3, bk, bq) if fused else (wgs, bk, bq), dtype, transforms=tr_k)
+            plgpu.SMEM(
+                (wgs, 3, *tile_shape) if fused else (wgs, *tile_shape), dtype, transforms=tr_k
+            )
             if staged_ds
             else None
         ),

@@ -253,19 +253,22 @@ def test_deterministic_bit_identical(dq):
 
 
 @pytest.mark.parametrize(
-    "head_dim,wgs,stages,split",
-    [(64, 2, 2, False), (64, 2, 3, False), (128, 2, 2, False), (64, 1, 2, False),
-     (128, 1, 2, False), (128, 2, 2, True)],
+    "head_dim,wgs,stages,split,q_rows",
+    [(64, 2, 2, False, False), (64, 2, 3, False, False), (128, 2, 2, False, False),
+     (64, 1, 2, False, False), (128, 1, 2, False, False), (128, 2, 2, True, False),
+     (128, 2, 2, True, True), (64, 2, 3, False, True)],
     ids=["d64-2wg-swizzle64", "d64-2wg-3stages", "d128-2wg", "d64-1wg", "d128-1wg",
-         "d128-2wg-split"],
+         "d128-2wg-split", "d128-2wg-split-q-rows", "d64-2wg-3stages-q-rows"],
 )
-def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split):
-    """Fused dQ (each consumer's column block over every consumer's dS^T; at D64 with two
-    consumers the 64-byte swizzle; three ring slots, the D64 default; partial tiles in a
-    loop of their own) with race detection, against the f32 reference."""
+def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split, q_rows):
+    """Fused dQ (each consumer's column block over every consumer's dS^T, or dS with q rows
+    as the score tiles' M; at D64 with two consumers the 64-byte swizzle; three ring slots,
+    the D64 default; partial tiles in a loop of their own) with race detection, against the
+    f32 reference."""
     case = dataclasses.replace(_WALK_CASE, dtype=BF16, softcap=None, head_dim=head_dim)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 17)
-    cfg = BackwardConfig(dq="partials", compute_wgs=wgs, stages=stages, split_partial=split)
+    cfg = BackwardConfig(dq="partials", compute_wgs=wgs, stages=stages, split_partial=split,
+                         q_rows=q_rows)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
         jax.block_until_ready(grads)
@@ -273,21 +276,21 @@ def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split):
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
 
+@pytest.mark.parametrize("q_rows", [False, True], ids=["kv-rows", "q-rows"])
 @pytest.mark.parametrize(
     "extra",
     [dict(alibi="head", segments="pair"), dict(alibi="batch", softcap=8.0, head_dim=128)],
     ids=["d64-alibi-segments", "d128-alibi-softcap"],
 )
-def test_fused_dq_with_alibi_segments_softcap(extra):
+def test_fused_dq_with_alibi_segments_softcap(extra, q_rows):
     """Fused dQ ('partials', the interpret-mode stand-in for 'atomic') with ALiBi, segment
     ids and softcap (the heuristic sends such walks to it at head dim 64; head dim 128
-    runs it when asked), against the f32 reference."""
+    runs it when asked), in both score orientations, against the f32 reference."""
     case = dataclasses.replace(_WALK_CASE, **dict(dtype=BF16, softcap=None, head_dim=64) | extra)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 23)
+    cfg = BackwardConfig(dq="partials", q_rows=q_rows)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-        grads = _mosaic.mha_backward(
-            q, k, v, out, lse, dout, **kwargs, config=BackwardConfig(dq="partials")
-        )
+        grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
 
@@ -307,17 +310,21 @@ def test_fused_dq_with_block_mask(head_dim, causal):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("dq,branch,split", [("kernel", True, False), ("atomic", True, False),
-                                              ("kernel", False, False), ("kernel", True, True),
-                                              ("atomic", True, True)])
-def test_backward_lowers_for_cuda(head_dim, dq, branch, split):
-    """The GPU configs (P/dS in registers; TMA reduce-add for 'atomic', which interpret
-    mode cannot run) pass Mosaic GPU's lowering and layout inference."""
+@pytest.mark.parametrize("dq,branch,split,q_rows", [("kernel", True, False, False),
+                                                     ("atomic", True, False, False),
+                                                     ("kernel", False, False, False),
+                                                     ("kernel", True, True, False),
+                                                     ("atomic", True, True, False),
+                                                     ("atomic", True, True, True),
+                                                     ("kernel", True, False, True)])
+def test_backward_lowers_for_cuda(head_dim, dq, branch, split, q_rows):
+    """The GPU configs (P/dS in registers unless q rows; TMA reduce-add for 'atomic', which
+    interpret mode cannot run) pass Mosaic GPU's lowering and layout inference."""
     b, s, h = 1, 256, 2
     q = jax.ShapeDtypeStruct((b, s, h, head_dim), BF16)
     lse = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
     cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq, branch_masks=branch,
-                              split_partial=split)
+                              split_partial=split, q_rows=q_rows)
     assert cfg.register_operands
 
     def backward(q, k, v, o, lse, do):
@@ -351,10 +358,12 @@ def test_backward_lowers_for_cuda(head_dim, dq, branch, split):
         BackwardConfig(split_partial=True),
         BackwardConfig(split_partial=True, overlap=True, block_kv_dq=128),
         BackwardConfig(split_partial=True, dq="partials"),
+        BackwardConfig(q_rows=True),
+        BackwardConfig(q_rows=True, block_q_dkv=128, compute_wgs=1, split_partial=True),
     ],
     ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order",
          "select-masks", "select-masks-overlap", "split-partial", "split-partial-overlap",
-         "split-partial-fused"],
+         "split-partial-fused", "q-rows", "q-rows-q128-wgs1-split"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
@@ -433,6 +442,8 @@ def test_config_validation_and_heuristic():
         BackwardConfig(tile_order="heads")
     with pytest.raises(ValueError, match="neither overlap nor defer_release"):
         BackwardConfig(dq="atomic", defer_release=True)
+    with pytest.raises(ValueError, match="q_rows does not support overlap"):
+        BackwardConfig(q_rows=True, overlap=True)
     with pytest.raises(ValueError, match="producer_registers must be a multiple of 8"):
         BackwardConfig(producer_registers=20)
     with pytest.raises(ValueError, match="need 66560 > 65536"):
