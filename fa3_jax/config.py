@@ -531,6 +531,11 @@ def default_backward_config(
     tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
     1k-4k; on causal walks they lose 20-25% (not taken).
 
+    The fused path at head dim 128 computes its score tiles with q rows as the wgmma M
+    (``q_rows``, FA3's orientation): H100, bf16, medians of three interleaved rounds (NOTES,
+    "Session 11"): dense 16k 499 -> 545 TFLOP/s, 4k +1%, ptxas spills 40 -> 16 bytes; at head
+    dim 64 it is even (not taken), and on the two kernels it loses 3-7%.
+
     ALiBi walks on the two kernels split their partial tiles from their full ones
     (``split_partial``): H100, bf16, causal, three interleaved rounds (NOTES, "Session 10"):
     +3…11% at head dim 128 (2k-16k, with and without 8 packed documents), +2…12% at 64; without
@@ -557,4 +562,5 @@ def default_backward_config(
         register_operands=not interpret,
         dq="atomic" if fused else "kernel",
         split_partial=kind == "alibi" and not fused,
+        q_rows=fused and head_dim > 64,
     )
