@@ -362,6 +362,12 @@ AB_MODES = {
         [(128, 4096, True), (128, 16384, True), (128, 4096, False), (128, 16384, False),
          (128, 2048, False), (128, 4096, True, "alibi"), (64, 4096, True), (64, 4096, False)],
     ),
+    # the same on block-sparse walks (128 x 128 blocks, 20/50/80% kept), fused dQ, head dim 128
+    "--sparse-q-rows": (
+        "sparse_q_rows",
+        [("atomic", dict(dq="atomic")), ("atomic_q", dict(dq="atomic", q_rows=True))],
+        [(128, 16384, False, m) for m in ("none", "sparse20", "sparse50", "sparse80")],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",
