@@ -531,10 +531,11 @@ def default_backward_config(
     tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
     1k-4k; on causal walks they lose 20-25% (not taken).
 
-    The fused path at head dim 128 computes its score tiles with q rows as the wgmma M
-    (``q_rows``, FA3's orientation): H100, bf16, medians of three interleaved rounds (NOTES,
-    "Session 11"): dense 16k 499 -> 545 TFLOP/s, 4k +1%, ptxas spills 40 -> 16 bytes; at head
-    dim 64 it is even (not taken), and on the two kernels it loses 3-7%.
+    The fused path on unmasked head dim 128 inputs computes its score tiles with q rows as the
+    wgmma M (``q_rows``, FA3's orientation): H100, bf16, medians of three interleaved rounds
+    (NOTES, "Session 11"): dense 16k +4…9% (499 -> 545 TFLOP/s), 4k +1%, ptxas spills 40 -> 16
+    bytes. Not taken where it lost: walks over tile lists (block-sparse 16k -6…-12%, causal
+    -1…-5%), head dim 64 (even) and the two kernels (-3…-7%).
 
     ALiBi walks on the two kernels split their partial tiles from their full ones
     (``split_partial``): H100, bf16, causal, three interleaved rounds (NOTES, "Session 10"):
@@ -562,5 +563,5 @@ def default_backward_config(
         register_operands=not interpret,
         dq="atomic" if fused else "kernel",
         split_partial=kind == "alibi" and not fused,
-        q_rows=fused and head_dim > 64,
+        q_rows=fused and head_dim > 64 and kind == "dense",
     )

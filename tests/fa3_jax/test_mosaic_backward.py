@@ -492,8 +492,8 @@ def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, 
     assert cfg.dq == dq
     # Partial tiles get their own loop on ALiBi walks of the two kernels only.
     assert cfg.split_partial == (kind == "alibi" and dq == "kernel")
-    # The fused path takes q rows as its score tiles' M at head dim 128 only.
-    assert cfg.q_rows == (dq == "atomic" and head_dim == 128)
+    # The fused path takes q rows as its score tiles' M on unmasked head dim 128 inputs only.
+    assert cfg.q_rows == (dq == "atomic" and head_dim == 128 and kind == "dense")
 
 
 @pytest.mark.parametrize("spec_kw,extras,kind", [
