@@ -368,6 +368,19 @@ AB_MODES = {
         [("atomic", dict(dq="atomic")), ("atomic_q", dict(dq="atomic", q_rows=True))],
         [(128, 16384, False, m) for m in ("none", "sparse20", "sparse50", "sparse80")],
     ),
+    # the consumer body compiled once per warpgroup (constant SMEM offsets and wgmma
+    # descriptors) against the traced warpgroup index, two kernels and fused (q rows)
+    "--static-wg": (
+        "static_wg",
+        [("kernel", dict(dq="kernel")),
+         ("kernel_static", dict(dq="kernel", static_warpgroups=True)),
+         ("atomic_q", dict(dq="atomic", q_rows=True)),
+         ("atomic_q_static", dict(dq="atomic", q_rows=True, static_warpgroups=True)),
+         ("atomic_q_split_static",
+          dict(dq="atomic", q_rows=True, split_partial=True, static_warpgroups=True))],
+        [(128, 4096, True), (128, 8192, True), (128, 16384, True), (128, 4096, False),
+         (128, 16384, False), (128, 2048, False), (64, 4096, True), (128, 4096, True, "alibi")],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",

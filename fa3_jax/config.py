@@ -364,6 +364,10 @@ class BackwardConfig:
         Per-query lse, delta and positions then take two registers per thread instead of
         one per score column, and P and dS reach the dV/dK GEMMs through SMEM (as
         transposed A operands) instead of registers. Not with ``overlap``.
+      static_warpgroups: the dK/dV and dQ kernels compile their consumer body once per consumer
+        warpgroup with the warpgroup index a constant, so shared-memory addresses and wgmma
+        descriptors are constant offsets from the SMEM base instead of per-warpgroup values
+        held in registers (which ptxas spills on masked head dim 128 walks).
       producer_registers: registers per thread of the producer warpgroup (TMA loads); None:
         24 when the dK/dV kernel also computes dQ (FA3's split, 240 for each of two
         consumers), else 40. H100, bf16, medians of three interleaved rounds
@@ -389,6 +393,7 @@ class BackwardConfig:
     branch_masks: bool = True
     split_partial: bool = False
     q_rows: bool = False
+    static_warpgroups: bool = False
     producer_registers: int | None = None
     consumer_registers: int | None = None
 

@@ -160,8 +160,8 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         def _(step):
             plgpu.barrier_wait(consumed_bar.at[lax.rem(step, stages)])
 
-    @pl.when(wg < wgs)
-    def _consumer():
+    def consumer(wg):
+        """One consumer warpgroup's body; ``wg``: its index, traced or a Python int."""
         plgpu.set_max_registers(cfg.registers[0], action="increase")
         kv_base = (kv_tile * wgs + wg) * bk
         kv_rows = pl.ds(kv_base, bk)
@@ -343,7 +343,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             """
             cols = shp.dq_cols
             chunk = min(cols, _DQ_CHUNK)
-            col0 = pl.multiple_of(wg * cols, cols)
+            col0 = wg * cols if isinstance(wg, int) else pl.multiple_of(wg * cols, cols)
             for c in range(0, cols, chunk):
 
                 def run(acc, c=c):
@@ -360,9 +360,11 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                     dq_smem.at[wg, (c + blk) // _DQ_BLOCK][...] = dq[:, blk : blk + _DQ_BLOCK]
             plgpu.commit_smem()
             rows = pl.ds(qi * bq, bq)
-            blocks = pl.ds(
-                pl.multiple_of(wg * (cols // _DQ_BLOCK), cols // _DQ_BLOCK), cols // _DQ_BLOCK
-            )
+            n_blocks = cols // _DQ_BLOCK
+            block0 = wg * n_blocks
+            if not isinstance(wg, int):
+                block0 = pl.multiple_of(block0, n_blocks)
+            blocks = pl.ds(block0, n_blocks)
             if cfg.dq == "atomic":
                 dst = dq_ref.at[b, hq, blocks, rows]
                 plgpu.copy_smem_to_gmem(dq_smem.at[wg], dst, reduction_op="add")
@@ -426,6 +428,12 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.ACC((bk, shp.head_dim), jnp.float32),
             plgpu.ACC((bk, shp.head_dim), jnp.float32),
         )
+
+    if cfg.static_warpgroups:
+        for i in range(wgs):
+            pl.when(wg == i)(functools.partial(consumer, i))
+    else:
+        pl.when(wg < wgs)(lambda: consumer(wg))
 
 
 def dkdv_kernel_call(

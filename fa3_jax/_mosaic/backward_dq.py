@@ -100,8 +100,9 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         def _(step):
             plgpu.barrier_wait(consumed_bar.at[lax.rem(step, stages)])
 
-    @pl.when(wg < wgs)
-    def _consumer():
+    def consumer(wg):
+        """One consumer warpgroup's body; ``wg``: its index, traced or a Python int (see
+        ``BackwardConfig.static_warpgroups``)."""
         plgpu.set_max_registers(cfg.registers[0], action="increase")
         q_base = (q_tile * wgs + wg) * bq
         q_rows = pl.ds(q_base, bq)
@@ -251,6 +252,12 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.wait_smem_to_gmem(0)
 
         pl.run_scoped(accumulate, plgpu.ACC((bq, shp.head_dim), jnp.float32))
+
+    if cfg.static_warpgroups:
+        for i in range(wgs):
+            pl.when(wg == i)(functools.partial(consumer, i))
+    else:
+        pl.when(wg < wgs)(lambda: consumer(wg))
 
 
 def dq_kernel_call(

@@ -253,14 +253,17 @@ def test_deterministic_bit_identical(dq):
 
 
 @pytest.mark.parametrize(
-    "head_dim,wgs,stages,split,q_rows",
-    [(64, 2, 2, False, False), (64, 2, 3, False, False), (128, 2, 2, False, False),
-     (64, 1, 2, False, False), (128, 1, 2, False, False), (128, 2, 2, True, False),
-     (128, 2, 2, True, True), (64, 2, 3, False, True)],
+    "head_dim,wgs,stages,split,q_rows,static",
+    [(64, 2, 2, False, False, False), (64, 2, 3, False, False, False),
+     (128, 2, 2, False, False, False), (64, 1, 2, False, False, False),
+     (128, 1, 2, False, False, False), (128, 2, 2, True, False, False),
+     (128, 2, 2, True, True, False), (64, 2, 3, False, True, False),
+     (128, 2, 2, True, True, True)],
     ids=["d64-2wg-swizzle64", "d64-2wg-3stages", "d128-2wg", "d64-1wg", "d128-1wg",
-         "d128-2wg-split", "d128-2wg-split-q-rows", "d64-2wg-3stages-q-rows"],
+         "d128-2wg-split", "d128-2wg-split-q-rows", "d64-2wg-3stages-q-rows",
+         "d128-2wg-split-q-rows-static-wg"],
 )
-def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split, q_rows):
+def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split, q_rows, static):
     """Fused dQ (each consumer's column block over every consumer's dS^T, or dS with q rows
     as the score tiles' M; at D64 with two consumers the 64-byte swizzle; three ring slots,
     the D64 default; partial tiles in a loop of their own) with race detection, against the
@@ -268,7 +271,7 @@ def test_fused_dq_layouts_race_free(head_dim, wgs, stages, split, q_rows):
     case = dataclasses.replace(_WALK_CASE, dtype=BF16, softcap=None, head_dim=head_dim)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 17)
     cfg = BackwardConfig(dq="partials", compute_wgs=wgs, stages=stages, split_partial=split,
-                         q_rows=q_rows)
+                         q_rows=q_rows, static_warpgroups=static)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
         grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs, config=cfg)
         jax.block_until_ready(grads)
@@ -317,14 +320,15 @@ def test_fused_dq_with_block_mask(head_dim, causal):
                                                      ("atomic", True, True, False),
                                                      ("atomic", True, True, True),
                                                      ("kernel", True, False, True)])
-def test_backward_lowers_for_cuda(head_dim, dq, branch, split, q_rows):
+@pytest.mark.parametrize("static", [False, True], ids=["wg-traced", "wg-static"])
+def test_backward_lowers_for_cuda(head_dim, dq, branch, split, q_rows, static):
     """The GPU configs (P/dS in registers unless q rows; TMA reduce-add for 'atomic', which
     interpret mode cannot run) pass Mosaic GPU's lowering and layout inference."""
     b, s, h = 1, 256, 2
     q = jax.ShapeDtypeStruct((b, s, h, head_dim), BF16)
     lse = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
     cfg = dataclasses.replace(default_backward_config(head_dim), dq=dq, branch_masks=branch,
-                              split_partial=split, q_rows=q_rows)
+                              split_partial=split, q_rows=q_rows, static_warpgroups=static)
     assert cfg.register_operands
 
     def backward(q, k, v, o, lse, do):
@@ -360,10 +364,13 @@ def test_backward_lowers_for_cuda(head_dim, dq, branch, split, q_rows):
         BackwardConfig(split_partial=True, dq="partials"),
         BackwardConfig(q_rows=True),
         BackwardConfig(q_rows=True, block_q_dkv=128, compute_wgs=1, split_partial=True),
+        BackwardConfig(static_warpgroups=True),
+        BackwardConfig(static_warpgroups=True, dq="partials", q_rows=True),
     ],
     ids=["defer-kv128-stages3", "defer-q128-wgs1", "overlap-kv128", "batch-order",
          "select-masks", "select-masks-overlap", "split-partial", "split-partial-overlap",
-         "split-partial-fused", "q-rows", "q-rows-q128-wgs1-split"],
+         "split-partial-fused", "q-rows", "q-rows-q128-wgs1-split", "static-wg",
+         "static-wg-fused-q-rows"],
 )
 def test_config_variants(cfg):
     """Non-default tilings give the same gradients (masks, GQA and tails on)."""
