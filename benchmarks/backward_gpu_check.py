@@ -381,6 +381,19 @@ AB_MODES = {
         [(128, 4096, True), (128, 8192, True), (128, 16384, True), (128, 4096, False),
          (128, 16384, False), (128, 2048, False), (64, 4096, True), (128, 4096, True, "alibi")],
     ),
+    # where the fused path with static warpgroups should run: causal / masked head dim 128 from
+    # 8k keys, short dense head dim 128, block-sparse, head dim 64 (kv rows or q rows)
+    "--static-wg-fused": (
+        "static_wg_fused",
+        [("kernel", dict(dq="kernel")),
+         ("atomic_q_split_static",
+          dict(dq="atomic", q_rows=True, split_partial=True, static_warpgroups=True)),
+         ("atomic_split_static", dict(dq="atomic", split_partial=True, static_warpgroups=True)),
+         ("atomic_q_static", dict(dq="atomic", q_rows=True, static_warpgroups=True))],
+        [(128, 8192, True), (128, 16384, True), (128, 16384, True, "window"),
+         (128, 16384, True, "segments"), (128, 4096, True), (128, 1024, False),
+         (128, 16384, False, "sparse50"), (64, 4096, False)],
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",
