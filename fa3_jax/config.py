@@ -29,6 +29,8 @@ __all__ = [
     "BackwardConfig",
     "default_backward_config",
     "FUSED_DQ_MIN_SEQ_K",
+    "FUSED_DQ_MIN_SEQ_K_CAUSAL_D128",
+    "FUSED_DQ_MIN_SEQ_K_DENSE_D128",
 ]
 
 #: Dynamic shared memory one block may use on H100/H200 (227 KiB), minus a
@@ -464,16 +466,21 @@ class BackwardConfig:
         """q rows per CTA of the dQ kernel (the forward metadata's tile_q)."""
         return self.compute_wgs * self.block_q_dq
 
-    def smem_bytes(self, head_dim: int, itemsize: int) -> dict[str, int]:
-        """Shared memory each kernel needs (bytes), before Mosaic's own scratch."""
+    def smem_bytes(self, head_dim: int, itemsize: int, segments: bool = False) -> dict[str, int]:
+        """Shared memory each kernel needs (bytes), with :data:`BACKWARD_UNITEMIZED_BYTES` for
+        Mosaic's own barriers and alignment; ``segments``: segment-id buffers are allocated."""
         d, s, w = head_dim, self.stages, self.compute_wgs
+        seg = 4 if segments else 0  # bytes per int32 segment id, when allocated
         staged = 0 if self.register_operands else 1  # P/dS staging buffers
         staged_dkdv = 1 if self.q_rows else staged
         tile = w * self.block_kv_dkv * self.block_q_dkv * itemsize  # P or dS of the CTA
         dkdv = (
-            2 * w * self.block_kv_dkv * d * itemsize  # K, V of the owned tile
+            BACKWARD_UNITEMIZED_BYTES
+            + 2 * w * self.block_kv_dkv * d * itemsize  # K, V of the owned tile
             + 2 * s * self.block_q_dkv * d * itemsize  # Q, dO ring
-            + 3 * s * self.block_q_dkv * 4  # lse, delta, q segment ids ring
+            + 2 * s * self.block_q_dkv * 4  # lse, delta ring
+            + s * self.block_q_dkv * seg  # q segment ids ring
+            + w * self.block_kv_dkv * seg  # kv segment ids of the owned tile
         )
         if self.dq == "kernel":
             dkdv += staged_dkdv * 2 * tile
@@ -482,22 +489,36 @@ class BackwardConfig:
             # warpgroups read them for dQ), fp32 dQ columns on their way out.
             dkdv += staged_dkdv * tile + 3 * tile + self.block_q_dkv * d * 4
         dq = (
-            2 * w * self.block_q_dq * d * itemsize  # Q, dO of the owned tile
+            BACKWARD_UNITEMIZED_BYTES
+            + 2 * w * self.block_q_dq * d * itemsize  # Q, dO of the owned tile
+            + 2 * w * self.block_q_dq * 4  # lse, delta of the owned tile
+            + w * self.block_q_dq * seg  # q segment ids of the owned tile
             + 2 * s * self.block_kv_dq * d * itemsize  # K, V ring
-            + s * self.block_kv_dq * 4  # kv segment ids ring
+            + s * self.block_kv_dq * seg  # kv segment ids ring
             + staged * w * self.block_q_dq * self.block_kv_dq * itemsize  # dS
         )
         return {"dkdv": dkdv, "dq": dq}
 
 
+#: SMEM a backward kernel takes beyond its itemized buffers (barriers, alignment). H100: the
+#: fused head dim 128 kernel with ``q_rows`` compiles at 230 400 itemized bytes and, with segment
+#: ids (1 KiB more), needs 233 552 B in all, over Mosaic's 232 448 (benchmarks/NOTES.md,
+#: "Session 11"); 1 KiB here, with ``SMEM_LIMIT_BYTES`` 1 KiB under Mosaic's, separates them.
+BACKWARD_UNITEMIZED_BYTES = 1024
+
 DQ_MODES = ("kernel", "atomic", "partials")
 BACKWARD_TILE_ORDERS = ("tiles", "batch")
 
 
-#: Keys from which inputs (at head dim 128 only unmasked or block-sparse ones) add dQ from the
-#: dK/dV kernel unless gradients must be deterministic.
+#: Keys from which inputs (at head dim 128 only unmasked, block-sparse and plain causal ones, see
+#: the two below) add dQ from the dK/dV kernel unless gradients must be deterministic.
 FUSED_DQ_MIN_SEQ_K = 4096
-BACKWARD_KINDS = ("dense", "block_sparse", "masked", "alibi")
+#: The same for unmasked head dim 128 inputs (with ``q_rows`` and ``static_warpgroups``).
+FUSED_DQ_MIN_SEQ_K_DENSE_D128 = 2048
+#: The same for plain causal head dim 128 inputs (with ``split_partial``, ``q_rows`` and
+#: ``static_warpgroups``).
+FUSED_DQ_MIN_SEQ_K_CAUSAL_D128 = 8192
+BACKWARD_KINDS = ("dense", "block_sparse", "causal", "masked", "alibi")
 
 
 def default_backward_config(
@@ -518,16 +539,18 @@ def default_backward_config(
     +1.4…4.5% at head dim 64/128, 1k-16k, dense and causal (one causal size -0.2%).
 
     ``kind``: ``"dense"`` (no mask, ALiBi or softcap), ``"block_sparse"`` (a block mask and
-    nothing else), ``"alibi"`` (ALiBi slopes, with or without masks) or ``"masked"``
-    (anything else, causal included); ``"alibi"`` counts as masked below. Unless ``deterministic``,
+    nothing else), ``"causal"`` (a causal mask and nothing else), ``"alibi"`` (ALiBi slopes, with
+    or without masks) or ``"masked"`` (anything else); ``"causal"`` and ``"alibi"`` count as
+    masked below unless named. Unless ``deterministic``,
     inputs with at least :data:`FUSED_DQ_MIN_SEQ_K` keys (and block masks, if any, of
     128-multiple blocks) take ``dq='atomic'`` when dense or block-sparse, and at head dim
-    <= 64 also when masked. H100, bf16, timing the backward alone (NOTES, "Session 7",
-    "Session 8" and "Session 9"): +3…9% at 4k-16k (dense D64/D128, causal D64); causal D64
-    at 4k: +3.5% with a 1024-key window, +25% with ALiBi, even with segment ids;
-    block-sparse 16k (128 x 128 blocks kept at 20/50/80%): +1…9% at head dim 128, +5…8% at
-    64. It loses 2-5% at 1k-2k, and at head dim 128 12-38% on causal, window and segment-id
-    walks (ptxas spills 480 bytes in that kernel at causal D128) and ±2% with ALiBi.
+    <= 64 also when masked (head dim 128: dense and causal from other lengths, below). H100,
+    bf16, timing the backward alone (NOTES, "Session 7", "Session 8" and "Session 9"): +3…9% at
+    4k-16k (dense D64/D128, causal D64); causal D64 at 4k: +3.5% with a 1024-key window, +25%
+    with ALiBi, even with segment ids; block-sparse 16k (128 x 128 blocks kept at 20/50/80%):
+    +1…9% at head dim 128, +5…8% at 64. It loses 2-5% at 1k-2k, and at head dim 128 12-38% on
+    causal, window and segment-id walks (ptxas spills 480 bytes in that kernel at causal D128)
+    and ±2% with ALiBi.
 
     The fused path at head dim 64 keeps three Q/dO ring slots (its SMEM allows them there;
     NOTES, "Session 9": +0…3% at 4k-16k, dense and causal, three interleaved rounds).
@@ -536,11 +559,16 @@ def default_backward_config(
     tile there): H100, bf16, medians of three interleaved rounds (NOTES, "Session 9"): +4…7% at
     1k-4k; on causal walks they lose 20-25% (not taken).
 
-    The fused path on unmasked head dim 128 inputs computes its score tiles with q rows as the
-    wgmma M (``q_rows``, FA3's orientation): H100, bf16, medians of three interleaved rounds
-    (NOTES, "Session 11"): dense 16k +4…9% (499 -> 545 TFLOP/s), 4k +1%, ptxas spills 40 -> 16
-    bytes. Not taken where it lost: walks over tile lists (block-sparse 16k -6…-12%, causal
-    -1…-5%), head dim 64 (even) and the two kernels (-3…-7%).
+    Head dim 128, unmasked from :data:`FUSED_DQ_MIN_SEQ_K_DENSE_D128` keys and plain causal from
+    :data:`FUSED_DQ_MIN_SEQ_K_CAUSAL_D128`: the fused path with its score tiles' M the q rows
+    (``q_rows``, FA3's orientation) and its consumer body compiled per warpgroup
+    (``static_warpgroups``: constant SMEM offsets and wgmma descriptors, which ptxas otherwise
+    keeps in registers and spills, reloading them before each wgmma); causal walks also split
+    their partial tiles. H100, bf16, medians of three interleaved rounds (NOTES, "Session 11"),
+    against the two kernels: dense 2k 477 -> 506 TFLOP/s, 4k 476 -> 554, 16k 496 -> 549…559;
+    causal 8k 459…467 -> 485…487, 16k 494…502 -> 510…513; causal 4k 450 -> 439 (not taken),
+    1024-key window 16k -14% (not taken). ``q_rows`` alone: dense 16k 499 -> 545, block-sparse
+    16k -6…-12% (not taken); ``static_warpgroups`` on the two kernels: -2.6…+4.4% (not taken).
 
     ALiBi walks on the two kernels split their partial tiles from their full ones
     (``split_partial``): H100, bf16, causal, three interleaved rounds (NOTES, "Session 10"):
@@ -553,13 +581,23 @@ def default_backward_config(
         raise ValueError(f"kind must be one of {BACKWARD_KINDS}, got {kind!r}")
     small_blocks = block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128)
     wgs = 1 if small_blocks else 2
+    if head_dim <= 64:
+        min_seq_k = FUSED_DQ_MIN_SEQ_K
+    else:
+        min_seq_k = {
+            "dense": FUSED_DQ_MIN_SEQ_K_DENSE_D128,
+            "block_sparse": FUSED_DQ_MIN_SEQ_K,
+            "causal": FUSED_DQ_MIN_SEQ_K_CAUSAL_D128,
+        }.get(kind)
     fused = (
         not deterministic
         and not small_blocks
         and seq_k is not None
-        and seq_k >= FUSED_DQ_MIN_SEQ_K
-        and (kind in ("dense", "block_sparse") or head_dim <= 64)
+        and min_seq_k is not None
+        and seq_k >= min_seq_k
     )
+    # Head dim 128 on the fused path, unmasked or plain causal: see the docstring.
+    fused_d128 = fused and head_dim > 64 and kind in ("dense", "causal")
     return BackwardConfig(
         block_q_dkv=128 if kind == "dense" and head_dim <= 64 and not fused else 64,
         stages=3 if fused and head_dim <= 64 else 2,
@@ -567,6 +605,7 @@ def default_backward_config(
         block_kv_dq=64 if small_blocks else 128,
         register_operands=not interpret,
         dq="atomic" if fused else "kernel",
-        split_partial=kind == "alibi" and not fused,
-        q_rows=fused and head_dim > 64 and kind == "dense",
+        split_partial=(kind == "alibi" and not fused) or (fused_d128 and kind == "causal"),
+        q_rows=fused_d128,
+        static_warpgroups=fused_d128,
     )

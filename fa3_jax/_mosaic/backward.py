@@ -50,10 +50,13 @@ def _seq_multiples(cfg: BackwardConfig) -> tuple[int, int]:
 
 def _kind(spec: MaskSpec, softcap, has_alibi: bool, has_segments: bool, block_mask) -> str:
     """The heuristic's input kind: ``'dense'`` (no mask, ALiBi or softcap), ``'block_sparse'``
-    (a block mask and nothing else), ``'alibi'`` (ALiBi, with or without masks) or
-    ``'masked'``."""
+    (a block mask and nothing else), ``'causal'`` (a causal mask and nothing else), ``'alibi'``
+    (ALiBi, with or without masks) or ``'masked'``."""
     if has_alibi:
         return "alibi"
+    lo, _ = spec.diagonal_bounds
+    if spec.causal and math.isinf(lo) and not has_segments and softcap is None:
+        return "causal" if block_mask is None else "masked"
     extras = softcap is not None or has_segments or spec.is_positional
     if extras:
         return "masked"
@@ -102,7 +105,7 @@ def backward_unsupported_reason(
     cfg = _resolve_config(
         config, head_dim, block_mask, seq_k=k.shape[1], kind=kind, deterministic=deterministic
     )
-    need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize)
+    need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize, segments=has_segments)
     for name, size in need.items():
         if (name == "dkdv" or cfg.dq == "kernel") and size > SMEM_LIMIT_BYTES:
             return f"mosaic backward {name} kernel needs {size} B of SMEM > {SMEM_LIMIT_BYTES}"

@@ -24,7 +24,7 @@ import fa3_jax
 from fa3_jax import _mosaic
 from fa3_jax._mosaic import backward as mosaic_backward
 from fa3_jax._mosaic import partition as mosaic_partition
-from fa3_jax.config import BackwardConfig, default_backward_config
+from fa3_jax.config import SMEM_LIMIT_BYTES, BackwardConfig, default_backward_config
 from fa3_jax.flax import Attention
 from fa3_jax.masks import BlockMask, MaskSpec
 from fa3_jax.reference import attention_reference
@@ -478,7 +478,13 @@ def test_config_validation_and_heuristic():
     (128, 4096, "dense", 0, False, "atomic"),
     (64, 16384, "masked", 0, False, "atomic"),  # causal D64: fused wins
     (128, 4096, "dense", 0, True, "kernel"),  # asked for determinism
-    (128, 2048, "dense", 0, False, "kernel"),  # short: the two kernels win
+    (128, 2048, "dense", 0, False, "atomic"),  # D128 dense from 2k (q rows, static wgs)
+    (128, 1024, "dense", 0, False, "kernel"),  # short: the two kernels
+    (64, 2048, "dense", 0, False, "kernel"),
+    (128, 8192, "causal", 0, False, "atomic"),  # D128 plain causal from 8k
+    (128, 4096, "causal", 0, False, "kernel"),
+    (128, 16384, "masked", 0, False, "kernel"),  # D128 window/documents: the two kernels
+    (64, 4096, "causal", 0, False, "atomic"),
     (64, 4096, "masked", 0, False, "atomic"),  # D64 window: fused wins
     (64, 4096, "alibi", 0, False, "atomic"),  # D64 ALiBi: fused wins
     (128, 4096, "alibi", 0, False, "kernel"),
@@ -497,21 +503,26 @@ def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, 
     cfg = default_backward_config(head_dim, bm, seq_k=seq_k, kind=kind,
                                   deterministic=deterministic)
     assert cfg.dq == dq
-    # Partial tiles get their own loop on ALiBi walks of the two kernels only.
-    assert cfg.split_partial == (kind == "alibi" and dq == "kernel")
-    # The fused path takes q rows as its score tiles' M on unmasked head dim 128 inputs only.
-    assert cfg.q_rows == (dq == "atomic" and head_dim == 128 and kind == "dense")
+    fused_d128 = dq == "atomic" and head_dim == 128 and kind in ("dense", "causal")
+    # Partial tiles get their own loop on ALiBi walks of the two kernels and on the fused
+    # path's causal head dim 128 walks.
+    assert cfg.split_partial == ((kind == "alibi" and dq == "kernel")
+                                 or (fused_d128 and kind == "causal"))
+    # q rows as the score tiles' M and per-warpgroup consumer bodies: fused D128 dense/causal.
+    assert cfg.q_rows == fused_d128 and cfg.static_warpgroups == fused_d128
 
 
 @pytest.mark.parametrize("spec_kw,extras,kind", [
     (dict(), {}, "dense"),
-    (dict(causal=True), {}, "masked"),
+    (dict(causal=True), {}, "causal"),
     (dict(causal=True, window_left=64), {}, "masked"),
     (dict(window_left=64, window_right=0), {}, "masked"),
     (dict(causal=True), dict(softcap=5.0), "masked"),
     (dict(), dict(has_alibi=True), "alibi"),
     (dict(causal=True), dict(has_alibi=True, has_segments=True), "alibi"),
     (dict(causal=True), dict(has_segments=True), "masked"),
+    (dict(causal=True), dict(block_mask=BlockMask(jnp.ones((1, 1, 2, 2), bool), 128, 128)),
+     "masked"),
 ])
 def test_backward_kind(spec_kw, extras, kind):
     args = dict(softcap=None, has_alibi=False, has_segments=False, block_mask=None) | extras
@@ -526,6 +537,11 @@ def test_backward_config_memory():
     assert in_registers["dkdv"] < fused
     for sizes in (staged, BackwardConfig(dq="atomic").smem_bytes(128, 2)):
         assert 0 < sizes["dkdv"] <= 227 * 1024 and 0 < sizes["dq"] <= 227 * 1024
+    # Measured on the H100: the fused D128 kernel with q rows compiles without segment ids
+    # and exceeds Mosaic's SMEM with them (1 KiB of segment-id buffers more).
+    q_rows = BackwardConfig(dq="atomic", register_operands=True, q_rows=True)
+    assert q_rows.smem_bytes(128, 2)["dkdv"] <= SMEM_LIMIT_BYTES
+    assert q_rows.smem_bytes(128, 2, segments=True)["dkdv"] > SMEM_LIMIT_BYTES
 
 
 def test_backward_module_exports():
