@@ -176,15 +176,32 @@ def interleaved(variants, d, seq, causal, mask, rounds):
     return rows
 
 
-def ab_runs(out_dir, name, variants, sizes, rounds=1):
+def _heuristic_kind(causal, mask):
+    """``default_backward_config``'s kind for a :func:`prepare` mask string."""
+    if "alibi" in mask:
+        return "alibi"
+    if mask.startswith("sparse"):
+        return "masked" if causal else "block_sparse"
+    if mask != "none":
+        return "masked"
+    return "causal" if causal else "dense"
+
+
+def ab_runs(out_dir, name, variants, sizes, rounds=1, base="plain"):
     """Same-run A/B of default-config variants (bf16), cuDNN alongside the first
     (unmasked sizes only). ``sizes``: ``(d, seq, causal)`` or ``(d, seq, causal, mask)``.
-    ``rounds`` > 1: the variants timed in turn, medians over rounds (:func:`interleaved`)."""
+    ``rounds`` > 1: the variants timed in turn, medians over rounds (:func:`interleaved`).
+    ``base``: ``"plain"``, the heuristic's config without lengths or kind (the two kernels);
+    ``"heuristic"``, what the library runs for that size and mask (non-deterministic)."""
     rows = []
     for d, seq, causal, *mask in sizes:
         mask = mask[0] if mask else "none"
-        cfgs = [(label, dataclasses.replace(default_backward_config(d), **change))
-                for label, change in variants]
+        if base == "heuristic":
+            start = default_backward_config(d, seq_k=seq, kind=_heuristic_kind(causal, mask),
+                                            deterministic=False)
+        else:
+            start = default_backward_config(d)
+        cfgs = [(label, dataclasses.replace(start, **change)) for label, change in variants]
         # fp32 dK+dV plus 64x128 score tiles exceed the registers above head dim 64
         cfgs = [(label, cfg) for label, cfg in cfgs if cfg.block_q_dkv == 64 or d <= 64]
         if rounds > 1:
@@ -393,6 +410,16 @@ AB_MODES = {
         [(128, 8192, True), (128, 16384, True), (128, 16384, True, "window"),
          (128, 16384, True, "segments"), (128, 4096, True), (128, 1024, False),
          (128, 16384, False, "sparse50"), (64, 4096, False)],
+    ),
+    # static warpgroups where they were not timed: the head dim 64 paths (fused from 4k, the two
+    # kernels below), block-sparse and document walks, dense head dim 128 at 1k
+    "--static-wg-rest": (
+        "static_wg_rest",
+        [("default", {}), ("static", dict(static_warpgroups=True))],
+        [(64, 4096, False), (64, 16384, False), (64, 4096, True), (64, 2048, True),
+         (64, 2048, False), (128, 1024, False), (128, 16384, False, "sparse50"),
+         (128, 16384, True, "segments")],
+        "heuristic",
     ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (

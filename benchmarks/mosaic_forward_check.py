@@ -253,6 +253,30 @@ def order_runs(report, save):
         save()
 
 
+def static_wg_runs(report, save):
+    """The default config against the same with its consumer bodies compiled per warpgroup
+    (``static_warpgroups``), where the forward trails: causal D64 at every length, causal D128
+    and D256 short, dense D64 1k, 16k with a 1024 window or 2k documents (bf16, ours only), and
+    dense D128 16k as a control; fp16 with cuDNN alongside."""
+    runs = [dict(d=d, s=s, causal=c, dtype=jnp.float16)
+            for d, s, c in ((64, 1024, True), (64, 4096, True), (64, 16384, True),
+                            (128, 512, True), (128, 4096, True), (256, 1024, True),
+                            (64, 1024, False), (128, 16384, False))]
+    runs += [dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, window=(1024, 0)),
+             dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, doc_len=2048)]
+    for run in runs:
+        masked = "window" in run or "doc_len" in run
+        base = forward_config(run["d"], run["dtype"], causal=run["causal"],
+                              window="window" in run, masked="doc_len" in run, seq_k=run["s"])
+        variants = [("default", base),
+                    ("static", dataclasses.replace(base, static_warpgroups=True)),
+                    ("default_again", base)]
+        r = bench(**run, variants=variants, peers=not masked)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -269,6 +293,8 @@ def main():
                     help="no checks; schedule/tile variants where we trail most")
     ap.add_argument("--order", action="store_true",
                     help="persistent checks, then grid vs persistent (q tiles, LPT) timings")
+    ap.add_argument("--static-wg", action="store_true",
+                    help="checks and timings with static_warpgroups against the default")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -307,6 +333,13 @@ def main():
         checks = checks[:4]
     if args.persistent:
         checks = [_persistent_check(name, kw) for name, kw in checks]
+    if args.static_wg:
+        def static(kw):
+            base = kw.get("config") or forward_config(
+                kw["d"], kw["dtype"], causal=kw.get("causal", False), seq_k=kw["sk"])
+            return dataclasses.replace(base, static_warpgroups=True)
+
+        checks = [(f"{name}-static-wg", {**kw, "config": static(kw)}) for name, kw in checks[:8]]
     if args.consumers:
         checks = [
             (f"{name}-c3",
@@ -341,7 +374,8 @@ def main():
             json.dump(report, f, indent=1)
 
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
-                 short=short_runs, causal_consumers=causal_consumer_runs)
+                 short=short_runs, causal_consumers=causal_consumer_runs,
+                 static_wg=static_wg_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

@@ -89,6 +89,10 @@ class ForwardConfig:
         item lengths from the positional masks: segment ids and block masks are
         not known then). ``"lpt"`` strides items over the CTAs, which leaves
         causal work 18-29% unbalanced at head dim 128 (by the same cost model).
+      static_warpgroups: compile the consumer body once per consumer warpgroup with its
+        index a constant (SMEM offsets and wgmma descriptors become constant offsets from the
+        SMEM base instead of per-warpgroup values held in registers; what lifted the head dim
+        128 backward, see ``BackwardConfig.static_warpgroups``). Not timed in the forward.
     """
 
     block_q: int = 64
@@ -103,6 +107,7 @@ class ForwardConfig:
     persistent: bool = False
     num_ctas: int = 0
     tile_order: str = "q_tiles"
+    static_warpgroups: bool = False
 
     def __post_init__(self):
         if self.tile_order not in FORWARD_TILE_ORDERS:

@@ -164,8 +164,17 @@ def _kernel(st: ForwardStatic, dims, *refs):
     def tile_count(b, h, qt):
         return tiles.count(b if batch_m > 1 else 0, h if heads_m > 1 else 0, qt)
 
-    @pl.when(wg < n_consumers)
-    def _consumer():
+    def when(cond, fn):
+        """``pl.when(cond)(fn)``; a Python bool (static warpgroup index) decides at trace time."""
+        if isinstance(cond, bool):
+            if cond:
+                fn()
+        else:
+            pl.when(cond)(fn)
+
+    def consumer(wg):
+        """One consumer warpgroup's body; ``wg``: its index, traced or a Python int (see
+        ``ForwardConfig.static_warpgroups``)."""
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
         n_items = item_count() if cfg.persistent else 1
 
@@ -436,14 +445,20 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         if cfg.pingpong:
             # Warpgroup 0 issues first.
-            pl.when(wg == n_consumers - 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
+            when(wg == n_consumers - 1, lambda: plgpu.barrier_arrive(turn.at[0]))
         if cfg.persistent:
             load_q(0)
         for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
         plgpu.wait_smem_to_gmem(0)
         if cfg.pingpong:
             # Consume the last warpgroup's last hand-over (every barrier phase is observed).
-            pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
+            when(wg == 0, lambda: plgpu.barrier_wait(turn.at[0]))
+
+    if cfg.static_warpgroups:
+        for i in range(n_consumers):
+            pl.when(wg == i)(functools.partial(consumer, i))
+    else:
+        pl.when(wg < n_consumers)(lambda: consumer(wg))
 
     @pl.when(wg == n_consumers)
     def _producer():

@@ -150,6 +150,12 @@ _VARIANTS = [
     (with_consumers(_variant(tile_order="balanced", persistent=True, num_ctas=3), 3,
                     pingpong=False, overlap=True, num_stages=2),
      Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=500, seq_k=500, causal=True)),
+    # consumer bodies compiled per warpgroup: the turn ring, then persistent with segment ids
+    (_variant(pingpong=True, overlap=True, static_warpgroups=True), _VARIANT_CASE),
+    (with_consumers(_variant(persistent=True, num_ctas=3, static_warpgroups=True), 3,
+                    pingpong=True, overlap=False, num_stages=3),
+     Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
+          window=(70, 0), segments="shared")),
 ]
 
 
@@ -157,6 +163,7 @@ def _variant_id(variant):
     config, _ = variant
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
     name += f"-persistent{config.num_ctas}" * config.persistent
+    name += "-static-wg" * config.static_warpgroups
     return name + f"-{config.tile_order}" * (config.tile_order != "q_tiles")
 
 
@@ -203,8 +210,10 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(persistent=True, tile_order="lpt"),
     ForwardConfig(persistent=True, tile_order="balanced"),
     with_consumers(ForwardConfig(), 3),
+    ForwardConfig(static_warpgroups=True),
+    ForwardConfig(persistent=True, tile_order="balanced", static_warpgroups=True),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
-        "persistent-balanced", "grid-3consumers"])
+        "persistent-balanced", "grid-3consumers", "grid-static-wg", "persistent-balanced-static-wg"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
