@@ -222,18 +222,26 @@ def short_runs(report, save):
         save()
 
 
+#: The issue's masked forward inputs: 16k causal bf16 D128 with a 1024-key window, and with 8
+#: packed documents of 2048 tokens.
+_MASKED_RUNS = [dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, window=(1024, 0)),
+                dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, doc_len=2048)]
+
+
+def _fp16_runs(sizes):
+    """``bench`` keyword sets for fp16 ``(d, s, causal)`` sizes."""
+    return [dict(d=d, s=s, causal=c, dtype=jnp.float16) for d, s, c in sizes]
+
+
 def order_runs(report, save):
     """Grid vs persistent CTAs (q tiles of one head together, FA3's LPT sections strided or
     greedily balanced over the CTAs) where we
     trail most: short sequences, causal, and 16k with a window or packed documents (short walks
     per q tile); fp16, cuDNN alongside (the masked rows: bf16, ours only)."""
-    runs = [dict(d=d, s=s, causal=c, dtype=jnp.float16)
-            for d, s, c in ((64, 512, True), (64, 1024, True), (64, 2048, True), (64, 4096, True),
-                            (64, 16384, True), (128, 512, True), (128, 1024, True),
-                            (128, 2048, True), (128, 4096, True), (64, 512, False),
-                            (128, 512, False), (128, 1024, False))]
-    runs += [dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, window=(1024, 0)),
-             dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, doc_len=2048)]
+    runs = _fp16_runs(((64, 512, True), (64, 1024, True), (64, 2048, True), (64, 4096, True),
+                       (64, 16384, True), (128, 512, True), (128, 1024, True), (128, 2048, True),
+                       (128, 4096, True), (64, 512, False), (128, 512, False), (128, 1024, False)))
+    runs += _MASKED_RUNS
     for run in runs:
         masked = "window" in run or "doc_len" in run
         base = forward_config(run["d"], run["dtype"], causal=run["causal"],
@@ -258,12 +266,10 @@ def static_wg_runs(report, save):
     (``static_warpgroups``), where the forward trails: causal D64 at every length, causal D128
     and D256 short, dense D64 1k, 16k with a 1024 window or 2k documents (bf16, ours only), and
     dense D128 16k as a control; fp16 with cuDNN alongside."""
-    runs = [dict(d=d, s=s, causal=c, dtype=jnp.float16)
-            for d, s, c in ((64, 1024, True), (64, 4096, True), (64, 16384, True),
-                            (128, 512, True), (128, 4096, True), (256, 1024, True),
-                            (64, 1024, False), (128, 16384, False))]
-    runs += [dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, window=(1024, 0)),
-             dict(d=128, s=16384, causal=True, dtype=jnp.bfloat16, doc_len=2048)]
+    runs = _fp16_runs(((64, 1024, True), (64, 4096, True), (64, 16384, True), (128, 512, True),
+                       (128, 4096, True), (256, 1024, True), (64, 1024, False),
+                       (128, 16384, False)))
+    runs += _MASKED_RUNS
     for run in runs:
         masked = "window" in run or "doc_len" in run
         base = forward_config(run["d"], run["dtype"], causal=run["causal"],
