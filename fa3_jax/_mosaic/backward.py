@@ -63,11 +63,23 @@ def _kind(spec: MaskSpec, softcap, has_alibi: bool, has_segments: bool, block_ma
     return "dense" if block_mask is None else "block_sparse"
 
 
-def _resolve_config(config, head_dim, block_mask, **heuristic) -> BackwardConfig:
+def _resolve_config(
+    config, head_dim, block_mask, *, has_segments=False, itemsize=2, **heuristic
+) -> BackwardConfig:
     """The config to run: the heuristic's unless given (``heuristic``: its ``seq_k``, ``kind``,
     ``deterministic``), adapted to interpret mode."""
     interpret = interpret_mode_active()
     cfg = config or default_backward_config(head_dim, block_mask, interpret=interpret, **heuristic)
+    if (
+        config is None
+        and interpret
+        and cfg.dq == "kernel"
+        and cfg.block_kv_dq > 64
+        and cfg.smem_bytes(head_dim, itemsize, segments=has_segments)["dq"] > SMEM_LIMIT_BYTES
+    ):
+        # The staged dS tile (interpret mode) next to the K/V ring and segment ids (head dim
+        # 128): halve the dQ kernel's kv steps.
+        cfg = dataclasses.replace(cfg, block_kv_dq=cfg.block_kv_dq // 2)
     if interpret and cfg.register_operands:
         # Interpret mode reads wgmma operand A only from SMEM.
         cfg = dataclasses.replace(cfg, register_operands=False)
@@ -103,7 +115,14 @@ def backward_unsupported_reason(
         )
     kind = _kind(spec, softcap, has_alibi, has_segments, block_mask)
     cfg = _resolve_config(
-        config, head_dim, block_mask, seq_k=k.shape[1], kind=kind, deterministic=deterministic
+        config,
+        head_dim,
+        block_mask,
+        has_segments=has_segments,
+        itemsize=jnp.dtype(q.dtype).itemsize,
+        seq_k=k.shape[1],
+        kind=kind,
+        deterministic=deterministic,
     )
     need = cfg.smem_bytes(head_dim, jnp.dtype(q.dtype).itemsize, segments=has_segments)
     for name, size in need.items():
@@ -162,6 +181,8 @@ def mha_backward(
         config,
         q.shape[-1],
         block_mask,
+        has_segments=segment_ids is not None,
+        itemsize=jnp.dtype(q.dtype).itemsize,
         seq_k=k.shape[1],
         kind=kind,
         deterministic=deterministic,

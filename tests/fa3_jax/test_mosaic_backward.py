@@ -381,6 +381,22 @@ def test_config_variants(cfg):
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 5e-3)
 
 
+def test_interpret_default_fits_segments_at_head_dim_128(monkeypatch):
+    """Interpret mode stages dS in the dQ kernel; with segment ids at head dim 128 the default
+    halves that kernel's kv steps to stay within SMEM instead of rejecting the inputs."""
+    case = Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=150, seq_k=150, head_dim=128,
+                causal=True, segments="shared")
+    (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 37)
+    used = []
+    dq_call = mosaic_backward.dq_kernel_call
+    monkeypatch.setattr(mosaic_backward, "dq_kernel_call",
+                        lambda *a, cfg, **kw: used.append(cfg) or dq_call(*a, cfg=cfg, **kw))
+    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+        grads = _mosaic.mha_backward(q, k, v, out, lse, dout, **kwargs)
+    assert [c.block_kv_dq for c in used] == [64]
+    _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
+
+
 @pytest.mark.parametrize("alibi", [None, "head"], ids=["softcap", "alibi-split"])
 def test_no_races_and_lse_cotangent(alibi, monkeypatch):
     """Race detection on one GQA causal config (with ALiBi: partial tiles in their own loop,
