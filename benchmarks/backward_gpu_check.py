@@ -32,6 +32,7 @@ import traceback
 import jax
 import jax.numpy as jnp
 
+from fa3_jax._mosaic import backward as mosaic_backward
 from fa3_jax._mosaic.backward import mha_backward
 from fa3_jax.benchmark import gpu_time
 from fa3_jax.config import BackwardConfig, default_backward_config
@@ -90,17 +91,13 @@ def check(name, cfg, batch, seq, heads, heads_kv, d, dtype, causal, *, window=(N
 BENCH_MASKS = ("none", "window", "segments", "alibi")
 
 
-def prepare(cfg, d, seq, causal, dtype=jnp.float16, mask="none"):
-    """(jitted backward, its arguments, FLOPs, cuDNN's (fwd+bwd, fwd) or None) at FA3 grid
-    sizes; cuDNN only for unmasked inputs."""
+def mask_kwargs(d, seq, causal, mask):
+    """``mha_backward``'s mask keywords (spec, scale, segment ids, ALiBi, softcap, block mask)
+    for a ``prepare`` mask string at FA3 grid sizes."""
     batch, heads = 16384 // seq, 2048 // d
     masks = mask.split("+")  # e.g. "alibi+segments"
     window = (1024, 0) if "window" in masks else (None, None)
-    spec = MaskSpec(seq, seq, causal, *window)
-    scale = d**-0.5
-    q, k, v, do = inputs(batch, seq, heads, heads, d, dtype, 1)
-    fl = 4 * batch * seq * seq * heads * d * (0.5 if causal else 1.0) * 2.5
-    kw = dict(spec=spec, softmax_scale=scale)
+    kw = dict(spec=MaskSpec(seq, seq, causal, *window), softmax_scale=d**-0.5)
     if "segments" in masks:
         ids = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32) // (seq // 8), (batch, seq))
         kw["segment_ids"] = (ids, ids)
@@ -112,6 +109,26 @@ def prepare(cfg, d, seq, causal, dtype=jnp.float16, mask="none"):
         n = seq // 128
         keep = jax.random.uniform(jax.random.key(5), (1, n, n)) < int(mask[6:]) / 100
         kw["block_mask"] = BlockMask(keep, 128, 128).normalized(batch, heads, seq, seq)
+    return kw
+
+
+def heuristic_config(d, seq, causal, mask):
+    """What the library runs for these inputs (non-deterministic), as ``mha_backward`` picks it."""
+    kw = mask_kwargs(d, seq, causal, mask)
+    kind = mosaic_backward._kind(kw["spec"], kw.get("softcap"), "alibi_slopes_BH" in kw,
+                                 "segment_ids" in kw, kw.get("block_mask"))
+    return mosaic_backward._resolve_config(
+        None, d, kw.get("block_mask"), has_segments="segment_ids" in kw, seq_k=seq, kind=kind,
+        deterministic=False)
+
+
+def prepare(cfg, d, seq, causal, dtype=jnp.float16, mask="none"):
+    """(jitted backward, its arguments, FLOPs, cuDNN's (fwd+bwd, fwd) or None) at FA3 grid
+    sizes; cuDNN only for unmasked inputs."""
+    batch, heads = 16384 // seq, 2048 // d
+    q, k, v, do = inputs(batch, seq, heads, heads, d, dtype, 1)
+    fl = 4 * batch * seq * seq * heads * d * (0.5 if causal else 1.0) * 2.5
+    kw = mask_kwargs(d, seq, causal, mask)
     # Timing only: residual values need to be plausible, not exact (the
     # reference's S x S matrices would not fit at 16k).
     out = do * 0.5
@@ -176,17 +193,6 @@ def interleaved(variants, d, seq, causal, mask, rounds):
     return rows
 
 
-def _heuristic_kind(causal, mask):
-    """``default_backward_config``'s kind for a :func:`prepare` mask string."""
-    if "alibi" in mask:
-        return "alibi"
-    if mask.startswith("sparse"):
-        return "masked" if causal else "block_sparse"
-    if mask != "none":
-        return "masked"
-    return "causal" if causal else "dense"
-
-
 def ab_runs(out_dir, name, variants, sizes, rounds=1, base="plain"):
     """Same-run A/B of default-config variants (bf16), cuDNN alongside the first
     (unmasked sizes only). ``sizes``: ``(d, seq, causal)`` or ``(d, seq, causal, mask)``.
@@ -197,8 +203,7 @@ def ab_runs(out_dir, name, variants, sizes, rounds=1, base="plain"):
     for d, seq, causal, *mask in sizes:
         mask = mask[0] if mask else "none"
         if base == "heuristic":
-            start = default_backward_config(d, seq_k=seq, kind=_heuristic_kind(causal, mask),
-                                            deterministic=False)
+            start = heuristic_config(d, seq, causal, mask)
         else:
             start = default_backward_config(d)
         cfgs = [(label, dataclasses.replace(start, **change)) for label, change in variants]

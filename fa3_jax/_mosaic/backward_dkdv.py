@@ -43,7 +43,9 @@ from fa3_jax._mosaic.common import (
     LOG2E,
     TileLists,
     alibi_splits,
+    multiple_of,
     needs_element_masks,
+    run_consumers,
     tile_list_operands,
 )
 from fa3_jax.config import BackwardConfig
@@ -259,25 +261,21 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 branch=cfg.branch_masks,
             )
             p_op, ds_op = p.astype(dtype), ds.astype(dtype)
-            if cfg.q_rows:
-                # P and dS through SMEM, read transposed by the dV/dK GEMMs.
-                ds_dst = ds_smem.at[wg] if ds_dst is None else ds_dst
-                ds_dst[...] = ds_op
-                p_smem.at[wg][...] = p_op
-                plgpu.commit_smem()
-                plgpu.wgmma(dv_acc, p_smem.at[wg].T, do_smem.at[slot])
-                plgpu.wgmma(dk_acc, ds_dst.T, q_smem.at[slot])
-                return
-            if ds_dst is None and not cfg.register_operands:
+            # q rows: P and dS (not their transposes) are the tiles, so they go through SMEM
+            # and the dV/dK GEMMs read them transposed.
+            staged = cfg.q_rows or not cfg.register_operands
+            if ds_dst is None and staged:
                 ds_dst = ds_smem.at[wg]
             if ds_dst is not None:
                 ds_dst[...] = ds_op
-                ds_op = ds_op if cfg.register_operands else ds_dst
-            if not cfg.register_operands:
+                ds_op = ds_dst if staged else ds_op
+            if staged:
                 p_smem.at[wg][...] = p_op
                 p_op = p_smem.at[wg]
-            if ds_dst is not None or not cfg.register_operands:
+            if ds_dst is not None:
                 plgpu.commit_smem()
+            if cfg.q_rows:
+                p_op, ds_op = p_op.T, ds_op.T
             plgpu.wgmma(dv_acc, p_op, do_smem.at[slot])
             plgpu.wgmma(dk_acc, ds_op, q_smem.at[slot])
 
@@ -343,7 +341,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             """
             cols = shp.dq_cols
             chunk = min(cols, _DQ_CHUNK)
-            col0 = wg * cols if isinstance(wg, int) else pl.multiple_of(wg * cols, cols)
+            col0 = multiple_of(wg * cols, cols)
             for c in range(0, cols, chunk):
 
                 def run(acc, c=c):
@@ -361,10 +359,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.commit_smem()
             rows = pl.ds(qi * bq, bq)
             n_blocks = cols // _DQ_BLOCK
-            block0 = wg * n_blocks
-            if not isinstance(wg, int):
-                block0 = pl.multiple_of(block0, n_blocks)
-            blocks = pl.ds(block0, n_blocks)
+            blocks = pl.ds(multiple_of(wg * n_blocks, n_blocks), n_blocks)
             if cfg.dq == "atomic":
                 dst = dq_ref.at[b, hq, blocks, rows]
                 plgpu.copy_smem_to_gmem(dq_smem.at[wg], dst, reduction_op="add")
@@ -429,11 +424,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             plgpu.ACC((bk, shp.head_dim), jnp.float32),
         )
 
-    if cfg.static_warpgroups:
-        for i in range(wgs):
-            pl.when(wg == i)(functools.partial(consumer, i))
-    else:
-        pl.when(wg < wgs)(lambda: consumer(wg))
+    run_consumers(wg, wgs, consumer, static=cfg.static_warpgroups)
 
 
 def dkdv_kernel_call(

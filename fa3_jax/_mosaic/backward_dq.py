@@ -28,6 +28,7 @@ from fa3_jax._mosaic.common import (
     TileLists,
     alibi_splits,
     needs_element_masks,
+    run_consumers,
     tile_list_operands,
 )
 from fa3_jax.config import BackwardConfig
@@ -253,11 +254,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
 
         pl.run_scoped(accumulate, plgpu.ACC((bq, shp.head_dim), jnp.float32))
 
-    if cfg.static_warpgroups:
-        for i in range(wgs):
-            pl.when(wg == i)(functools.partial(consumer, i))
-    else:
-        pl.when(wg < wgs)(lambda: consumer(wg))
+    run_consumers(wg, wgs, consumer, static=cfg.static_warpgroups)
 
 
 def dq_kernel_call(

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 
 from fa3_jax.masks import MaskSpec, TileMetadata
 
@@ -28,6 +29,8 @@ __all__ = [
     "needs_element_masks",
     "TileLists",
     "tile_list_operands",
+    "run_consumers",
+    "multiple_of",
 ]
 
 LOG2E = math.log2(math.e)
@@ -77,6 +80,23 @@ def positional_visible(q_pos, k_pos, *, spec: MaskSpec):
         if math.isfinite(hi):
             visible = visible & (diff <= int(hi))
     return visible
+
+
+def run_consumers(wg, n_consumers: int, consumer, *, static: bool) -> None:
+    """Runs ``consumer(index)`` on warpgroups ``0 … n_consumers - 1`` (``wg``: this thread's
+    warpgroup). ``static``: the body is traced once per warpgroup with ``index`` a Python
+    int, so SMEM offsets and wgmma descriptors derived from it are constants (the configs'
+    ``static_warpgroups``); else once, with ``index`` the traced ``wg``."""
+    if static:
+        for i in range(n_consumers):
+            pl.when(wg == i)(lambda i=i: consumer(i))
+    else:
+        pl.when(wg < n_consumers)(lambda: consumer(wg))
+
+
+def multiple_of(x, m: int):
+    """``pl.multiple_of(x, m)`` for a traced ``x``; a Python int (static warpgroup) as is."""
+    return x if isinstance(x, int) else pl.multiple_of(x, m)
 
 
 def needs_element_masks(spec: MaskSpec, *, tile_k: int, has_segments: bool) -> bool:

@@ -49,6 +49,7 @@ from fa3_jax._mosaic.common import (
     logits_base2,
     needs_element_masks,
     positional_visible,
+    run_consumers,
     tile_list_operands,
 )
 from fa3_jax._mosaic.schedule import balanced_schedule
@@ -454,11 +455,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             # Consume the last warpgroup's last hand-over (every barrier phase is observed).
             when(wg == 0, lambda: plgpu.barrier_wait(turn.at[0]))
 
-    if cfg.static_warpgroups:
-        for i in range(n_consumers):
-            pl.when(wg == i)(functools.partial(consumer, i))
-    else:
-        pl.when(wg < n_consumers)(lambda: consumer(wg))
+    run_consumers(wg, n_consumers, consumer, static=cfg.static_warpgroups)
 
     @pl.when(wg == n_consumers)
     def _producer():
