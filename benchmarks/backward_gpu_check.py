@@ -193,7 +193,7 @@ def interleaved(variants, d, seq, causal, mask, rounds):
     return rows
 
 
-def ab_runs(out_dir, name, variants, sizes, rounds=1, base="plain"):
+def ab_runs(out_dir, name, variants, sizes, base="plain", rounds=1):
     """Same-run A/B of default-config variants (bf16), cuDNN alongside the first
     (unmasked sizes only). ``sizes``: ``(d, seq, causal)`` or ``(d, seq, causal, mask)``.
     ``rounds`` > 1: the variants timed in turn, medians over rounds (:func:`interleaved`).

@@ -261,6 +261,21 @@ def order_runs(report, save):
         save()
 
 
+def _against_default(report, save, runs, label, **change):
+    """The heuristic's config, the same with ``change`` (as ``label``), and the default again,
+    for each run (masked runs: ours only)."""
+    for run in runs:
+        masked = "window" in run or "doc_len" in run
+        base = forward_config(run["d"], run["dtype"], causal=run["causal"],
+                              window="window" in run, masked="doc_len" in run, seq_k=run["s"])
+        variants = [("default", base), (label, dataclasses.replace(base, **change)),
+                    ("default_again", base)]
+        r = bench(**run, variants=variants, peers=not masked)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+
+
 def static_wg_runs(report, save):
     """The default config against the same with its consumer bodies compiled per warpgroup
     (``static_warpgroups``), where the forward trails: causal D64 at every length, causal D128
@@ -269,15 +284,54 @@ def static_wg_runs(report, save):
     runs = _fp16_runs(((64, 1024, True), (64, 4096, True), (64, 16384, True), (128, 512, True),
                        (128, 4096, True), (256, 1024, True), (64, 1024, False),
                        (128, 16384, False)))
-    runs += _MASKED_RUNS
-    for run in runs:
-        masked = "window" in run or "doc_len" in run
-        base = forward_config(run["d"], run["dtype"], causal=run["causal"],
-                              window="window" in run, masked="doc_len" in run, seq_k=run["s"])
-        variants = [("default", base),
-                    ("static", dataclasses.replace(base, static_warpgroups=True)),
-                    ("default_again", base)]
-        r = bench(**run, variants=variants, peers=not masked)
+    _against_default(report, save, runs + _MASKED_RUNS, "static", static_warpgroups=True)
+
+
+def causal_gap_runs(report, save):
+    """Where causal head dim 64 loses against dense (bf16, 4k and 16k, TFLOP/s over visible
+    pairs, so equal numbers mean equal time per visited pair): dense and causal with the
+    default config and on the grid with two and three consumers; a tile-aligned block-causal
+    mask (the causal walk without partial tiles) and an all-ones block mask (the masked code
+    path over dense work) on the two-consumer grid."""
+    d, dtype = 64, jnp.bfloat16
+    two = ForwardConfig(block_kv=128, num_stages=3, pingpong=False)
+    three = with_consumers(two, 3)
+    for s in (4096, 16384):
+        b, h = 16384 // s, 2048 // d
+        q, k, v = _inputs(jax.random.key(0), b, s, s, h, h, d, dtype)
+        nb = s // 128
+        lower = jnp.tril(jnp.ones((nb, nb), bool))
+        block_causal = BlockMask(jnp.broadcast_to(lower, (1, h, nb, nb)), 128, 128)
+        all_ones = BlockMask(jnp.ones((1, h, nb, nb), bool), 128, 128)
+        dense_pairs, causal_pairs = s * s, s * (s + 1) // 2
+        block_pairs = int(lower.sum()) * 128 * 128
+        variants = [
+            ("dense_default", False, None, forward_config(d, dtype, seq_k=s), dense_pairs),
+            ("dense_grid2", False, None, two, dense_pairs),
+            ("dense_grid3", False, None, three, dense_pairs),
+            ("ones_grid2", False, all_ones, two, dense_pairs),
+            ("causal_default", True, None, forward_config(d, dtype, causal=True, seq_k=s),
+             causal_pairs),
+            ("causal_grid2", True, None, two, causal_pairs),
+            ("causal_grid3", True, None, three, causal_pairs),
+            ("blockcausal_grid2", False, block_causal, two, block_pairs),
+        ]
+        results = {}
+        for label, causal, bm, cfg, pairs in variants:
+            spec = MaskSpec(s, s, causal)
+            fn = jax.jit(lambda q, k, v, spec=spec, bm=bm, cfg=cfg: _mosaic.mha_forward(
+                q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None,
+                alibi_slopes_BH=None, segment_ids=None, block_mask=bm, config=cfg)[0])
+            try:
+                results[label] = round(4 * b * h * d * pairs / _time(fn, q, k, v) / 1e12, 1)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                results[label] = f"ERR {type(e).__name__}: {str(e)[:200]}"
+        for label, causal in (("cudnn_dense", False), ("cudnn_causal", True)):
+            fn = jax.jit(lambda q, k, v, causal=causal: jax.nn.dot_product_attention(
+                q, k, v, is_causal=causal, implementation="cudnn"))
+            pairs = causal_pairs if causal else dense_pairs
+            results[label] = round(4 * b * h * d * pairs / _time(fn, q, k, v) / 1e12, 1)
+        r = dict(d=d, s=s, dtype="bfloat16", tflops_per_visible_pair=results)
         print(r, flush=True)
         report["bench"].append(r)
         save()
@@ -301,6 +355,8 @@ def main():
                     help="persistent checks, then grid vs persistent (q tiles, LPT) timings")
     ap.add_argument("--static-wg", action="store_true",
                     help="checks and timings with static_warpgroups against the default")
+    ap.add_argument("--causal-gap", action="store_true",
+                    help="causal head dim 64 against dense: where the time goes")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -366,7 +422,7 @@ def main():
                    dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
                         config=_balanced_c3(forward_config(64, f16, causal=True), overlap=False,
                                             pingpong=True)))]
-    if not args.skip_checks and not args.ablation and not args.short:
+    if not args.skip_checks and not args.ablation and not args.short and not args.causal_gap:
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -381,7 +437,7 @@ def main():
 
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
                  short=short_runs, causal_consumers=causal_consumer_runs,
-                 static_wg=static_wg_runs)
+                 static_wg=static_wg_runs, causal_gap=causal_gap_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)
