@@ -426,6 +426,16 @@ AB_MODES = {
          (128, 16384, True, "segments")],
         "heuristic",
     ),
+    # static warpgroups on block-sparse walks (fused from 4k keys) over lengths and densities
+    "--static-wg-sparse": (
+        "static_wg_sparse",
+        [("default", {}), ("static", dict(static_warpgroups=True))],
+        [(128, 4096, False, "sparse20"), (128, 4096, False, "sparse50"),
+         (128, 8192, False, "sparse50"), (128, 16384, False, "sparse20"),
+         (128, 16384, False, "sparse50"), (128, 16384, False, "sparse80"),
+         (64, 16384, False, "sparse50")],
+        "heuristic",
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",

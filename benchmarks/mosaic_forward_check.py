@@ -287,6 +287,23 @@ def static_wg_runs(report, save):
     _against_default(report, save, runs + _MASKED_RUNS, "static", static_warpgroups=True)
 
 
+def one_q_runs(report, save):
+    """Head dim 256 (two Q buffers per consumer do not fit shared memory) on the grid against
+    persistent CTAs with one Q buffer (``prefetch_q=False``): balanced order when causal,
+    q tiles of a head together when dense; fp16, cuDNN alongside."""
+    for s, causal in [(512, True), (1024, True), (2048, True), (4096, True), (8192, True),
+                      (512, False), (1024, False), (2048, False)]:
+        base = forward_config(256, jnp.float16, causal=causal, seq_k=s)
+        one_q = dataclasses.replace(base, persistent=True, prefetch_q=False,
+                                    tile_order="balanced" if causal else "q_tiles")
+        variants = [("grid", dataclasses.replace(base, persistent=False, tile_order="q_tiles")),
+                    ("persistent_one_q", one_q), ("default", base)]
+        r = bench(256, s, causal, jnp.float16, variants)
+        print(r, flush=True)
+        report["bench"].append(r)
+        save()
+
+
 def causal_gap_runs(report, save):
     """Where causal head dim 64 loses against dense (bf16, 4k and 16k, TFLOP/s over visible
     pairs, so equal numbers mean equal time per visited pair): dense and causal with the
@@ -355,6 +372,8 @@ def main():
                     help="persistent checks, then grid vs persistent (q tiles, LPT) timings")
     ap.add_argument("--static-wg", action="store_true",
                     help="checks and timings with static_warpgroups against the default")
+    ap.add_argument("--one-q", action="store_true",
+                    help="head dim 256: grid against persistent CTAs with one Q buffer")
     ap.add_argument("--causal-gap", action="store_true",
                     help="causal head dim 64 against dense: where the time goes")
     ap.add_argument("--persistent", action="store_true",
@@ -402,6 +421,12 @@ def main():
             return dataclasses.replace(base, static_warpgroups=True)
 
         checks = [(f"{name}-static-wg", {**kw, "config": static(kw)}) for name, kw in checks[:8]]
+    if args.one_q:
+        checks = [(f"{name}-one-q", {**kw, "config": dataclasses.replace(
+            forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),
+            persistent=True, prefetch_q=False, tile_order="balanced")})
+            for name, kw in checks if kw["d"] in (128, 256) and "config" not in kw
+            and "block" not in kw]
     if args.consumers:
         checks = [
             (f"{name}-c3",
@@ -422,7 +447,7 @@ def main():
                    dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
                         config=_balanced_c3(forward_config(64, f16, causal=True), overlap=False,
                                             pingpong=True)))]
-    if not args.skip_checks and not args.ablation and not args.short and not args.causal_gap:
+    if not (args.skip_checks or args.ablation or args.short or args.causal_gap):
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -437,7 +462,8 @@ def main():
 
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
                  short=short_runs, causal_consumers=causal_consumer_runs,
-                 static_wg=static_wg_runs, causal_gap=causal_gap_runs)
+                 static_wg=static_wg_runs, causal_gap=causal_gap_runs,
+                 one_q=one_q_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

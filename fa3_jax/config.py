@@ -89,6 +89,9 @@ class ForwardConfig:
         item lengths from the positional masks: segment ids and block masks are
         not known then). ``"lpt"`` strides items over the CTAs, which leaves
         causal work 18-29% unbalanced at head dim 128 (by the same cost model).
+      prefetch_q: persistent CTAs give each consumer a second Q buffer, so the next item's
+        Q loads while this item runs; False keeps one (the next Q loads once this item's
+        output store has read it), for head dims where two do not fit shared memory.
       static_warpgroups: compile the consumer body once per consumer warpgroup with its
         index a constant (SMEM offsets and wgmma descriptors become constant offsets from the
         SMEM base instead of per-warpgroup values held in registers; what lifted the head dim
@@ -108,6 +111,7 @@ class ForwardConfig:
     num_ctas: int = 0
     tile_order: str = "q_tiles"
     static_warpgroups: bool = False
+    prefetch_q: bool = True
 
     def __post_init__(self):
         if self.tile_order not in FORWARD_TILE_ORDERS:
@@ -149,6 +153,11 @@ class ForwardConfig:
         """Query rows per CTA (the q tile of the tile metadata)."""
         return self.num_consumers * self.block_q
 
+    @property
+    def q_buffers(self) -> int:
+        """Q (then O) buffers per consumer warpgroup (see ``prefetch_q``)."""
+        return 2 if self.persistent and self.prefetch_q else 1
+
 
 FORWARD_TILE_ORDERS = ("q_tiles", "heads", "lpt", "balanced")
 
@@ -179,7 +188,7 @@ def forward_smem_bytes(config: ForwardConfig, head_dim: int, itemsize: int) -> i
     """Shared memory the forward kernel allocates for ``config``."""
     n = config.num_consumers
     # Q, reused for O; persistent CTAs keep two per warpgroup (the next item's Q loads early)
-    q_o = (2 if config.persistent else 1) * n * config.block_q * head_dim * itemsize
+    q_o = config.q_buffers * n * config.block_q * head_dim * itemsize
     kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
     p = n * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
     lse = n * config.block_q * 4
@@ -220,9 +229,19 @@ def _heuristic(
     head_dim: int, *, causal: bool, window: bool, masked: bool, seq_k: int | None
 ) -> ForwardConfig:
     config = _tiles(head_dim, causal=causal, masked=masked or window)
-    if seq_k is None or masked or head_dim > 128:
-        # Unknown lengths, segment ids or block masks (item lengths known only per call) and
-        # D256 (two Q buffers do not fit) stay on the grid.
+    if seq_k is None or masked:
+        # Unknown lengths, segment ids or block masks (item lengths known only per call) stay
+        # on the grid.
+        return config
+    if head_dim > 128:
+        # Two Q buffers per consumer do not fit at D256: persistent CTAs with one (H100,
+        # 2026-11-27, benchmarks/NOTES.md "Session 12", fp16): causal +9% / +10% / +11% / +12%
+        # / +11% at 512 / 1k / 2k / 4k / 8k in the balanced order; dense -2% to 0 at 512-2k
+        # (stays on the grid). D192 and windows are not measured (grid).
+        if head_dim > 192 and causal and not window:
+            return dataclasses.replace(
+                config, persistent=True, tile_order="balanced", prefetch_q=False
+            )
         return config
     # H100, 2026-11-26 (benchmarks/NOTES.md, "Session 6"), persistent CTAs that load the next
     # item's Q early, against the grid launch, fp16: dense D64/D128 +30% / +28% at 512, +13% at
@@ -574,6 +593,10 @@ def default_backward_config(
     causal 8k 459…467 -> 485…487, 16k 494…502 -> 510…513; causal 4k 450 -> 439 (not taken),
     1024-key window 16k -14% (not taken). ``q_rows`` alone: dense 16k 499 -> 545, block-sparse
     16k -6…-12% (not taken); ``static_warpgroups`` on the two kernels: -2.6…+4.4% (not taken).
+    Block-sparse head dim 128 on the fused path takes ``static_warpgroups`` alone (NOTES,
+    "Session 12", 128x128 blocks): +6% / +4% at 4k (20% / 50% density), +2% at 8k, +8% / +6% /
+    +7% at 16k (20 / 50 / 80%); at head dim 64 even, and on the two kernels (documents 16k -6%,
+    causal D64 4k -3%, dense D64 2k -4%) not taken.
 
     ALiBi walks on the two kernels split their partial tiles from their full ones
     (``split_partial``): H100, bf16, causal, three interleaved rounds (NOTES, "Session 10"):
@@ -601,7 +624,8 @@ def default_backward_config(
         and min_seq_k is not None
         and seq_k >= min_seq_k
     )
-    # Head dim 128 on the fused path, unmasked or plain causal: see the docstring.
+    # Head dim 128 on the fused path, unmasked or plain causal (or block-sparse, static
+    # warpgroups only): see the docstring.
     fused_d128 = fused and head_dim > 64 and kind in ("dense", "causal")
     return BackwardConfig(
         block_q_dkv=128 if kind == "dense" and head_dim <= 64 and not fused else 64,
@@ -612,5 +636,5 @@ def default_backward_config(
         dq="atomic" if fused else "kernel",
         split_partial=(kind == "alibi" and not fused) or (fused_d128 and kind == "causal"),
         q_rows=fused_d128,
-        static_warpgroups=fused_d128,
+        static_warpgroups=fused_d128 or (fused and head_dim > 64 and kind == "block_sparse"),
     )

@@ -241,8 +241,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         def q_buffer(i):
             """This warpgroup's Q (then O) buffer and barrier for item ``i``: persistent CTAs
-            alternate two, so the next item's Q loads while this one runs."""
-            if not cfg.persistent:
+            that prefetch Q alternate two, so the next item's Q loads while this one runs."""
+            if cfg.q_buffers == 1:
                 return wg
             return lax.rem(i, 2) * n_consumers + wg
 
@@ -252,13 +252,17 @@ def _kernel(st: ForwardStatic, dims, *refs):
             buf = q_buffer(i)
             plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[buf], q_bar.at[buf])
 
-        def prefetch_q(i):
-            """Persistent: starts item ``i + 1``'s Q load into the buffer item ``i - 1`` stored
-            its output from, once that store has read it (its LSE buffer is free then too)."""
-            if not cfg.persistent:
-                return
+        def load_next_q(i):
+            """Starts item ``i + 1``'s Q load into the buffer the last output store read from,
+            once that store has read it (its LSE buffer is free then too)."""
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
             pl.when(i + 1 < n_items)(lambda: load_q(i + 1))
+
+        def prefetch_q(i):
+            """Persistent with two Q buffers: item ``i + 1``'s Q loads into the buffer item
+            ``i - 1`` stored its output from (called once item ``i``'s Q is in use)."""
+            if cfg.q_buffers == 2:
+                load_next_q(i)
 
         def consume_item(i, base):
             """Computes one q tile's rows of this warpgroup; returns the ring position after it."""
@@ -442,6 +446,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(q_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
             plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
+            if cfg.persistent and cfg.q_buffers == 1:
+                load_next_q(i)
             return base + n_tiles
 
         if cfg.pingpong:
@@ -594,7 +600,7 @@ def forward_kernel_call(
         inputs.append(block_mask_int)
 
     bq, bkv, stages, n_consumers = cfg.block_q, cfg.block_kv, cfg.num_stages, cfg.num_consumers
-    q_buffers = 2 if cfg.persistent else 1
+    q_buffers = cfg.q_buffers
     scratch = (
         # Q, reused for O; persistent CTAs alternate two per warpgroup (next item's Q).
         plgpu.SMEM(

@@ -297,17 +297,20 @@ def test_fused_dq_with_alibi_segments_softcap(extra, q_rows):
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
 
-@pytest.mark.parametrize("head_dim,causal", [(64, True), (128, False)])
-def test_fused_dq_with_block_mask(head_dim, causal):
+@pytest.mark.parametrize("head_dim,causal,static", [(64, True, False), (128, False, False),
+                                                    (128, False, True)])
+def test_fused_dq_with_block_mask(head_dim, causal, static):
     """Fused dQ over per-head block-sparse walks (128 x 128 blocks, a query block that sees no
-    key, GQA, odd lengths; at head dim 64 with causal element masks, as the heuristic runs it):
-    skipped tiles add nothing, against the f32 reference."""
+    key, GQA, odd lengths; at head dim 64 with causal element masks, at head dim 128 also with
+    per-warpgroup consumer bodies, as the heuristic runs them): skipped tiles add nothing,
+    against the f32 reference."""
     case = Case(dtype=BF16, batch=1, heads_q=2, heads_kv=1, seq_q=300, seq_k=350,
                 head_dim=head_dim, causal=causal, block_sparse=(128, 128, 0.6), masked_rows=True)
     (q, k, v, out, lse, dout), kwargs, ref_kwargs = _grads_direct(case, 29)
     with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
         grads = _mosaic.mha_backward(
-            q, k, v, out, lse, dout, **kwargs, config=BackwardConfig(dq="partials")
+            q, k, v, out, lse, dout, **kwargs,
+            config=BackwardConfig(dq="partials", static_warpgroups=static),
         )
     _assert_matches_reference(grads, (q, k, v, dout), ref_kwargs, 2e-2)
 
@@ -524,8 +527,11 @@ def test_default_backward_config_fuses_dq_where_measured(head_dim, seq_k, kind, 
     # path's causal head dim 128 walks.
     assert cfg.split_partial == ((kind == "alibi" and dq == "kernel")
                                  or (fused_d128 and kind == "causal"))
-    # q rows as the score tiles' M and per-warpgroup consumer bodies: fused D128 dense/causal.
-    assert cfg.q_rows == fused_d128 and cfg.static_warpgroups == fused_d128
+    # q rows as the score tiles' M: fused D128 dense/causal; per-warpgroup consumer bodies:
+    # also on fused D128 block-sparse walks.
+    assert cfg.q_rows == fused_d128
+    fused_sparse_d128 = dq == "atomic" and head_dim == 128 and kind == "block_sparse"
+    assert cfg.static_warpgroups == (fused_d128 or fused_sparse_d128)
 
 
 @pytest.mark.parametrize("spec_kw,extras,kind", [

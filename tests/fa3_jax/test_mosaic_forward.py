@@ -156,6 +156,10 @@ _VARIANTS = [
                     pingpong=True, overlap=False, num_stages=3),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=256, seq_k=256, causal=True,
           window=(70, 0), segments="shared")),
+    # persistent CTAs with one Q buffer per consumer (the next Q loads after the store)
+    (_variant(tile_order="balanced", persistent=True, num_ctas=3, prefetch_q=False),
+     Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=1, seq_q=300, seq_k=300, causal=True,
+          segments="shared", alibi="head")),
 ]
 
 
@@ -164,6 +168,7 @@ def _variant_id(variant):
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
     name += f"-persistent{config.num_ctas}" * config.persistent
     name += "-static-wg" * config.static_warpgroups
+    name += "-one-q" * (config.persistent and not config.prefetch_q)
     return name + f"-{config.tile_order}" * (config.tile_order != "q_tiles")
 
 
@@ -212,8 +217,10 @@ def test_kernel_variants_interpret(variant):
     with_consumers(ForwardConfig(), 3),
     ForwardConfig(static_warpgroups=True),
     ForwardConfig(persistent=True, tile_order="balanced", static_warpgroups=True),
+    ForwardConfig(persistent=True, tile_order="balanced", prefetch_q=False),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
-        "persistent-balanced", "grid-3consumers", "grid-static-wg", "persistent-balanced-static-wg"])
+        "persistent-balanced", "grid-3consumers", "grid-static-wg", "persistent-balanced-static-wg",
+        "persistent-balanced-one-q"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -296,17 +303,19 @@ def test_heuristic_picks_persistent_orders(head_dim):
     """As measured (NOTES "Session 6"), at head_dim <= 128: dense up to 4k keys persistent over
     one head's q tiles; causal at head_dim 64 up to 2k keys in LPT order; other causal inputs and
     windows in the balanced order (causal head_dim 64 from 16k keys with three consumers).
-    Segment ids or block masks, unknown lengths, long dense inputs and D256 (two Q buffers do
-    not fit): one CTA per q tile."""
+    Head dim 256 (NOTES "Session 12"; two Q buffers do not fit): causal inputs in the balanced
+    order with one Q buffer. Segment ids or block masks, unknown lengths, long dense inputs and
+    D256 dense or windowed: one CTA per q tile."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
+        assert config.prefetch_q == (head_dim <= 128) or not config.persistent, kw
         return (config.persistent, config.tile_order)
 
     grid = (False, "q_tiles")
     fits = head_dim <= 128
     assert pick(seq_k=512) == pick(seq_k=4096) == ((True, "q_tiles") if fits else grid)
-    balanced = (True, "balanced") if fits else grid
+    balanced = (True, "balanced")
     short_causal = (True, "lpt") if head_dim <= 64 else balanced
     assert pick(seq_k=512, causal=True) == pick(seq_k=2048, causal=True) == short_causal
     assert pick(seq_k=2049, causal=True) == pick(seq_k=16383, causal=True) == balanced
@@ -314,7 +323,7 @@ def test_heuristic_picks_persistent_orders(head_dim):
     consumers = forward_config(head_dim, jnp.bfloat16, causal=True, seq_k=16384).num_consumers
     assert consumers == (3 if head_dim <= 64 else 2)
     for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
-        assert pick(**kw) == balanced, kw
+        assert pick(**kw) == (balanced if fits else grid), kw
     for kw in (dict(seq_k=4097), dict(seq_k=1024, masked=True),
                dict(seq_k=1024, causal=True, masked=True),
                dict(seq_k=1024, causal=True, window=True, masked=True), dict(), dict(causal=True)):
