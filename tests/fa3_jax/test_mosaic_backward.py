@@ -721,6 +721,7 @@ def test_gpu_default_fused_dq_matches_deterministic(kind, head_dim):
     chosen = mosaic_backward._resolve_config(None, head_dim, kwargs["block_mask"], seq_k=4096,
                                              kind=kind, deterministic=False)
     assert (chosen.dq, chosen.stages) == ("atomic", 3 if head_dim == 64 else 2)
+    assert chosen.static_warpgroups == (head_dim == 128)
     fast = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs))(*args)
     exact = jax.jit(lambda *a: _mosaic.mha_backward(*a, **kwargs, deterministic=True))(*args)
     _assert_equal_up_to_summation_order(fast, exact)
