@@ -602,7 +602,7 @@ def forward_kernel_call(
     bq, bkv, stages, n_consumers = cfg.block_q, cfg.block_kv, cfg.num_stages, cfg.num_consumers
     q_buffers = cfg.q_buffers
     scratch = (
-        # Q, reused for O; persistent CTAs alternate two per warpgroup (next item's Q).
+        # Q, reused for O; persistent CTAs that prefetch Q alternate two per warpgroup.
         plgpu.SMEM(
             (q_buffers * n_consumers, bq, head_dim),
             dtype,
