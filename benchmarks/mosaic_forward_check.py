@@ -309,7 +309,8 @@ def causal_gap_runs(report, save):
     pairs, so equal numbers mean equal time per visited pair): dense and causal with the
     default config and on the grid with two and three consumers; a tile-aligned block-causal
     mask (the causal walk without partial tiles) and an all-ones block mask (the masked code
-    path over dense work) on the two-consumer grid."""
+    path over dense work) on the two-consumer grid; dense with 8 keys fewer (element masks
+    compiled in, one partial tail tile per row) on the grid and with the default config."""
     d, dtype = 64, jnp.bfloat16
     two = ForwardConfig(block_kv=128, num_stages=3, pingpong=False)
     three = with_consumers(two, 3)
@@ -334,13 +335,19 @@ def causal_gap_runs(report, save):
             ("blockcausal_grid2", False, block_causal, two, block_pairs),
         ]
         results = {}
+        # Dense with 8 fewer keys: element masks compiled in, one partial (tail) tile per row.
+        variants += [("dense_tail_grid2", False, None, two, s * (s - 8)),
+                     ("dense_tail_default", False, None, forward_config(d, dtype, seq_k=s - 8),
+                      s * (s - 8))]
         for label, causal, bm, cfg, pairs in variants:
-            spec = MaskSpec(s, s, causal)
+            keys = s - 8 if "tail" in label else s
+            spec = MaskSpec(s, keys, causal)
             fn = jax.jit(lambda q, k, v, spec=spec, bm=bm, cfg=cfg: _mosaic.mha_forward(
                 q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None,
                 alibi_slopes_BH=None, segment_ids=None, block_mask=bm, config=cfg)[0])
             try:
-                results[label] = round(4 * b * h * d * pairs / _time(fn, q, k, v) / 1e12, 1)
+                kk, vv = k[:, :keys], v[:, :keys]
+                results[label] = round(4 * b * h * d * pairs / _time(fn, q, kk, vv) / 1e12, 1)
             except Exception as e:  # noqa: BLE001 - report and go on
                 results[label] = f"ERR {type(e).__name__}: {str(e)[:200]}"
         for label, causal in (("cudnn_dense", False), ("cudnn_causal", True)):

@@ -3,7 +3,8 @@
 FA3 grid shape (batch * seq = 16384, heads * head_dim = 2048), fp16, the default configs; three
 calls. ``fwd`` runs one forward kernel per call (profile with ``--launch-skip 2 --launch-count 1``);
 ``bwd`` runs the backward alone from given residuals, two Mosaic kernels per call, dK/dV then dQ
-(``--launch-skip 4 --launch-count 2``). MASK: ``causal`` or ``dense``. An optional fifth
+(``--launch-skip 4 --launch-count 2``). MASK: ``causal``, ``dense`` or ``tail`` (dense with 8
+keys fewer: element masks compiled in, the last kv tile of each row partial). An optional fifth
 argument, ``kernel`` or ``atomic``, forces the backward's dQ mode (``atomic``: one Mosaic kernel
 per call, ``--launch-skip 2 --launch-count 1``).
 """
@@ -21,13 +22,16 @@ from fa3_jax.config import default_backward_config
 from fa3_jax.masks import MaskSpec
 
 
-def main(mode: str, d: int, s: int, causal: bool, dq: str | None = None) -> None:
+def main(mode: str, d: int, s: int, mask: str, dq: str | None = None) -> None:
     b, h = 16384 // s, 2048 // d
+    causal = mask == "causal"
+    keys = s - 8 if mask == "tail" else s
     q_BSHD, k_BSHD, v_BSHD, do_BSHD = (
         jax.random.normal(key, (b, s, h, d), jnp.float16)
         for key in jax.random.split(jax.random.key(0), 4)
     )
-    spec = MaskSpec(s, s, causal, None, None)
+    k_BSHD, v_BSHD = k_BSHD[:, :keys], v_BSHD[:, :keys]
+    spec = MaskSpec(s, keys, causal, None, None)
     common = dict(
         spec=spec,
         softmax_scale=d**-0.5,
@@ -56,4 +60,4 @@ def main(mode: str, d: int, s: int, causal: bool, dq: str | None = None) -> None
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "causal", *sys.argv[5:])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:])

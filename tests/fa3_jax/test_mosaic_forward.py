@@ -238,6 +238,32 @@ def test_lowers_for_cuda(config):
     assert "mosaic_gpu" in text
 
 
+@pytest.mark.parametrize("mask", ["tail", "causal", "window", "segments", "block64"])
+def test_each_element_mask_lowers_for_cuda(mask):
+    """Each element mask alone lowers (Mosaic's layout inference sees every bound's form):
+    the key tail (keys not a multiple of the kv tile), causal, a window, segment ids, and a
+    64-row block mask (one bit per warpgroup)."""
+    b, s, h, d = 1, 512, 2, 64
+    keys = 504 if mask == "tail" else s
+    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((b, keys, h, d), jnp.bfloat16)
+    spec = MaskSpec(s, keys, causal=mask == "causal",
+                    window_left=100 if mask == "window" else None)
+    ids = jnp.zeros((b, s), jnp.int32) if mask == "segments" else None
+    # 64-row blocks straddle the 128-row q tiles: element masks, one bit per warpgroup.
+    bm = fa3_jax.BlockMask(jnp.ones((h, s // 64, s // 128), bool), 64, 128)
+
+    def run(q, k, v):
+        return _mosaic.mha_forward(q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None,
+                                   alibi_slopes_BH=None,
+                                   segment_ids=None if ids is None else (ids, ids),
+                                   block_mask=bm if mask == "block64" else None,
+                                   config=ForwardConfig())
+
+    text = jax.jit(run).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
 def test_unsupported_reasons():
     q = jnp.zeros((1, 8, 2, 64), jnp.float32)
     spec = MaskSpec(8, 8)
