@@ -144,6 +144,10 @@ class TileLists:
     def partial(self, b, h, row, j):
         return self.refs[2][b, h, row, j]
 
+    def partial_count(self, b, h, row):
+        """Partial entries of a row (lists built with ``partial_first`` or ``partial_last``)."""
+        return self.refs[3][b, h, row]
+
     def partial_arg(self, b, h, row, j, mask):
         """``probs_and_dlogits``'s ``partial`` for entry ``j`` walked in mode ``mask`` (see
         :meth:`walk_row`): the entry's flag, True (known partial) or None (known full)."""
