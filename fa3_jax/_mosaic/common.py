@@ -127,7 +127,8 @@ class TileLists:
     @property
     def partial_first(self) -> bool:
         """Whether rows list their partial tiles first and ``partial_count`` counts them
-        (static: the metadata was built with ``partial_first``)."""
+        (static: the backward's metadata was built with ``partial_first``; the forward's
+        ``peel_partial`` lists put them last and read only :meth:`partial_count`)."""
         return len(self.refs) == 4
 
     @classmethod
