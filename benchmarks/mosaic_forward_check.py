@@ -447,6 +447,8 @@ def main():
                 kw["d"], kw["dtype"], causal=kw.get("causal", False),
                 window=kw.get("window", (None, None)) != (None, None),
                 masked=kw.get("segments", False) or kw.get("block") is not None, seq_k=kw["sk"])
+            if kw.get("block") and kw["block"][1] % base.block_kv:
+                base = dataclasses.replace(base, block_kv=64)  # as mha_forward does for them
             return dataclasses.replace(base, peel_partial=True)
 
         checks = [(f"{name}-peel", {**kw, "config": peel(kw)}) for name, kw in checks
