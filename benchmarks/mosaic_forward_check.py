@@ -128,11 +128,26 @@ def bench(d, s, causal, dtype, variants, peers=True, window=(None, None), doc_le
                 doc_len=doc_len, tflops=results)
 
 
+def _for_blocks(config, kw):
+    """``config`` with 64-key tiles where the check's block mask has 64-key blocks (what
+    mha_forward does to its own config)."""
+    if kw.get("block") and kw["block"][1] % config.block_kv:
+        return dataclasses.replace(config, block_kv=64)
+    return config
+
+
+def _check_config(kw, **change):
+    """The check's own config, else the one mha_forward would pick for it; with ``change``."""
+    base = kw.get("config") or _for_blocks(forward_config(
+        kw["d"], kw["dtype"], causal=kw.get("causal", False),
+        window=kw.get("window", (None, None)) != (None, None),
+        masked=kw.get("segments", False) or kw.get("block") is not None, seq_k=kw["sk"]), kw)
+    return dataclasses.replace(base, **change)
+
+
 def _persistent_check(name, kw):
     """The same check with the persistent grid (block_kv shrunk for 64-wide mask blocks)."""
-    base = kw.get("config") or forward_config(kw["d"], kw["dtype"])
-    if kw.get("block") and kw["block"][1] % base.block_kv:
-        base = dataclasses.replace(base, block_kv=64)
+    base = _for_blocks(kw.get("config") or forward_config(kw["d"], kw["dtype"]), kw)
     return f"{name}-persistent", {**kw, "config": dataclasses.replace(base, persistent=True)}
 
 
@@ -435,24 +450,11 @@ def main():
     if args.persistent:
         checks = [_persistent_check(name, kw) for name, kw in checks]
     if args.static_wg:
-        def static(kw):
-            base = kw.get("config") or forward_config(
-                kw["d"], kw["dtype"], causal=kw.get("causal", False), seq_k=kw["sk"])
-            return dataclasses.replace(base, static_warpgroups=True)
-
-        checks = [(f"{name}-static-wg", {**kw, "config": static(kw)}) for name, kw in checks[:8]]
+        checks = [(f"{name}-static-wg", {**kw, "config": _check_config(kw, static_warpgroups=True)})
+                  for name, kw in checks[:8]]
     if args.peel:
-        def peel(kw):
-            base = kw.get("config") or forward_config(
-                kw["d"], kw["dtype"], causal=kw.get("causal", False),
-                window=kw.get("window", (None, None)) != (None, None),
-                masked=kw.get("segments", False) or kw.get("block") is not None, seq_k=kw["sk"])
-            if kw.get("block") and kw["block"][1] % base.block_kv:
-                base = dataclasses.replace(base, block_kv=64)  # as mha_forward does for them
-            return dataclasses.replace(base, peel_partial=True)
-
-        checks = [(f"{name}-peel", {**kw, "config": peel(kw)}) for name, kw in checks
-                  if kw.get("config") is None or kw["config"].overlap]
+        checks = [(f"{name}-peel", {**kw, "config": _check_config(kw, peel_partial=True)})
+                  for name, kw in checks if kw.get("config") is None or kw["config"].overlap]
     if args.one_q:
         checks = [(f"{name}-one-q", {**kw, "config": dataclasses.replace(
             forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),

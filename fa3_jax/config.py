@@ -197,7 +197,7 @@ _FORWARD_UNITEMIZED_BYTES = 7 * 1024
 def forward_smem_bytes(config: ForwardConfig, head_dim: int, itemsize: int) -> int:
     """Shared memory the forward kernel allocates for ``config``."""
     n = config.num_consumers
-    # Q, reused for O; two per warpgroup where persistent CTAs prefetch the next item.s Q
+    # Q, reused for O; two per warpgroup where persistent CTAs prefetch the next item's Q
     q_o = config.q_buffers * n * config.block_q * head_dim * itemsize
     kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
     p = n * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0

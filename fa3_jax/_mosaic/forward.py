@@ -419,27 +419,17 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     s = qk(first, qb)
                     kv_seg = kv_segments(first)
                     plgpu.barrier_arrive(k_free.at[first])
+                    # (with peel_partial, tile 0 is partial only when no tile is full)
+                    p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                    prefetch_q(i)
                     if not peel:
-                        p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
-                        prefetch_q(i)
                         acc, p, m_i, l_i = lax.fori_loop(
                             0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
                         )
                     else:
                         # Full tiles first (no masks compiled in), then the partial ones
-                        # (masked, no branch); tile 0 is partial only when none is full.
+                        # (masked, no branch).
                         n_full = n_tiles - tiles.partial_count(bm, hm, qt)
-
-                        def first_softmax(masks, s):
-                            return softmax(tile_logits(s, info, kv_seg, masks), m_i, l_i)
-
-                        p, _, m_i, l_i = lax.cond(
-                            n_full == 0,
-                            functools.partial(first_softmax, True),
-                            functools.partial(first_softmax, False),
-                            s,
-                        )
-                        prefetch_q(i)
                         carry = lax.fori_loop(
                             0,
                             n_full - 1,
