@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | peel | ptx-forward}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -118,9 +118,6 @@ case "$stage" in
            --attention auto --parallelism data,fsdp \
            --out "benchmarks/results/pretrain_1.3b_${day}-${name}-scaling.json" 2>&1 \
            | tee "$OUT/scaling.log" | grep "^{\|^|" ;;
-  # forward peel_partial: GPU checks with it, then default / peel / default on causal D64-D256 and the
-  # 16k window and documents (~4 min)
-  peel) python benchmarks/mosaic_forward_check.py --out "$OUT" --peel 2>&1 | tee -a "$OUT/$stage.log" | tail -30 ;;
   # PTX of four D64 4k forward kernels, compile only; SASS afterwards with ptxas + nvdisasm (~1 min)
   ptx-forward) MOSAIC_GPU_DUMP_PTX=1 MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/ptx_forward.py \
            > "$OUT/$stage.log" 2>&1; gzip -f "$OUT/$stage.log" ;;

@@ -302,17 +302,6 @@ def static_wg_runs(report, save):
     _against_default(report, save, runs + _MASKED_RUNS, "static", static_warpgroups=True)
 
 
-def peel_runs(report, save):
-    """The default config against the same with ``peel_partial`` (each row's full tiles in a
-    loop without element masks, then its partial ones masked in a second loop) where the
-    masks' branch costs: causal at every head dim, short and long; 16k with a 1024 window or
-    2k documents (bf16, ours only); fp16 with cuDNN alongside."""
-    runs = _fp16_runs(((64, 512, True), (64, 1024, True), (64, 4096, True), (64, 16384, True),
-                       (128, 512, True), (128, 4096, True), (128, 16384, True),
-                       (256, 2048, True)))
-    _against_default(report, save, runs + _MASKED_RUNS, "peel", peel_partial=True)
-
-
 def one_q_runs(report, save):
     """Head dim 256 (two Q buffers per consumer do not fit shared memory) on the grid against
     persistent CTAs with one Q buffer (``prefetch_q=False``): balanced order when causal,
@@ -407,8 +396,6 @@ def main():
                     help="checks and timings with static_warpgroups against the default")
     ap.add_argument("--one-q", action="store_true",
                     help="head dim 256: grid against persistent CTAs with one Q buffer")
-    ap.add_argument("--peel", action="store_true",
-                    help="checks and timings with peel_partial against the default")
     ap.add_argument("--causal-gap", action="store_true",
                     help="causal head dim 64 against dense: where the time goes")
     ap.add_argument("--persistent", action="store_true",
@@ -452,9 +439,6 @@ def main():
     if args.static_wg:
         checks = [(f"{name}-static-wg", {**kw, "config": _check_config(kw, static_warpgroups=True)})
                   for name, kw in checks[:8]]
-    if args.peel:
-        checks = [(f"{name}-peel", {**kw, "config": _check_config(kw, peel_partial=True)})
-                  for name, kw in checks if kw.get("config") is None or kw["config"].overlap]
     if args.one_q:
         checks = [(f"{name}-one-q", {**kw, "config": dataclasses.replace(
             forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),
@@ -497,7 +481,7 @@ def main():
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
                  short=short_runs, causal_consumers=causal_consumer_runs,
                  static_wg=static_wg_runs, causal_gap=causal_gap_runs,
-                 one_q=one_q_runs, peel=peel_runs)
+                 one_q=one_q_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

@@ -97,12 +97,6 @@ class ForwardConfig:
         SMEM base instead of per-warpgroup values held in registers; what lifted the head dim
         128 backward, see ``BackwardConfig.static_warpgroups``). In the forward it measured no
         gain (H100, 2026-11-27: within 5% either way, causal D256 1k -17%), so it is off.
-      peel_partial: walk each q tile's full kv tiles first in a loop without element masks,
-        then its partial ones in a second loop that masks every tile (the tile lists put
-        partial tiles last, ``tile_metadata(partial_last=True)``), instead of one loop that
-        tests each tile's flag. With that branch in the loop ptxas waits for each step's
-        P.V wgmma before the row max, on full tiles too (benchmarks/NOTES.md, "Session
-        13"). Needs ``overlap``. Built and interpret-tested, not timed: off.
     """
 
     block_q: int = 64
@@ -119,11 +113,8 @@ class ForwardConfig:
     tile_order: str = "q_tiles"
     static_warpgroups: bool = False
     prefetch_q: bool = True
-    peel_partial: bool = False
 
     def __post_init__(self):
-        if self.peel_partial and not self.overlap:
-            raise ValueError("ForwardConfig.peel_partial needs overlap=True")
         if self.tile_order not in FORWARD_TILE_ORDERS:
             raise ValueError(
                 f"ForwardConfig.tile_order must be one of {FORWARD_TILE_ORDERS}, got "

@@ -168,10 +168,9 @@ class TileMetadata:
       all_visible: every row visits every column tile, in order (static; known
         for positional masks only): ``index`` is then ``arange`` per row and
         ``count`` the column count, so kernels need not read them.
-      partial_count: int32 ``[Bm, Hm, n_rows]`` when built with ``partial_first``
-        (each row then lists its partial tiles first, ascending, then its full ones,
-        ascending) or ``partial_last`` (full ones first): the partial ones per row;
-        None otherwise.
+      partial_count: int32 ``[Bm, Hm, n_rows]`` when built with ``partial_first``:
+        each row then lists its partial tiles first (ascending), then its full
+        ones (ascending), and this counts the partial ones; None otherwise.
     """
 
     index: jax.Array
@@ -327,7 +326,6 @@ def tile_metadata(
     block_mask: BlockMask | None = None,
     transpose: bool = False,
     partial_first: bool = False,
-    partial_last: bool = False,
 ) -> TileMetadata:
     """Per-tile visiting lists for the kernels (jit-compatible).
 
@@ -341,11 +339,7 @@ def tile_metadata(
       partial_first: order each row's partial tiles before its full ones and
         fill ``partial_count``, so a kernel can walk them in a separate loop
         with the element masks compiled in, and the rest without.
-      partial_last: the same with each row's partial tiles after its full ones.
     """
-    if partial_first and partial_last:
-        raise ValueError("tile_metadata takes partial_first or partial_last, not both")
-    grouped = partial_first or partial_last
     for name, value in (("tile_q", tile_q), ("tile_k", tile_k)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -354,8 +348,8 @@ def tile_metadata(
         # NumPy and hand XLA constants (no sort to constant-fold at compile time).
         nonempty, full = _positional_tiles(spec, tile_q, tile_k)
         visible, full, xp = nonempty[None, None], (full & nonempty)[None, None], np
-        # Grouping partial tiles keeps rows in order only if none is partial.
-        all_visible = bool(nonempty.all()) and not (grouped and not full.all())
+        # Reordering partial tiles first keeps rows in order only if none is partial.
+        all_visible = bool(nonempty.all()) and not (partial_first and not full.all())
     else:
         visible, full = tile_visibility(
             spec, tile_q, tile_k, segment_ids=segment_ids, block_mask=block_mask
@@ -364,7 +358,7 @@ def tile_metadata(
         all_visible = False
     if transpose:
         visible, full = visible.swapaxes(-1, -2), full.swapaxes(-1, -2)
-    index, count, partial = _pack_visible(visible, full, xp, partial_first, partial_last)
+    index, count, partial = _pack_visible(visible, full, xp, partial_first)
     return TileMetadata(
         jnp.asarray(index),
         jnp.asarray(count),
@@ -373,20 +367,18 @@ def tile_metadata(
         tile_k,
         transpose,
         all_visible,
-        jnp.asarray(partial.sum(-1, dtype=xp.int32)) if grouped else None,
+        jnp.asarray(partial.sum(-1, dtype=xp.int32)) if partial_first else None,
     )
 
 
-def _pack_visible(visible, full, xp, partial_first: bool = False, partial_last: bool = False):
+def _pack_visible(visible, full, xp, partial_first: bool = False):
     """``(index, count, partial)`` int32 from bool ``visible``/``full`` ``[..., n_cols]``."""
     n_cols = visible.shape[-1]
     # A stable sort puts the visible columns first, in ascending order (partial ones
-    # before full ones with ``partial_first``, after them with ``partial_last``).
+    # before full ones with ``partial_first``).
     rank = (~visible).astype(xp.int32)
     if partial_first:
         rank = 2 * rank + (visible & full).astype(xp.int32)
-    if partial_last:
-        rank = 2 * rank + (visible & ~full).astype(xp.int32)
     order = xp.argsort(rank, axis=-1, stable=True).astype(xp.int32)
     count = visible.sum(-1, dtype=xp.int32)
     valid = xp.arange(n_cols, dtype=xp.int32) < count[..., None]

@@ -101,12 +101,7 @@ def mha_forward(
     if segment_ids is not None and not isinstance(segment_ids, (tuple, list)):
         segment_ids = (segment_ids, segment_ids)
     meta = tile_metadata(
-        spec,
-        config.tile_q,
-        config.block_kv,
-        segment_ids=segment_ids,
-        block_mask=block_mask,
-        partial_last=config.peel_partial,
+        spec, config.tile_q, config.block_kv, segment_ids=segment_ids, block_mask=block_mask
     )
     static = ForwardStatic(
         spec=spec,

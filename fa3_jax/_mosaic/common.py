@@ -108,7 +108,7 @@ def tile_list_operands(meta: TileMetadata, masked: bool) -> list:
     """The metadata arrays a kernel takes: none when every tile is visited in order and no
     element masks are compiled in (XLA would otherwise launch kernels each call to
     materialize the constant ``count``/``partial`` arrays), else ``[index, count, partial]``
-    and ``partial_count`` when the lists group their partial tiles."""
+    and ``partial_count`` when the lists put partial tiles first."""
     if meta.all_visible and not masked:
         return []
     extra = [] if meta.partial_count is None else [meta.partial_count]
@@ -125,9 +125,9 @@ class TileLists:
     n_cols: int
 
     @property
-    def grouped(self) -> bool:
-        """Whether rows list their partial tiles as one group and ``partial_count`` counts
-        them (static: the metadata was built with ``partial_first`` or ``partial_last``)."""
+    def partial_first(self) -> bool:
+        """Whether rows list their partial tiles first and ``partial_count`` counts them
+        (static: the metadata was built with ``partial_first``)."""
         return len(self.refs) == 4
 
     @classmethod
@@ -143,10 +143,6 @@ class TileLists:
 
     def partial(self, b, h, row, j):
         return self.refs[2][b, h, row, j]
-
-    def partial_count(self, b, h, row):
-        """Partial entries of a row (lists built with ``partial_first`` or ``partial_last``)."""
-        return self.refs[3][b, h, row]
 
     def partial_arg(self, b, h, row, j, mask):
         """``probs_and_dlogits``'s ``partial`` for entry ``j`` walked in mode ``mask`` (see
@@ -168,7 +164,7 @@ class TileLists:
         n = self.count(b, h, row)
         if not masked:
             return loop(0, n, False, carry)
-        if not self.grouped:
+        if not self.partial_first:
             return loop(0, n, None, carry)
-        n_partial = self.partial_count(b, h, row)  # the backward's lists: partial first
+        n_partial = self.refs[3][b, h, row]
         return loop(n_partial, n, False, loop(0, n_partial, True, carry))

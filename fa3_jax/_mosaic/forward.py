@@ -116,7 +116,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
     wg = lax.axis_index("wg")
     n_consumers = cfg.num_consumers
     masked = _masked(st)
-    peel = cfg.peel_partial and masked
 
     def work_item(i):
         """(b, h, qt) of this CTA's ``i``-th work item; longest (causal) q tiles first."""
@@ -312,10 +311,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 kv_tile = tiles.index(bm, hm, qt, j)
                 return kv_tile, tiles.partial(bm, hm, qt, j) if masked else None
 
-            def tile_logits(s, info, kv_seg, masks=None):
-                """Logits of one kv tile: base 2, or raw when ``fold`` is set. ``masks``
-                (static): None applies the element masks behind a branch on the tile's
-                partial flag, True on every tile, False never."""
+            def tile_logits(s, info, kv_seg):
+                """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
                 kv_tile, is_partial = info
                 if fold is None:
                     s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
@@ -325,7 +322,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     s = s + lax.broadcast_in_dim(key_term, s.shape, [1])
                 elif st.has_alibi:
                     s = s + alibi_base2(*positions(kv_tile), slope, spec=st.spec)
-                if not masked or masks is False:
+                if not masked:
                     return s
 
                 def apply_masks(s):
@@ -346,8 +343,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
                         visible = visible & (bit != 0)
                     return jnp.where(visible, s, -jnp.inf)
 
-                if masks:
-                    return apply_masks(s)
                 return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
 
             def plain_step(j, carry):
@@ -365,11 +360,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 plgpu.barrier_arrive(v_free.at[slot])
                 return acc, m_i, l_i
 
-            def overlap_step(j, carry, masks=None):
+            def overlap_step(j, carry):
                 # carry: P of tile j (input dtype, from the previous step) and the
                 # accumulator already rescaled for it. Issue Q K^T of tile j + 1 and
                 # P V of tile j together, then run the softmax of tile j + 1 under P V.
-                # masks: tile j + 1's element masks (see tile_logits).
                 acc, p, m_i, l_i = carry
                 slot = slot_of(base, j)
                 nxt = slot_of(base, j + 1)
@@ -391,7 +385,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
                     kv_seg = kv_segments(nxt)
                     plgpu.barrier_arrive(k_free.at[nxt])
-                    p, alpha, m_new, l_new = softmax(tile_logits(s, info, kv_seg, masks), m_i, l_i)
+                    p, alpha, m_new, l_new = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
                     return o_ref[...], p, alpha, m_new, l_new
 
                 o, p, alpha, m_i, l_i = pl.run_scoped(
@@ -419,29 +413,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     s = qk(first, qb)
                     kv_seg = kv_segments(first)
                     plgpu.barrier_arrive(k_free.at[first])
-                    # (with peel_partial, tile 0 is partial only when no tile is full)
                     p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
                     prefetch_q(i)
-                    if not peel:
-                        acc, p, m_i, l_i = lax.fori_loop(
-                            0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
-                        )
-                    else:
-                        # Full tiles first (no masks compiled in), then the partial ones
-                        # (masked, no branch).
-                        n_full = n_tiles - tiles.partial_count(bm, hm, qt)
-                        carry = lax.fori_loop(
-                            0,
-                            n_full - 1,
-                            functools.partial(overlap_step, masks=False),
-                            (acc, p, m_i, l_i),
-                        )
-                        acc, p, m_i, l_i = lax.fori_loop(
-                            jnp.maximum(n_full - 1, 0),
-                            n_tiles - 1,
-                            functools.partial(overlap_step, masks=True),
-                            carry,
-                        )
+                    acc, p, m_i, l_i = lax.fori_loop(
+                        0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
+                    )
                     last = slot_of(base, n_tiles - 1)
                     plgpu.barrier_wait(v_bar.at[last])
                     acc = pv(acc, p, last)

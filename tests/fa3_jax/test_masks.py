@@ -94,14 +94,12 @@ def test_unsorted_segments_are_conservative():
     assert not (full & ~want_full).any()
 
 
-@pytest.mark.parametrize("order", ["ascending", "partial_first", "partial_last"])
+@pytest.mark.parametrize("partial_first", [False, True])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("dynamic", [True, False], ids=["segments+blocks", "positional"])
-def test_tile_metadata_lists(transpose, dynamic, order):
+def test_tile_metadata_lists(transpose, dynamic, partial_first):
     """Each row lists its visible tiles ascending (with ``partial_first``: the partial ones,
-    then the full ones, each ascending, and ``partial_count`` counts the partial ones; with
-    ``partial_last`` the full ones first)."""
-    partial_first, partial_last = order == "partial_first", order == "partial_last"
+    then the full ones, each ascending, and ``partial_count`` counts the partial ones)."""
     rng = np.random.default_rng(2)
     spec = MaskSpec(300, 250, causal=True, window_left=100)
     seg = (_segments(rng, 2, 300), _segments(rng, 2, 250)) if dynamic else None
@@ -109,8 +107,7 @@ def test_tile_metadata_lists(transpose, dynamic, order):
     visible, full = tile_visibility(spec, 64, 64, segment_ids=seg, block_mask=bm)
     meta = jax.jit(
         lambda s, b: tile_metadata(spec, 64, 64, segment_ids=s, block_mask=b,
-                                   transpose=transpose, partial_first=partial_first,
-                                   partial_last=partial_last)
+                                   transpose=transpose, partial_first=partial_first)
     )(seg, bm)
     visible, full = np.asarray(visible), np.asarray(full)
     if transpose:
@@ -118,31 +115,26 @@ def test_tile_metadata_lists(transpose, dynamic, order):
     index, count, partial = (np.asarray(x) for x in (meta.index, meta.count, meta.partial))
     assert index.shape == visible.shape and meta.transposed == transpose
     assert index.dtype == count.dtype == partial.dtype == np.int32
-    assert (meta.partial_count is not None) == (order != "ascending")
+    assert (meta.partial_count is not None) == partial_first
     for b, h, r in itertools.product(*(range(n) for n in visible.shape[:3])):
         n = count[b, h, r]
         want = np.flatnonzero(visible[b, h, r])
-        if order != "ascending":
+        if partial_first:
             is_full = full[b, h, r, want]
-            groups = [want[~is_full], want[is_full]]
-            want = np.concatenate(groups[::-1] if partial_last else groups)
+            want = np.concatenate([want[~is_full], want[is_full]])
             assert meta.partial_count[b, h, r] == (~is_full).sum()
         np.testing.assert_array_equal(index[b, h, r, :n], want)
         np.testing.assert_array_equal(partial[b, h, r, :n], ~full[b, h, r, want])
         assert (partial[b, h, r, n:] == 0).all()
         assert (index[b, h, r, n:] == (want[-1] if n else 0)).all()
     assert (count > 1).any() and (not dynamic or (count == 0).any())
-    if order != "ascending" and not dynamic:  # the window's far edge moves past the full tiles
+    if partial_first and not dynamic:  # the window's far edge moves before the full tiles
         aligned = tile_metadata(MaskSpec(512, 512, causal=True, window_left=200), 64, 64,
-                                transpose=transpose, partial_first=partial_first,
-                                partial_last=partial_last)
-        # q row 5 (kv rows 2): window edges and diagonal partial, tiles 3 and 4 full
-        row, partial_tiles = (2, [2, 5, 6]) if transpose else (5, [1, 2, 5])
-        want = [3, 4] + partial_tiles if partial_last else partial_tiles + [3, 4]
+                                transpose=transpose, partial_first=True)
+        # q row 5 (kv rows 2): window edges and diagonal first, then the full tiles
+        row, want = (2, [2, 5, 6, 3, 4]) if transpose else (5, [1, 2, 5, 3, 4])
         np.testing.assert_array_equal(aligned.index[0, 0, row, :5], want)
         assert aligned.count[0, 0, row] == 5 and aligned.partial_count[0, 0, row] == 3
-    with pytest.raises(ValueError, match="not both"):
-        tile_metadata(spec, 64, 64, partial_first=True, partial_last=True)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
@@ -159,8 +151,6 @@ def test_all_visible_flag_matches_the_lists(spec, transpose):
     # Partial tiles first breaks the order only where some tile is partial.
     assert tile_metadata(MaskSpec(256, 256), 64, 64, partial_first=True).all_visible
     assert not tile_metadata(MaskSpec(256, 250), 64, 64, partial_first=True).all_visible
-    assert tile_metadata(MaskSpec(256, 256), 64, 64, partial_last=True).all_visible
-    assert not tile_metadata(MaskSpec(256, 250), 64, 64, partial_last=True).all_visible
     ids = jnp.zeros((1, 256), jnp.int32)
     assert not tile_metadata(MaskSpec(256, 256), 64, 64, segment_ids=(ids, ids)).all_visible
 

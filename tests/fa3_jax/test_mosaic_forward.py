@@ -160,19 +160,6 @@ _VARIANTS = [
     (_variant(tile_order="balanced", persistent=True, num_ctas=3, prefetch_q=False),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=1, seq_q=300, seq_k=300, causal=True,
           segments="shared", alibi="head")),
-    # full tiles first, then the partial ones masked in a loop of their own: causal with a
-    # key tail and softcap; a window (partial tiles at both ends of a row) with segment ids on
-    # persistent CTAs; 64-row blocks across three consumers' rows (element block masks);
-    # keys fewer than a tile (rows with no full tile)
-    (_variant(pingpong=True, overlap=True, peel_partial=True), _VARIANT_CASE),
-    (_variant(persistent=True, num_ctas=3, tile_order="balanced", peel_partial=True),
-     Case(dtype=jnp.float16, batch=2, heads_q=2, heads_kv=1, seq_q=300, seq_k=300, causal=True,
-          window=(90, 0), segments="shared")),
-    (with_consumers(_variant(peel_partial=True), 3, pingpong=False, overlap=True, num_stages=2),
-     Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=2, seq_q=384, seq_k=256,
-          block_sparse=(64, 64, 0.5))),
-    (_variant(peel_partial=True),
-     Case(dtype=jnp.float16, batch=1, heads_q=2, heads_kv=1, seq_q=130, seq_k=40, causal=True)),
 ]
 
 
@@ -182,7 +169,6 @@ def _variant_id(variant):
     name += f"-persistent{config.num_ctas}" * config.persistent
     name += "-static-wg" * config.static_warpgroups
     name += "-one-q" * (config.persistent and not config.prefetch_q)
-    name += "-peel" * config.peel_partial
     return name + f"-{config.tile_order}" * (config.tile_order != "q_tiles")
 
 
@@ -232,11 +218,9 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(static_warpgroups=True),
     ForwardConfig(persistent=True, tile_order="balanced", static_warpgroups=True),
     ForwardConfig(persistent=True, tile_order="balanced", prefetch_q=False),
-    ForwardConfig(persistent=True, tile_order="balanced", peel_partial=True),
-    with_consumers(ForwardConfig(peel_partial=True), 3),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
         "persistent-balanced", "grid-3consumers", "grid-static-wg", "persistent-balanced-static-wg",
-        "persistent-balanced-one-q", "persistent-balanced-peel", "grid-3consumers-peel"])
+        "persistent-balanced-one-q"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -254,13 +238,11 @@ def test_lowers_for_cuda(config):
     assert "mosaic_gpu" in text
 
 
-@pytest.mark.parametrize("peel", [False, True], ids=["branch", "peel"])
 @pytest.mark.parametrize("mask", ["tail", "causal", "window", "segments", "block64"])
-def test_each_element_mask_lowers_for_cuda(mask, peel):
+def test_each_element_mask_lowers_for_cuda(mask):
     """Each element mask alone lowers (Mosaic's layout inference sees every bound's form):
     the key tail (keys not a multiple of the kv tile), causal, a window, segment ids, and a
-    64-row block mask (one bit per warpgroup); behind the partial-tile branch and in the
-    peeled loop (``peel_partial``)."""
+    64-row block mask (one bit per warpgroup)."""
     b, s, h, d = 1, 512, 2, 64
     keys = 504 if mask == "tail" else s
     q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
@@ -276,7 +258,7 @@ def test_each_element_mask_lowers_for_cuda(mask, peel):
                                    alibi_slopes_BH=None,
                                    segment_ids=None if ids is None else (ids, ids),
                                    block_mask=bm if mask == "block64" else None,
-                                   config=ForwardConfig(peel_partial=peel))
+                                   config=ForwardConfig())
 
     text = jax.jit(run).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" in text
@@ -322,8 +304,7 @@ def test_lpt_order_interpret(monkeypatch):
                                  dict(num_ctas=-1), dict(num_consumers=4),
                                  dict(tile_order="batch"), dict(tile_order="lpt"),
                                  dict(tile_order="balanced"),
-                                 dict(num_consumers=3),  # 3 x 240 registers do not fit
-                                 dict(peel_partial=True, overlap=False)])
+                                 dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
         ForwardConfig(**bad)
