@@ -177,10 +177,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         # Layouts of per-query / per-key vectors of a score tile.
         q_vec, k_vec = layout.reduce(k_dim), layout.reduce(q_dim)
         k_pos = kv_base + plgpu.broadcasted_iota(jnp.int32, tile_shape, k_dim, layout=layout)
-        k_seg = None
-        if params.has_segments:
-            k_seg_vec = plgpu.load(kseg_smem.at[wg], layout=k_vec)
-            k_seg = lax.broadcast_in_dim(k_seg_vec, tile_shape, [k_dim])
+        k_seg = plgpu.load(kseg_smem.at[wg], layout=k_vec) if params.has_segments else None
 
         signed = params.has_alibi and alibi_splits(params.spec)
         if signed:
@@ -240,11 +237,14 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 plgpu.load(delta_smem.at[slot], layout=q_vec), tile_shape, [q_dim]
             )
             q_pos = qi * bq + plgpu.broadcasted_iota(jnp.int32, tile_shape, q_dim, layout=layout)
-            q_seg = None
-            if params.has_segments:
-                q_seg = lax.broadcast_in_dim(
-                    plgpu.load(qseg_smem.at[slot], layout=q_vec), tile_shape, [q_dim]
+
+            def segments():
+                q_seg = plgpu.load(qseg_smem.at[slot], layout=q_vec)
+                return (
+                    lax.broadcast_in_dim(q_seg, tile_shape, [q_dim]),
+                    lax.broadcast_in_dim(k_seg, tile_shape, [k_dim]),
                 )
+
             p, ds = probs_and_dlogits(
                 params,
                 qk,
@@ -255,8 +255,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 k_pos,
                 slope=slope,
                 alibi2=alibi2,
-                q_seg=q_seg,
-                k_seg=k_seg,
+                segments=segments,
                 partial=part,
                 branch=cfg.branch_masks,
             )

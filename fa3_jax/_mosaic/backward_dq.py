@@ -121,9 +121,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
         lse2_q = plgpu.load(lse_smem.at[wg], layout=row)
         delta = lax.broadcast_in_dim(plgpu.load(delta_smem.at[wg], layout=row), (bq, bk), [0])
         q_pos = q_base + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 0, layout=layout)
-        q_seg = None
-        if params.has_segments:
-            q_seg = lax.broadcast_in_dim(plgpu.load(qseg_smem.at[wg], layout=row), (bq, bk), [0])
+        q_seg = plgpu.load(qseg_smem.at[wg], layout=row) if params.has_segments else None
         slope = slope_ref[b if shp.slope_b > 1 else 0, hq] if params.has_alibi else None
         signed = params.has_alibi and alibi_splits(params.spec)
         if signed:
@@ -148,11 +146,14 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
             kj = tiles.index(mb, mh, q_tile, step)
             part = tiles.partial_arg(mb, mh, q_tile, step, mask)
             k_pos = kj * bk + plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=layout)
-            k_seg = None
-            if params.has_segments:
-                k_seg = lax.broadcast_in_dim(
-                    plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0)), (bq, bk), [1]
+
+            def segments():
+                k_seg = plgpu.load(kseg_smem.at[slot], layout=layout.reduce(0))
+                return (
+                    lax.broadcast_in_dim(q_seg, (bq, bk), [0]),
+                    lax.broadcast_in_dim(k_seg, (bq, bk), [1]),
                 )
+
             alibi2 = None
             if signed:
                 k_from_q = kj * bk - q_base - params.spec.offset + k_iota
@@ -167,8 +168,7 @@ def _kernel(*refs, params: ScoreParams, cfg: BackwardConfig, shp: _Shapes, dtype
                 k_pos,
                 slope=slope,
                 alibi2=alibi2,
-                q_seg=q_seg,
-                k_seg=k_seg,
+                segments=segments,
                 partial=part,
                 branch=cfg.branch_masks,
             )

@@ -51,8 +51,7 @@ def probs_and_dlogits(
     *,
     slope=None,
     alibi2=None,
-    q_seg=None,
-    k_seg=None,
+    segments=None,
     partial=None,
     branch: bool = False,
 ):
@@ -68,7 +67,9 @@ def probs_and_dlogits(
       slope: f32 scalar ALiBi slope (when ``params.has_alibi``).
       alibi2: f32 tile, ALiBi's key term when it splits (``common.alibi_splits``; the
         caller folded the query term into ``lse2``), replacing the ALiBi from positions.
-      q_seg, k_seg: int32 tiles of segment ids (when ``params.has_segments``).
+      segments: (when ``params.has_segments``) a function returning the int32 tiles
+        ``(q_seg, k_seg)``, called only where element masks apply, so the ids' shared
+        memory loads stay inside the partial-tile branch.
       partial: int32 scalar, element masks apply only when nonzero; ``True``: the
         tile is known to be partial (masks applied, no test); None compiles them
         out (the tile is known to be full).
@@ -89,7 +90,10 @@ def probs_and_dlogits(
 
         def visible():
             keep = positional_visible(q_pos, k_pos, spec=params.spec)
-            return keep & (q_seg == k_seg) if params.has_segments else keep
+            if not params.has_segments:
+                return keep
+            q_seg, k_seg = segments()
+            return keep & (q_seg == k_seg)
 
         if partial is True:
             p = jnp.where(visible(), p, 0.0)

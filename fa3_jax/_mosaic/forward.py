@@ -288,7 +288,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 )
                 plgpu.barrier_wait(seg_bar.at[wg])
                 q_seg = plgpu.load(q_seg_smem.at[wg], layout=_ROW)
-                q_seg = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
             if st.has_alibi:
                 slope = slope_ref[b if st.alibi_per_batch else 0, h]
             signed = st.has_alibi and alibi_splits(st.spec)
@@ -299,19 +298,12 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 c = slope * LOG2E
                 k_iota = plgpu.broadcasted_iota(jnp.int32, (bkv,), 0, layout=_COL)
 
-            def kv_segments(slot):
-                """Segment ids of the kv tile in ``slot`` (read before the slot is freed)."""
-                if not st.has_segments:
-                    return None
-                kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
-                return lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
-
             def tile_info(j):
                 """(kv tile index, partial flag) of entry ``j``; loaded early to hide latency."""
                 kv_tile = tiles.index(bm, hm, qt, j)
                 return kv_tile, tiles.partial(bm, hm, qt, j) if masked else None
 
-            def tile_logits(s, info, kv_seg):
+            def tile_logits(s, info, slot):
                 """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
                 kv_tile, is_partial = info
                 if fold is None:
@@ -328,7 +320,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 def apply_masks(s):
                     visible = positional_visible(*positions(kv_tile), spec=st.spec)
                     if st.has_segments:
-                        visible = visible & (q_seg == kv_seg)
+                        # Read here, on partial tiles only (H100, 2026-11-27, benchmarks/
+                        # NOTES.md "Session 14": +6% on 8 documents in 16k, +7% on 2k rows
+                        # against reading them every step).
+                        kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
+                        q_ids = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
+                        kv_ids = lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
+                        visible = visible & (q_ids == kv_ids)
                     if st.element_block_mask is not None:
                         # This warpgroup's rows lie in one q block and the kv tile in
                         # one k block (both checked by the caller): one bit.
@@ -345,15 +343,24 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
                 return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
 
+            def logits_freeing_k(s, info, slot):
+                """:func:`tile_logits` of the tile in ``slot``, freeing its K slot as soon as
+                it may be: at once (S is in registers), or with segment ids after the logits
+                (the partial-tile branch reads the slot's kv ids)."""
+                if not st.has_segments:
+                    plgpu.barrier_arrive(k_free.at[slot])
+                logits = tile_logits(s, info, slot)
+                if st.has_segments:
+                    plgpu.barrier_arrive(k_free.at[slot])
+                return logits
+
             def plain_step(j, carry):
                 acc, m_i, l_i = carry
                 slot = slot_of(base, j)
                 info = tile_info(j)
                 plgpu.barrier_wait(k_bar.at[slot])
                 s = qk(slot, qb)
-                kv_seg = kv_segments(slot)
-                plgpu.barrier_arrive(k_free.at[slot])
-                p, alpha, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                p, alpha, m_i, l_i = softmax(logits_freeing_k(s, info, slot), m_i, l_i)
                 acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
                 plgpu.barrier_wait(v_bar.at[slot])
                 acc = pv(acc, p, slot)
@@ -383,9 +390,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
                     pass_turn()
                     s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
-                    kv_seg = kv_segments(nxt)
-                    plgpu.barrier_arrive(k_free.at[nxt])
-                    p, alpha, m_new, l_new = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                    p, alpha, m_new, l_new = softmax(logits_freeing_k(s, info, nxt), m_i, l_i)
                     return o_ref[...], p, alpha, m_new, l_new
 
                 o, p, alpha, m_i, l_i = pl.run_scoped(
@@ -411,9 +416,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     first = slot_of(base, 0)
                     plgpu.barrier_wait(k_bar.at[first])
                     s = qk(first, qb)
-                    kv_seg = kv_segments(first)
-                    plgpu.barrier_arrive(k_free.at[first])
-                    p, _, m_i, l_i = softmax(tile_logits(s, info, kv_seg), m_i, l_i)
+                    p, _, m_i, l_i = softmax(logits_freeing_k(s, info, first), m_i, l_i)
                     prefetch_q(i)
                     acc, p, m_i, l_i = lax.fori_loop(
                         0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
