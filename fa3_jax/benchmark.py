@@ -22,6 +22,13 @@ and torch SDPA with its cuDNN and FlashAttention-2 backends (in a subprocess,
 when torch imports). A peer that cannot run a configuration gets a record
 with ``error`` instead of ``ms``. Results: a JSON list of records and a
 markdown table in ``--out``.
+
+Masked runs (window, segments, block_sparse) are also set against the unmasked
+run of the same table: ours takes ``time / ideal`` of the time the unmasked run
+would take for the masked share of the work, the share counted in visible
+query-key pairs, and for the forward also in the tiles its kernel visits (the
+heuristic config's q and kv tiles): FlashAttention-3's "time proportional to
+the visited tiles".
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ import numpy as np
 
 import fa3_jax
 from fa3_jax import _platform
+from fa3_jax.config import forward_config
+from fa3_jax.masks import MaskSpec, tile_visibility
 
 PEERS = ("fa3_jax", "cudnn", "jax_mgpu", "xla", "torch_cudnn", "torch_fa2")
 DTYPES = {"fp16": jnp.float16, "bf16": jnp.bfloat16}
@@ -108,16 +117,69 @@ def mask_inputs(problem: Problem, seed: int = 0):
     raise ValueError(f"unknown mask {problem.mask!r}")
 
 
+def visible_pairs(problem: Problem, dense_mask) -> float:
+    """Query-key pairs per head the FLOPs count: all of them (half when causal) without
+    a mask, else the exact number the mask shows, over the batch."""
+    b, s, _, _ = problem.shape()
+    if dense_mask is None:
+        return b * s * s / (2 if problem.causal else 1)
+    return float(np.broadcast_to(dense_mask, (b, 1, s, s)).sum(dtype=np.int64))
+
+
 def flops(problem: Problem, dense_mask) -> float:
     """Forward or backward FLOPs (see the module docstring)."""
-    b, s, h, d = problem.shape()
-    if dense_mask is None:
-        pairs = s * s / (2 if problem.causal else 1)
-        fwd = 4.0 * b * h * d * pairs
-    else:
-        pairs = np.broadcast_to(dense_mask, (b, 1, s, s)).sum(dtype=np.int64)
-        fwd = 4.0 * h * d * float(pairs)
+    _, _, h, d = problem.shape()
+    fwd = 4.0 * h * d * visible_pairs(problem, dense_mask)
     return fwd * (2.5 if problem.mode == "bwd" else 1.0)
+
+
+def visited_tiles(problem: Problem, kwargs: dict) -> int:
+    """Tiles fa3_jax's Mosaic forward visits for ``problem`` with the mask ``kwargs`` (from
+    :func:`mask_inputs`): its heuristic config's q and kv tiles, over batch and heads."""
+    b, s, h, d = problem.shape()
+    window = kwargs.get("window_size", (None, None))
+    spec = MaskSpec(s, s, problem.causal, *window)
+    block_mask = kwargs.get("block_mask")
+    config = forward_config(
+        d,
+        DTYPES[problem.dtype],
+        causal=problem.causal,
+        window=window != (None, None),
+        masked="segment_ids" in kwargs or block_mask is not None,
+        seq_k=s,
+    )
+    visible, _ = tile_visibility(
+        spec,
+        config.tile_q,
+        config.block_kv,
+        segment_ids=kwargs.get("segment_ids"),
+        block_mask=block_mask,
+    )
+    per_BH = np.asarray(visible).sum(axis=(-2, -1), dtype=np.int64)
+    return int(np.broadcast_to(per_BH, (b, h)).sum())
+
+
+def mask_overheads(records: list[dict]) -> list[dict]:
+    """Ours on each masked problem against ours unmasked in the same records: the masked
+    share of the work (visible pairs, and forward tiles where recorded) and the time over
+    the ideal (the unmasked time times that share)."""
+    key = ("mode", "dtype", "head_dim", "causal", "seq_q")
+    ours = [r for r in records if r["impl"] == "fa3_jax" and "ms" in r]
+    unmasked = {tuple(r[k] for k in key): r for r in ours if r["mask"] == "none"}
+    rows = []
+    for rec in ours:
+        base = unmasked.get(tuple(rec[k] for k in key))
+        if rec["mask"] in ("none", "alibi") or base is None:
+            continue
+        row = {k: rec[k] for k in (*key, "mask")}
+        for unit in ("visible_pairs", "visited_tiles"):
+            if unit in rec and unit in base:
+                share = rec[unit] / base[unit]
+                row[f"{unit}_share"] = share
+                if share > 0:  # a mask that hides everything has no ideal time
+                    row[f"{unit}_vs_ideal"] = rec["ms"] / (base["ms"] * share)
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------- JAX implementations
@@ -377,6 +439,35 @@ def _fmt(tflops: float) -> str:
     return f"{tflops:.0f}" if tflops >= 10 else f"{tflops:.2g}"
 
 
+def _overhead_table(rows: list[dict]) -> list[str]:
+    def cell(row, unit):
+        share, vs_ideal = row.get(f"{unit}_share"), row.get(f"{unit}_vs_ideal")
+        return " | ".join(
+            [
+                "-" if share is None else f"{share:.3f}",
+                "-" if vs_ideal is None else f"{vs_ideal:.2f}",
+            ]
+        )
+
+    lines = [
+        "",
+        "Masked runs against ours unmasked in this table: the masked share of the work and "
+        "time / ideal (the unmasked time times that share), the share counted in visible "
+        "query-key pairs and, for the forward, in the tiles our kernel visits.",
+        "",
+        "| mode | dtype | D | causal | mask | S | pairs share | time / ideal (pairs) "
+        "| tiles share | time / ideal (tiles) |",
+        "|" + "---|" * 10,
+    ]
+    for r in sorted(rows, key=lambda r: (r["mode"], r["head_dim"], r["seq_q"], r["mask"])):
+        lines.append(
+            f"| {r['mode']} | {r['dtype']} | {r['head_dim']} | {'yes' if r['causal'] else 'no'} "
+            f"| {r['mask']} | {r['seq_q']} | {cell(r, 'visible_pairs')} "
+            f"| {cell(r, 'visited_tiles')} |"
+        )
+    return lines
+
+
 def markdown(records: list[dict], meta: dict) -> str:
     impls = [i for i in PEERS if any(r["impl"] == i for r in records)]
     keys = sorted(
@@ -411,6 +502,9 @@ def markdown(records: list[dict], meta: dict) -> str:
             + " | ".join(cells)
             + f" | {ratio} |"
         )
+    overheads = mask_overheads(records)
+    if overheads:
+        lines += _overhead_table(overheads)
     return "\n".join(lines) + "\n"
 
 
@@ -497,6 +591,9 @@ def main(argv=None) -> list[dict]:
     for idx, problem in enumerate(problems):
         masks = mask_inputs(problem)
         problem_flops = flops(problem, masks[1])
+        work = {"visible_pairs": visible_pairs(problem, masks[1])}
+        if problem.mode == "fwd" and problem.mask != "alibi":
+            work["visited_tiles"] = visited_tiles(problem, masks[0])
         for impl in args.impls:
             if impl.startswith("torch"):
                 if problem.mask != "none":
@@ -508,7 +605,7 @@ def main(argv=None) -> list[dict]:
                     result, kernels = time_jax(impl, problem, masks, args)
                 except Exception as e:  # a peer that cannot run this configuration
                     result = f"{type(e).__name__}: {e}"[:300]
-            extra = {"implementation": fa3_impl} if impl == "fa3_jax" else {}
+            extra = {"implementation": fa3_impl, **work} if impl == "fa3_jax" else {}
             if not impl.startswith("torch") and kernels:
                 extra["kernels"] = kernels
             rec = record(problem, impl, result, problem_flops, {**meta, **extra})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+
+import pytest
 
 from fa3_jax import benchmark
 
@@ -69,6 +72,10 @@ def test_benchmark_writes_records(tmp_path):
     assert saved == records
     table = next(tmp_path.glob("*-smoke.md")).read_text()
     assert "| bwd | bf16 | 32 | yes | block_sparse:0.5 | 128 |" in table
+    # masked rows against ours unmasked: pairs for both modes, tiles for the forward
+    assert "| fwd | bf16 | 32 | yes | window | 128 |" in table.split("time / ideal (tiles)")[1]
+    assert all("visible_pairs" in r for r in ours)
+    assert all("visited_tiles" in r for r in ours if r["mode"] == "fwd" and r["mask"] != "alibi")
 
 
 def test_masked_flops_count_visible_pairs():
@@ -79,3 +86,41 @@ def test_masked_flops_count_visible_pairs():
     assert benchmark.flops(benchmark.Problem("bwd", "bf16", 2, 256, 2, 32, False), None) == (
         2.5 * 4.0 * 2 * 2 * 32 * 256 * 256
     )
+
+
+def test_visited_tiles_follow_the_forward_tiles():
+    """Causal 256 x 256 in 128 x 128 tiles (head dim 64's causal tiles) visits 3 of 4 tiles
+    per (batch, head); 8 documents of 32 tokens keep only the 2 diagonal tiles."""
+    p = benchmark.Problem("fwd", "bf16", 2, 256, 3, 64, True)
+    assert benchmark.visited_tiles(p, {}) == 2 * 3 * 3
+    docs = dataclasses.replace(p, mask="segments")
+    assert benchmark.visited_tiles(docs, benchmark.mask_inputs(docs)[0]) == 2 * 3 * 2
+    dense = dataclasses.replace(p, causal=False)
+    assert benchmark.visited_tiles(dense, {}) == 2 * 3 * 4
+
+
+def _rec(mask, ms, pairs, tiles=None, mode="fwd"):
+    rec = dict(impl="fa3_jax", mode=mode, dtype="bf16", head_dim=128, causal=True, seq_q=1024,
+               mask=mask, ms=ms, visible_pairs=pairs)
+    if tiles is not None:
+        rec["visited_tiles"] = tiles
+    return rec
+
+
+def test_mask_overheads_against_the_unmasked_run():
+    records = [
+        _rec("none", 2.0, 1000.0, 40),
+        _rec("window", 0.6, 200.0, 10),  # ideal 0.4 by pairs, 0.5 by tiles
+        _rec("segments", 1.0, 500.0, 25, mode="bwd"),  # no unmasked bwd run: no row
+        _rec("alibi", 2.1, 1000.0, 40),
+        dict(_rec("block_sparse:0.5", 1.0, 500.0, 20), impl="cudnn"),
+    ]
+    (row,) = benchmark.mask_overheads(records)
+    assert row["mask"] == "window"
+    assert row["visible_pairs_share"] == 0.2
+    assert row["visible_pairs_vs_ideal"] == pytest.approx(1.5)
+    assert row["visited_tiles_share"] == 0.25
+    assert row["visited_tiles_vs_ideal"] == pytest.approx(1.2)
+    table = benchmark.markdown(records, dict(device="cpu", date="d", jax_version="v",
+                                             timer="wall", command="c"))
+    assert "| fwd | bf16 | 128 | yes | window | 1024 | 0.200 | 1.50 | 0.250 | 1.20 |" in table
