@@ -27,8 +27,7 @@ Masked runs (window, segments, block_sparse) are also set against the unmasked
 run of the same table: ours takes ``time / ideal`` of the time the unmasked run
 would take for the masked share of the work, the share counted in visible
 query-key pairs, and for the forward also in the tiles its kernel visits (the
-heuristic config's q and kv tiles): FlashAttention-3's "time proportional to
-the visited tiles".
+heuristic config's q and kv tiles).
 """
 
 from __future__ import annotations
