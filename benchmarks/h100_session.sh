@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -123,6 +123,9 @@ case "$stage" in
            > "$OUT/$stage.log" 2>&1; gzip -f "$OUT/$stage.log" ;;
   # packed documents against the same documents as a batch, per kernel, fwd and bwd (~1 min)
   documents) python benchmarks/documents_breakdown.py --out "$OUT" 2>&1 | tee -a "$OUT/$stage.log" | tail -9 ;;
+  # forward in the dynamic order (items from a global counter): GPU checks, then default / dynamic /
+  # default on the 16k window and documents and causal D64/D128 (~4 min)
+  dynamic) python benchmarks/mosaic_forward_check.py --out "$OUT" --dynamic 2>&1 | tee -a "$OUT/$stage.log" | tail -24 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

@@ -302,6 +302,16 @@ def static_wg_runs(report, save):
     _against_default(report, save, runs + _MASKED_RUNS, "static", static_warpgroups=True)
 
 
+def dynamic_runs(report, save):
+    """The default config against persistent CTAs in the dynamic order (items from a global
+    counter): the 16k window and packed documents (bf16, ours only), then causal at head dims
+    64 and 128, short and long (fp16, cuDNN alongside)."""
+    runs = _fp16_runs(((64, 1024, True), (64, 4096, True), (128, 1024, True), (128, 4096, True),
+                       (128, 16384, True)))
+    _against_default(report, save, _MASKED_RUNS + runs, "dynamic", persistent=True,
+                     tile_order="dynamic", prefetch_q=True)
+
+
 def one_q_runs(report, save):
     """Head dim 256 (two Q buffers per consumer do not fit shared memory) on the grid against
     persistent CTAs with one Q buffer (``prefetch_q=False``): balanced order when causal,
@@ -396,6 +406,8 @@ def main():
                     help="checks and timings with static_warpgroups against the default")
     ap.add_argument("--one-q", action="store_true",
                     help="head dim 256: grid against persistent CTAs with one Q buffer")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="checks and timings with the dynamic order against the default")
     ap.add_argument("--causal-gap", action="store_true",
                     help="causal head dim 64 against dense: where the time goes")
     ap.add_argument("--persistent", action="store_true",
@@ -439,6 +451,10 @@ def main():
     if args.static_wg:
         checks = [(f"{name}-static-wg", {**kw, "config": _check_config(kw, static_warpgroups=True)})
                   for name, kw in checks[:8]]
+    if args.dynamic:
+        checks = [(f"{name}-dynamic", {**kw, "config": _check_config(
+            kw, persistent=True, tile_order="dynamic", prefetch_q=True)})
+            for name, kw in checks if kw["d"] <= 128]
     if args.one_q:
         checks = [(f"{name}-one-q", {**kw, "config": dataclasses.replace(
             forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),
@@ -481,7 +497,7 @@ def main():
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
                  short=short_runs, causal_consumers=causal_consumer_runs,
                  static_wg=static_wg_runs, causal_gap=causal_gap_runs,
-                 one_q=one_q_runs)
+                 one_q=one_q_runs, dynamic=dynamic_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

@@ -89,6 +89,11 @@ class ForwardConfig:
         item lengths from the positional masks: segment ids and block masks are
         not known then). ``"lpt"`` strides items over the CTAs, which leaves
         causal work 18-29% unbalanced at head dim 128 (by the same cost model).
+        ``"dynamic"`` (persistent only, with ``prefetch_q``): FA3's dynamic scheduler, items
+        in the ``"q_tiles"`` order taken from a global counter (an atomic add) by each
+        CTA's producer when it starts the previous one, so CTAs balance themselves
+        whatever the items' lengths (segment ids, block masks). Built for packed
+        documents, not timed yet: no heuristic picks it.
       prefetch_q: persistent CTAs give each consumer a second Q buffer, so the next item's
         Q loads while this item runs; False keeps one (the next Q loads once this item's
         output store has read it), for head dims where two do not fit shared memory.
@@ -120,8 +125,10 @@ class ForwardConfig:
                 f"ForwardConfig.tile_order must be one of {FORWARD_TILE_ORDERS}, got "
                 f"{self.tile_order!r}"
             )
-        if self.tile_order in ("lpt", "balanced") and not self.persistent:
+        if self.tile_order in ("lpt", "balanced", "dynamic") and not self.persistent:
             raise ValueError(f"ForwardConfig.tile_order={self.tile_order!r} needs persistent=True")
+        if self.tile_order == "dynamic" and not self.prefetch_q:
+            raise ValueError("ForwardConfig.tile_order='dynamic' needs prefetch_q=True")
         if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
             raise ValueError(f"ForwardConfig.num_ctas must be an int >= 0, got {self.num_ctas}")
         if self.block_q != 64:
@@ -160,7 +167,7 @@ class ForwardConfig:
         return 2 if self.persistent and self.prefetch_q else 1
 
 
-FORWARD_TILE_ORDERS = ("q_tiles", "heads", "lpt", "balanced")
+FORWARD_TILE_ORDERS = ("q_tiles", "heads", "lpt", "balanced", "dynamic")
 
 #: (consumer, producer) registers per thread for each consumer count: FA3's splits, which fill
 #: the 64K-entry register file (2 x 240 + 24 and 3 x 160 + 32, times 128 threads).

@@ -112,6 +112,7 @@ def mha_forward(
         has_segments=segment_ids is not None,
         config=config,
         element_block_mask=element_block_mask,
+        interpret=interpret,
     )
     return forward_kernel_call(
         static,

@@ -39,6 +39,9 @@ import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import arith, memref
 
 from fa3_jax._mosaic.common import (
     LN2,
@@ -77,6 +80,9 @@ class ForwardStatic:
     #: tiles (block_q not a multiple of the q tile); None when the tile
     #: metadata alone is exact.
     element_block_mask: tuple[int, int] | None = None
+    #: GPU interpret mode: the ``"dynamic"`` order steps its work counter without atomics
+    #: (interpret mode does not run ``inline_mgpu``), each CTA taking every n_ctas-th item.
+    interpret: bool = False
 
 
 def _smem_transforms(cols: int, dtype):
@@ -90,6 +96,30 @@ def _masked(st: ForwardStatic) -> bool:
     return st.element_block_mask is not None or needs_element_masks(
         st.spec, tile_k=st.config.block_kv, has_segments=st.has_segments
     )
+
+
+def _fetch_add_fn(n_ctas: int):
+    """``inline_mgpu`` body: one thread adds 1 to the global work counter and stores the
+    old value + ``n_ctas`` (the item after every CTA's first) in ``fetched[0]``; the
+    warpgroup then syncs so all its threads read it."""
+
+    def fetch(ctx, counter, fetched):
+        del ctx
+        i32 = ir.IntegerType.get_signless(32)
+        mgpu_utils.warpgroup_barrier()  # every thread has read the previous value
+        with mgpu_utils.single_thread(scope=mgpu_utils.ThreadSubset.WARPGROUP):
+            old = mgpu_utils.inline_ptx(
+                "atom.global.add.u32 $0, [$1], $2;",
+                mgpu_utils.memref_ptr(counter),
+                arith.constant(i32, 1),
+                result_types=i32,
+                has_side_effects=True,
+            )
+            nxt = arith.addi(old, arith.constant(i32, n_ctas))
+            memref.store(nxt, fetched, [arith.constant(ir.IndexType.get(), 0)])
+        mgpu_utils.warpgroup_barrier()
+
+    return plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))(fetch)
 
 
 def _kernel(st: ForwardStatic, dims, *refs):
@@ -107,15 +137,19 @@ def _kernel(st: ForwardStatic, dims, *refs):
         block_ref, *rest = rest
     if cfg.tile_order == "balanced":
         schedule_ref, *rest = rest
+    dynamic = cfg.tile_order == "dynamic"
+    if dynamic:
+        counter_ref, *rest = rest
     out_ref, lse_ref, scratch, barriers = rest
-    q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem = scratch
-    q_bar, k_bar, v_bar, k_free, v_free, turn, seg_bar = barriers
+    q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem, item_smem, fetched = scratch
+    q_bar, k_bar, v_bar, k_free, v_free, turn, seg_bar, item_full, item_free = barriers
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
 
     wg = lax.axis_index("wg")
     n_consumers = cfg.num_consumers
     masked = _masked(st)
+    total_items = batch * heads * n_q_tiles
 
     def work_item(i):
         """(b, h, qt) of this CTA's ``i``-th work item; longest (causal) q tiles first."""
@@ -143,6 +177,20 @@ def _kernel(st: ForwardStatic, dims, *refs):
         rest_w = lax.rem(w, per_tile)
         # Neighbouring CTAs take neighbouring heads: GQA groups share K/V in L2.
         return lax.div(rest_w, heads), lax.rem(rest_w, heads), n_q_tiles - 1 - lax.div(w, per_tile)
+
+    def locate(w):
+        """(b, h, qt) of global item ``w`` of the ``"dynamic"`` order: the q tiles of one
+        head together (they share its K/V in L2), longest causal ones first."""
+        rest_w = lax.div(w, n_q_tiles)
+        return lax.div(rest_w, heads), lax.rem(rest_w, heads), n_q_tiles - 1 - lax.rem(w, n_q_tiles)
+
+    def item_at(i, w):
+        """(b, h, qt) of this CTA's ``i``-th item (global item ``w`` in the dynamic order)."""
+        return locate(w) if dynamic else work_item(i)
+
+    def first_item():
+        """Global index of a dynamic CTA's first item (every CTA starts with its own)."""
+        return lax.axis_index("cta").astype(jnp.int32)
 
     def item_count():
         """This CTA's work items (persistent); the grid never exceeds the work, so >= 1."""
@@ -246,27 +294,32 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 return wg
             return lax.rem(i, 2) * n_consumers + wg
 
-        def load_q(i):
-            b, h, qt = work_item(i)
+        def load_q(i, w=None):
+            b, h, qt = item_at(i, w)
             rows = pl.ds(qt * cfg.tile_q + wg * bq, bq)
             buf = q_buffer(i)
             plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[buf], q_bar.at[buf])
 
-        def load_next_q(i):
+        def load_next_q(i, w_next=None):
             """Starts item ``i + 1``'s Q load into the buffer the last output store read from,
-            once that store has read it (its LSE buffer is free then too)."""
+            once that store has read it (its LSE buffer is free then too); ``w_next``: that
+            item's global index in the dynamic order."""
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            pl.when(i + 1 < n_items)(lambda: load_q(i + 1))
+            if dynamic:
+                pl.when(w_next < total_items)(lambda: load_q(i + 1, w_next))
+            else:
+                pl.when(i + 1 < n_items)(lambda: load_q(i + 1))
 
-        def prefetch_q(i):
+        def prefetch_q(i, w_next=None):
             """Persistent with two Q buffers: item ``i + 1``'s Q loads into the buffer item
             ``i - 1`` stored its output from (called once item ``i``'s Q is in use)."""
             if cfg.q_buffers == 2:
-                load_next_q(i)
+                load_next_q(i, w_next)
 
-        def consume_item(i, base):
-            """Computes one q tile's rows of this warpgroup; returns the ring position after it."""
-            b, h, qt = work_item(i)
+        def consume_item(i, base, w=None, w_next=None):
+            """Computes one q tile's rows of this warpgroup; returns the ring position after it.
+            ``w``, ``w_next``: global indices of this item and the next (dynamic order)."""
+            b, h, qt = item_at(i, w)
             bm = b if batch_m > 1 else 0
             hm = h if heads_m > 1 else 0
             n_tiles = tile_count(b, h, qt)
@@ -417,7 +470,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     plgpu.barrier_wait(k_bar.at[first])
                     s = qk(first, qb)
                     p, _, m_i, l_i = softmax(logits_freeing_k(s, info, first), m_i, l_i)
-                    prefetch_q(i)
+                    prefetch_q(i, w_next)
                     acc, p, m_i, l_i = lax.fori_loop(
                         0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
                     )
@@ -428,12 +481,12 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     return acc, m_i, l_i
 
                 def no_tiles(carry):
-                    prefetch_q(i)
+                    prefetch_q(i, w_next)
                     return carry
 
                 acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, no_tiles, (acc, m_i, l_i))
             else:
-                prefetch_q(i)
+                prefetch_q(i, w_next)
                 acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
 
             empty = l_i == 0.0
@@ -456,9 +509,27 @@ def _kernel(st: ForwardStatic, dims, *refs):
         if cfg.pingpong:
             # Warpgroup 0 issues first.
             when(wg == n_consumers - 1, lambda: plgpu.barrier_arrive(turn.at[0]))
-        if cfg.persistent:
-            load_q(0)
-        for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
+        if dynamic:
+            load_q(0, first_item())
+
+            def next_consumed(carry):
+                # The producer published item i + 1's index when it started item i.
+                i, base, w = carry
+                slot = lax.rem(i + 1, 2)
+                plgpu.barrier_wait(item_full.at[slot])
+                w_next = item_smem[slot]
+                plgpu.barrier_arrive(item_free.at[slot])
+                return i + 1, consume_item(i, base, w, w_next), w_next
+
+            lax.while_loop(
+                lambda carry: carry[2] < total_items,
+                next_consumed,
+                (jnp.int32(0), jnp.int32(0), first_item()),
+            )
+        else:
+            if cfg.persistent:
+                load_q(0)
+            for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
         plgpu.wait_smem_to_gmem(0)
         if cfg.pingpong:
             # Consume the last warpgroup's last hand-over (every barrier phase is observed).
@@ -470,9 +541,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
     def _producer():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
 
-        def produce_item(i, base):
+        def produce_item(i, base, w=None):
             """Streams one item's kv tiles into the ring; returns the ring position after it."""
-            b, h, qt = work_item(i)
+            b, h, qt = item_at(i, w)
             bm = b if batch_m > 1 else 0
             hm = h if heads_m > 1 else 0
             n_tiles = tile_count(b, h, qt)
@@ -507,7 +578,36 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             return base + n_tiles
 
-        total = for_each_item(produce_item, jnp.int32(0) if cfg.persistent else 0)
+        def next_item(w):
+            """Global index of the item after ``w``: from the work counter, or (interpret
+            mode) every n_ctas-th."""
+            if st.interpret:
+                return w + n_ctas
+            _fetch_add_fn(n_ctas)(counter_ref, fetched)
+            return fetched[0]
+
+        def next_produced(carry):
+            # Publish item k + 1's index (publication k + 1, slot (k + 1) % 2, once the
+            # consumers have read publication k - 1 from it), then stream item k.
+            k, base, w = carry
+            slot = lax.rem(k + 1, 2)
+            pl.when(k >= 2)(lambda: plgpu.barrier_wait(item_free.at[slot]))
+            w_next = next_item(w)
+            item_smem[slot] = w_next
+            plgpu.barrier_arrive(item_full.at[slot])
+            return k + 1, produce_item(k, base, w), w_next
+
+        if dynamic:
+            n_done, total, _ = lax.while_loop(
+                lambda carry: carry[2] < total_items,
+                next_produced,
+                (jnp.int32(0), jnp.int32(0), first_item()),
+            )
+            # Observe the consumers' reads of the last two publications.
+            pl.when(n_done >= 2)(lambda: plgpu.barrier_wait(item_free.at[lax.rem(n_done - 1, 2)]))
+            plgpu.barrier_wait(item_free.at[lax.rem(n_done, 2)])
+        else:
+            total = for_each_item(produce_item, jnp.int32(0) if cfg.persistent else 0)
 
         # Observe the releases of the last slots so every barrier phase is
         # consumed before the CTA exits.
@@ -604,6 +704,7 @@ def forward_kernel_call(
 
     bq, bkv, stages, n_consumers = cfg.block_q, cfg.block_kv, cfg.num_stages, cfg.num_consumers
     q_buffers = cfg.q_buffers
+    dynamic = cfg.tile_order == "dynamic"
     scratch = (
         # Q, reused for O; persistent CTAs that prefetch Q alternate two per warpgroup.
         plgpu.SMEM(
@@ -619,6 +720,10 @@ def forward_kernel_call(
         else None,
         plgpu.SMEM((n_consumers, bq), jnp.int32) if st.has_segments else None,
         plgpu.SMEM((stages, bkv), jnp.int32) if st.has_segments else None,
+        # dynamic order: two item-index slots handed from the producer to the consumers,
+        # and the producer's fetched index
+        plgpu.SMEM((2,), jnp.int32) if dynamic else None,
+        plgpu.SMEM((1,), jnp.int32) if dynamic else None,
     )
     # With segment ids the producer's K copy and kv-id copy both arrive on k_bar.
     k_arrivals = 2 if st.has_segments else 1
@@ -630,6 +735,8 @@ def forward_kernel_call(
         plgpu.Barrier(num_arrivals=n_consumers, num_barriers=stages),
         plgpu.Barrier(num_barriers=n_consumers),
         plgpu.Barrier(num_barriers=n_consumers) if st.has_segments else None,
+        plgpu.Barrier(num_barriers=2) if dynamic else None,
+        plgpu.Barrier(num_arrivals=n_consumers, num_barriers=2) if dynamic else None,
     )
     if cfg.persistent:
         n_ctas = min(cfg.num_ctas or _sm_count(), batch * heads_q * n_q_tiles)
@@ -651,6 +758,9 @@ def forward_kernel_call(
         # only per call) change an item's length, not which CTA runs it.
         counts = positional_tile_counts(st.spec, cfg.tile_q, cfg.block_kv)
         inputs.append(jnp.asarray(balanced_schedule(counts, batch * heads_q, section, n_ctas)))
+    if dynamic:
+        # The work counter: zeroed per call, bumped atomically by every CTA's producer.
+        inputs.append(jax.new_ref(jnp.zeros((1,), jnp.int32)))
     dims = (
         meta.index.shape[0],
         meta.index.shape[1],

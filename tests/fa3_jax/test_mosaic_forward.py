@@ -160,6 +160,18 @@ _VARIANTS = [
     (_variant(tile_order="balanced", persistent=True, num_ctas=3, prefetch_q=False),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=1, seq_q=300, seq_k=300, causal=True,
           segments="shared", alibi="head")),
+    # the dynamic order: item indices handed from the producer to the consumers through a
+    # two-slot ring (interpret mode steps the counter without atomics); packed documents with
+    # GQA and a key tail (ping-pong), then three consumers and a CTA with one item. (Three
+    # consumers with ping-pong and overlap on persistent CTAs hang at random in interpret
+    # mode, in the static orders too: benchmarks/NOTES.md, "Session 14".)
+    (_variant(tile_order="dynamic", persistent=True, num_ctas=3),
+     Case(dtype=jnp.bfloat16, batch=2, heads_q=4, heads_kv=2, seq_q=300, seq_k=300, causal=True,
+          segments="shared")),
+    (with_consumers(_variant(tile_order="dynamic", persistent=True, num_ctas=4), 3,
+                    pingpong=False, overlap=True, num_stages=2),
+     Case(dtype=jnp.float16, batch=1, heads_q=2, heads_kv=1, seq_q=500, seq_k=450, causal=True,
+          alibi="head")),
 ]
 
 
@@ -218,9 +230,10 @@ def test_kernel_variants_interpret(variant):
     ForwardConfig(static_warpgroups=True),
     ForwardConfig(persistent=True, tile_order="balanced", static_warpgroups=True),
     ForwardConfig(persistent=True, tile_order="balanced", prefetch_q=False),
+    ForwardConfig(persistent=True, tile_order="dynamic"),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
         "persistent-balanced", "grid-3consumers", "grid-static-wg", "persistent-balanced-static-wg",
-        "persistent-balanced-one-q"])
+        "persistent-balanced-one-q", "persistent-dynamic"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
@@ -303,7 +316,8 @@ def test_lpt_order_interpret(monkeypatch):
                                  dict(consumer_registers=256, producer_registers=64),
                                  dict(num_ctas=-1), dict(num_consumers=4),
                                  dict(tile_order="batch"), dict(tile_order="lpt"),
-                                 dict(tile_order="balanced"),
+                                 dict(tile_order="balanced"), dict(tile_order="dynamic"),
+                                 dict(tile_order="dynamic", persistent=True, prefetch_q=False),
                                  dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
