@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fa3_jax import _mosaic
+from fa3_jax._mosaic import default_forward_config
 from fa3_jax.alibi import alibi_slopes
 from fa3_jax.benchmark import gpu_time
 from fa3_jax.config import ForwardConfig, forward_config, with_consumers
@@ -137,11 +138,11 @@ def _for_blocks(config, kw):
 
 
 def _check_config(kw, **change):
-    """The check's own config, else the one mha_forward would pick for it; with ``change``."""
-    base = kw.get("config") or _for_blocks(forward_config(
-        kw["d"], kw["dtype"], causal=kw.get("causal", False),
-        window=kw.get("window", (None, None)) != (None, None),
-        masked=kw.get("segments", False) or kw.get("block") is not None, seq_k=kw["sk"]), kw)
+    """The check's own config, else the one mha_forward picks for it; with ``change``."""
+    base = kw.get("config") or default_forward_config(
+        kw["d"], kw["dtype"],
+        MaskSpec(kw["sq"], kw["sk"], kw.get("causal", False), *kw.get("window", (None, None))),
+        has_segments=kw.get("segments", False), block_k=kw["block"][1] if kw.get("block") else None)
     return dataclasses.replace(base, **change)
 
 

@@ -51,7 +51,7 @@ import numpy as np
 
 import fa3_jax
 from fa3_jax import _platform
-from fa3_jax.config import forward_config
+from fa3_jax._mosaic import default_forward_config
 from fa3_jax.masks import MaskSpec, tile_visibility
 
 PEERS = ("fa3_jax", "cudnn", "jax_mgpu", "xla", "torch_cudnn", "torch_fa2")
@@ -134,18 +134,16 @@ def flops(problem: Problem, dense_mask) -> float:
 
 def visited_tiles(problem: Problem, kwargs: dict) -> int:
     """Tiles fa3_jax's Mosaic forward visits for ``problem`` with the mask ``kwargs`` (from
-    :func:`mask_inputs`): its heuristic config's q and kv tiles, over batch and heads."""
+    :func:`mask_inputs`): the q and kv tiles of the config it runs, over batch and heads."""
     b, s, h, d = problem.shape()
-    window = kwargs.get("window_size", (None, None))
-    spec = MaskSpec(s, s, problem.causal, *window)
+    spec = MaskSpec(s, s, problem.causal, *kwargs.get("window_size", (None, None)))
     block_mask = kwargs.get("block_mask")
-    config = forward_config(
+    config = default_forward_config(
         d,
         DTYPES[problem.dtype],
-        causal=problem.causal,
-        window=window != (None, None),
-        masked="segment_ids" in kwargs or block_mask is not None,
-        seq_k=s,
+        spec,
+        has_segments="segment_ids" in kwargs,
+        block_k=None if block_mask is None else block_mask.block_k,
     )
     visible, _ = tile_visibility(
         spec,

@@ -11,16 +11,46 @@ from fa3_jax._mosaic.forward import ForwardStatic, forward_kernel_call
 from fa3_jax.config import ForwardConfig, check_forward_fits, forward_config
 from fa3_jax.masks import BlockMask, MaskSpec, tile_metadata
 
-__all__ = ["forward_unsupported_reason", "mha_forward", "SUPPORTED_HEAD_DIMS"]
+__all__ = [
+    "default_forward_config",
+    "forward_unsupported_reason",
+    "mha_forward",
+    "SUPPORTED_HEAD_DIMS",
+]
 
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
 
 
-def _block_kv_for(config: ForwardConfig, block_mask: BlockMask | None) -> ForwardConfig:
-    """Shrinks block_kv so a block mask's key blocks cover whole kv tiles."""
-    if block_mask is not None and block_mask.block_k % config.block_kv:
+def _block_kv_for(config: ForwardConfig, block_k: int | None) -> ForwardConfig:
+    """Shrinks block_kv so a block mask's key blocks (``block_k`` keys, None: no block
+    mask) cover whole kv tiles."""
+    if block_k is not None and block_k % config.block_kv:
         return dataclasses.replace(config, block_kv=64)
     return config
+
+
+def default_forward_config(
+    head_dim: int,
+    dtype,
+    spec: MaskSpec,
+    *,
+    has_segments: bool,
+    block_k: int | None,
+    interpret: bool = False,
+) -> ForwardConfig:
+    """The config :func:`mha_forward` runs when given none: the tuned or heuristic one for
+    these masks (``block_k``: a block mask's key block, None without one), with 64-key tiles
+    where the block mask's key blocks need them."""
+    config = forward_config(
+        head_dim,
+        dtype,
+        causal=spec.causal,
+        window=spec.window_left is not None or spec.window_right is not None,
+        masked=has_segments or block_k is not None,
+        seq_k=spec.seq_k,
+        interpret=interpret,
+    )
+    return _block_kv_for(config, block_k)
 
 
 def forward_unsupported_reason(
@@ -35,7 +65,9 @@ def forward_unsupported_reason(
         return f"mosaic forward supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}"
     if v.shape[-1] != head_dim:
         return f"mosaic forward needs v's head_dim ({v.shape[-1]}) equal to q's ({head_dim})"
-    config = _block_kv_for(forward_config(head_dim, q.dtype), block_mask)
+    config = _block_kv_for(
+        forward_config(head_dim, q.dtype), None if block_mask is None else block_mask.block_k
+    )
     if block_mask is not None and (block_mask.block_q % 64 or block_mask.block_k % 64):
         return (
             "mosaic forward needs block masks with block_q and block_k multiples of 64, got "
@@ -75,16 +107,14 @@ def mha_forward(
     head_dim = q_BSHD.shape[-1]
     interpret = _platform.interpret_mode_active()
     if config is None:
-        config = forward_config(
+        config = default_forward_config(
             head_dim,
             q_BSHD.dtype,
-            causal=spec.causal,
-            window=spec.window_left is not None or spec.window_right is not None,
-            masked=segment_ids is not None or block_mask is not None,
-            seq_k=spec.seq_k,
+            spec,
+            has_segments=segment_ids is not None,
+            block_k=None if block_mask is None else block_mask.block_k,
             interpret=interpret,
         )
-        config = _block_kv_for(config, block_mask)
     elif interpret and not config.p_in_smem:
         raise ValueError("GPU interpret mode needs a ForwardConfig with p_in_smem=True")
     slopes = None
