@@ -283,7 +283,7 @@ def _against_default(report, save, runs, label, **change):
     for run in runs:
         masked = "window" in run or "doc_len" in run
         base = forward_config(run["d"], run["dtype"], causal=run["causal"],
-                              window="window" in run, masked="doc_len" in run, seq_k=run["s"])
+                              window="window" in run, segments="doc_len" in run, seq_k=run["s"])
         variants = [("default", base), (label, dataclasses.replace(base, **change)),
                     ("default_again", base)]
         r = bench(**run, variants=variants, peers=not masked)

@@ -90,10 +90,10 @@ class ForwardConfig:
         not known then). ``"lpt"`` strides items over the CTAs, which leaves
         causal work 18-29% unbalanced at head dim 128 (by the same cost model).
         ``"dynamic"`` (persistent only, with ``prefetch_q``): FA3's dynamic scheduler, items
-        in the ``"q_tiles"`` order taken from a global counter (an atomic add) by each
+        in the ``"lpt"`` order taken from a global counter (an atomic add) by each
         CTA's producer when it starts the previous one, so CTAs balance themselves
-        whatever the items' lengths (segment ids, block masks). Built for packed
-        documents, not timed yet: no heuristic picks it.
+        whatever the items' lengths. The heuristic picks it for segment ids, causal
+        head dim 64 and short causal head dim 128.
       prefetch_q: persistent CTAs give each consumer a second Q buffer, so the next item's
         Q loads while this item runs; False keeps one (the next Q loads once this item's
         output store has read it), for head dims where two do not fit shared memory.
@@ -226,20 +226,33 @@ TUNED_FORWARD: dict[tuple[int, str, str], ForwardConfig] = {}
 #: Dense inputs up to this many keys (head_dim <= 128) run persistent, q tiles of a head
 #: together.
 PERSISTENT_MAX_SEQ_K = 4096
-#: Causal inputs at head_dim <= 64 up to this many keys run persistent in LPT order (longer
-#: ones and head dim 128 in the balanced order).
-LPT_CAUSAL_MAX_SEQ_K = 2048
+#: Causal inputs at head_dim 65-128 up to this many keys run in the dynamic order (longer
+#: ones in the balanced order; head_dim <= 64 always dynamic).
+DYNAMIC_CAUSAL_MAX_SEQ_K = 1024
 #: Causal inputs at head_dim <= 64 from this many keys run three consumer warpgroups.
 CAUSAL_THREE_CONSUMERS_MIN_SEQ_K = 16384
 
 
 def _heuristic(
-    head_dim: int, *, causal: bool, window: bool, masked: bool, seq_k: int | None
+    head_dim: int,
+    *,
+    causal: bool,
+    window: bool,
+    masked: bool,
+    segments: bool,
+    seq_k: int | None,
 ) -> ForwardConfig:
     config = _tiles(head_dim, causal=causal, masked=masked or window)
+    dynamic = dataclasses.replace(config, persistent=True, tile_order="dynamic", prefetch_q=True)
+    if segments and head_dim <= 128:
+        # Segment ids (item lengths known only per call): FA3's dynamic scheduler. H100,
+        # 2026-11-27 (benchmarks/NOTES.md "Session 15"), against the grid: 8 documents in 16k
+        # +7% (D128 bf16 causal) / +17% (D64 fp16), 16 documents +16%, non-causal +7%, one
+        # 2k document per row +15%.
+        return dynamic
     if seq_k is None or masked:
-        # Unknown lengths, segment ids or block masks (item lengths known only per call) stay
-        # on the grid.
+        # Unknown lengths and block masks stay on the grid (the dynamic order measured
+        # +1%..+3% at 20% / 50% block density, -3%..-4% at 80% / 100%).
         return config
     if head_dim > 128:
         # Two Q buffers per consumer do not fit at D256: persistent CTAs with one (H100,
@@ -257,13 +270,17 @@ def _heuristic(
     # D128 in the balanced order +23% / +22% / +14% / +10% at 512 / 1k / 2k / 4k, D64 at 16k +2%;
     # a 1024 window at 16k (D128 bf16) +12%. Packed documents lose in every persistent order.
     # Three consumers on balanced causal D64: -19% / -5% / +7% at 1k / 4k / 16k.
+    # Session 15: causal in the dynamic order against these static orders, same run: D64
+    # +1%..+3% at every length 512-16k, D128 +2% at 512 / 1k, 0 at 2k, -2%..-4% at 4k / 8k;
+    # the 16k window +1% (kept balanced).
     if causal or window:
-        if head_dim <= 64 and not window and seq_k <= LPT_CAUSAL_MAX_SEQ_K:
-            return dataclasses.replace(config, persistent=True, tile_order="lpt")
-        config = dataclasses.replace(config, persistent=True, tile_order="balanced")
-        if head_dim <= 64 and not window and seq_k >= CAUSAL_THREE_CONSUMERS_MIN_SEQ_K:
-            config = with_consumers(config, 3)
-        return config
+        if causal and not window and head_dim <= 64:
+            if seq_k >= CAUSAL_THREE_CONSUMERS_MIN_SEQ_K:
+                return with_consumers(dynamic, 3)
+            return dynamic
+        if causal and not window and seq_k <= DYNAMIC_CAUSAL_MAX_SEQ_K:
+            return dynamic
+        return dataclasses.replace(config, persistent=True, tile_order="balanced")
     if seq_k <= PERSISTENT_MAX_SEQ_K:
         return dataclasses.replace(config, persistent=True)
     return config
@@ -291,21 +308,30 @@ def forward_config(
     causal: bool = False,
     window: bool = False,
     masked: bool = False,
+    segments: bool = False,
     seq_k: int | None = None,
     interpret: bool = False,
 ) -> ForwardConfig:
     """The config for these inputs: tuned if known, else the heuristic.
 
     ``causal``: a causal mask; ``window``: a sliding window (left and/or right);
-    ``masked``: segment ids or a block mask. ``seq_k``: keys per sequence (None: unknown;
-    the grid launch is kept).
+    ``masked``: segment ids or a block mask; ``segments``: segment ids (implies
+    ``masked``). ``seq_k``: keys per sequence (None: unknown; the grid launch is kept
+    unless segment ids pick the dynamic order).
     ``interpret`` selects the shared-memory P path GPU interpret mode needs (with half
     the kv tile where that path would not fit shared memory).
     """
     name = np.dtype(dtype).name
-    config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked or window)))
+    config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked or segments or window)))
     if config is None:
-        config = _heuristic(head_dim, causal=causal, window=window, masked=masked, seq_k=seq_k)
+        config = _heuristic(
+            head_dim,
+            causal=causal,
+            window=window,
+            masked=masked or segments,
+            segments=segments,
+            seq_k=seq_k,
+        )
     if interpret:
         config = dataclasses.replace(config, p_in_smem=True)
         itemsize = np.dtype(dtype).itemsize

@@ -46,7 +46,8 @@ def default_forward_config(
         dtype,
         causal=spec.causal,
         window=spec.window_left is not None or spec.window_right is not None,
-        masked=has_segments or block_k is not None,
+        masked=block_k is not None,
+        segments=has_segments,
         seq_k=spec.seq_k,
         interpret=interpret,
     )

@@ -142,7 +142,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
         counter_ref, *rest = rest
     out_ref, lse_ref, scratch, barriers = rest
     q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem, item_smem, fetched = scratch
-    q_bar, k_bar, v_bar, k_free, v_free, turn, seg_bar, item_full, item_free = barriers
+    q_bar, k_bar, v_bar, k_free, v_free, turn, item_full, item_free = barriers
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
 
@@ -162,12 +162,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             return lax.div(pair, heads), lax.rem(pair, heads), lax.rem(w, n_q_tiles)
         w = lax.axis_index("cta") + i * n_ctas
         if cfg.tile_order == "lpt":
-            # Sections of `section` (batch, head) pairs; in each, the longest q tiles of
-            # all its pairs first.
-            per_section = section * n_q_tiles
-            r = lax.rem(w, per_section)
-            pair = lax.div(w, per_section) * section + lax.rem(r, section)
-            return lax.div(pair, heads), lax.rem(pair, heads), n_q_tiles - 1 - lax.div(r, section)
+            return locate(w)
         if cfg.tile_order == "q_tiles":
             # Neighbouring items are the q tiles of one head: they share its K/V in L2.
             rest_w = lax.div(w, n_q_tiles)
@@ -179,10 +174,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
         return lax.div(rest_w, heads), lax.rem(rest_w, heads), n_q_tiles - 1 - lax.div(w, per_tile)
 
     def locate(w):
-        """(b, h, qt) of global item ``w`` of the ``"dynamic"`` order: the q tiles of one
-        head together (they share its K/V in L2), longest causal ones first."""
-        rest_w = lax.div(w, n_q_tiles)
-        return lax.div(rest_w, heads), lax.rem(rest_w, heads), n_q_tiles - 1 - lax.rem(w, n_q_tiles)
+        """(b, h, qt) of global item ``w`` in FA3's LPT order (``"lpt"`` and ``"dynamic"``):
+        sections of ``section`` (batch, head) pairs whose K/V share L2; in each, the longest
+        (last causal) q tiles of all its pairs first."""
+        per_section = section * n_q_tiles
+        r = lax.rem(w, per_section)
+        pair = lax.div(w, per_section) * section + lax.rem(r, section)
+        return lax.div(pair, heads), lax.rem(pair, heads), n_q_tiles - 1 - lax.div(r, section)
 
     def item_at(i, w):
         """(b, h, qt) of this CTA's ``i``-th item (global item ``w`` in the dynamic order)."""
@@ -299,6 +297,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
             rows = pl.ds(qt * cfg.tile_q + wg * bq, bq)
             buf = q_buffer(i)
             plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[buf], q_bar.at[buf])
+            if st.has_segments:
+                # The rows' segment ids travel with Q (prefetched with it, same barrier).
+                plgpu.copy_gmem_to_smem(q_seg_ref.at[b, rows], q_seg_smem.at[buf], q_bar.at[buf])
 
         def load_next_q(i, w_next=None):
             """Starts item ``i + 1``'s Q load into the buffer the last output store read from,
@@ -335,12 +336,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 )
                 return iota(0) + row0, iota(1) + kv_tile * bkv
 
-            if st.has_segments:
-                plgpu.copy_gmem_to_smem(
-                    q_seg_ref.at[b, pl.ds(row0, bq)], q_seg_smem.at[wg], seg_bar.at[wg]
-                )
-                plgpu.barrier_wait(seg_bar.at[wg])
-                q_seg = plgpu.load(q_seg_smem.at[wg], layout=_ROW)
             if st.has_alibi:
                 slope = slope_ref[b if st.alibi_per_batch else 0, h]
             signed = st.has_alibi and alibi_splits(st.spec)
@@ -377,6 +372,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                         # NOTES.md "Session 14": +6% on 8 documents in 16k, +7% on 2k rows
                         # against reading them every step).
                         kv_seg = plgpu.load(kv_seg_smem.at[slot], layout=_COL)
+                        q_seg = plgpu.load(q_seg_smem.at[qb], layout=_ROW)
                         q_ids = lax.broadcast_in_dim(q_seg, (bq, bkv), [0])
                         kv_ids = lax.broadcast_in_dim(kv_seg, (bq, bkv), [1])
                         visible = visible & (q_ids == kv_ids)
@@ -718,23 +714,24 @@ def forward_kernel_call(
         plgpu.SMEM((n_consumers, bq, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
         if cfg.p_in_smem
         else None,
-        plgpu.SMEM((n_consumers, bq), jnp.int32) if st.has_segments else None,
+        # Segment ids of the rows in each Q buffer, loaded with it.
+        plgpu.SMEM((q_buffers * n_consumers, bq), jnp.int32) if st.has_segments else None,
         plgpu.SMEM((stages, bkv), jnp.int32) if st.has_segments else None,
         # dynamic order: two item-index slots handed from the producer to the consumers,
         # and the producer's fetched index
         plgpu.SMEM((2,), jnp.int32) if dynamic else None,
         plgpu.SMEM((1,), jnp.int32) if dynamic else None,
     )
-    # With segment ids the producer's K copy and kv-id copy both arrive on k_bar.
-    k_arrivals = 2 if st.has_segments else 1
+    # With segment ids the Q copy and the q-id copy both arrive on q_bar, the producer's K copy
+    # and kv-id copy on k_bar.
+    id_arrivals = 2 if st.has_segments else 1
     barriers = (
-        plgpu.Barrier(num_barriers=q_buffers * n_consumers),
-        plgpu.Barrier(num_arrivals=k_arrivals, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=id_arrivals, num_barriers=q_buffers * n_consumers),
+        plgpu.Barrier(num_arrivals=id_arrivals, num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_arrivals=n_consumers, num_barriers=stages),
         plgpu.Barrier(num_arrivals=n_consumers, num_barriers=stages),
         plgpu.Barrier(num_barriers=n_consumers),
-        plgpu.Barrier(num_barriers=n_consumers) if st.has_segments else None,
         plgpu.Barrier(num_barriers=2) if dynamic else None,
         plgpu.Barrier(num_arrivals=n_consumers, num_barriers=2) if dynamic else None,
     )
@@ -750,7 +747,7 @@ def forward_kernel_call(
             grid, grid_names = (n_q_tiles, batch, heads_q), ("qt", "b", "h")
     group = heads_q // heads_kv
     section = 0
-    if cfg.tile_order in ("lpt", "balanced"):
+    if cfg.tile_order in ("lpt", "balanced", "dynamic"):
         kv_bytes_per_head = 2 * seq_k * head_dim * jnp.dtype(dtype).itemsize // group
         section = lpt_section(batch * heads_q, kv_bytes_per_head)
     if cfg.tile_order == "balanced":

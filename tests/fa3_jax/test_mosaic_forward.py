@@ -340,12 +340,13 @@ def test_alibi_splits_only_where_no_visible_key_lies_right_of_the_diagonal(
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_heuristic_picks_persistent_orders(head_dim):
-    """As measured (NOTES "Session 6"), at head_dim <= 128: dense up to 4k keys persistent over
-    one head's q tiles; causal at head_dim 64 up to 2k keys in LPT order; other causal inputs and
-    windows in the balanced order (causal head_dim 64 from 16k keys with three consumers).
-    Head dim 256 (NOTES "Session 12"; two Q buffers do not fit): causal inputs in the balanced
-    order with one Q buffer. Segment ids or block masks, unknown lengths, long dense inputs and
-    D256 dense or windowed: one CTA per q tile."""
+    """As measured (NOTES "Session 6" and "Session 15"), at head_dim <= 128: dense up to 4k
+    keys persistent over one head's q tiles; segment ids, causal head_dim 64 (three consumers
+    from 16k keys) and causal head_dim 128 up to 1k keys in the dynamic order; longer causal
+    inputs and windows in the balanced order. Head dim 256 (NOTES "Session 12"; two Q buffers
+    do not fit): causal inputs in the balanced order with one Q buffer. Block masks, unknown
+    lengths, long dense inputs and D256 dense, windowed or with segment ids: one CTA per q
+    tile."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
@@ -355,15 +356,19 @@ def test_heuristic_picks_persistent_orders(head_dim):
     grid = (False, "q_tiles")
     fits = head_dim <= 128
     assert pick(seq_k=512) == pick(seq_k=4096) == ((True, "q_tiles") if fits else grid)
-    balanced = (True, "balanced")
-    short_causal = (True, "lpt") if head_dim <= 64 else balanced
-    assert pick(seq_k=512, causal=True) == pick(seq_k=2048, causal=True) == short_causal
-    assert pick(seq_k=2049, causal=True) == pick(seq_k=16383, causal=True) == balanced
-    assert pick(seq_k=16384, causal=True) == balanced
+    balanced, dynamic = (True, "balanced"), (True, "dynamic")
+    assert pick(seq_k=512, causal=True) == pick(seq_k=1024, causal=True) == (
+        dynamic if fits else balanced)
+    long_causal = dynamic if head_dim <= 64 else balanced
+    assert pick(seq_k=1025, causal=True) == pick(seq_k=16384, causal=True) == long_causal
     consumers = forward_config(head_dim, jnp.bfloat16, causal=True, seq_k=16384).num_consumers
     assert consumers == (3 if head_dim <= 64 else 2)
     for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
         assert pick(**kw) == (balanced if fits else grid), kw
+    for kw in (dict(seq_k=1024, segments=True), dict(seq_k=16384, causal=True, segments=True),
+               dict(seq_k=1024, causal=True, window=True, segments=True, masked=True),
+               dict(segments=True)):
+        assert pick(**kw) == (dynamic if fits else grid), kw
     for kw in (dict(seq_k=4097), dict(seq_k=1024, masked=True),
                dict(seq_k=1024, causal=True, masked=True),
                dict(seq_k=1024, causal=True, window=True, masked=True), dict(), dict(causal=True)):
