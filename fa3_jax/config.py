@@ -268,7 +268,8 @@ def _heuristic(
     # item's Q early, against the grid launch, fp16: dense D64/D128 +30% / +28% at 512, +13% at
     # D128 1k; causal D64 in LPT order +50% / +32% / +20% / +14% at 512 / 1k / 2k / 4k; causal
     # D128 in the balanced order +23% / +22% / +14% / +10% at 512 / 1k / 2k / 4k, D64 at 16k +2%;
-    # a 1024 window at 16k (D128 bf16) +12%. Packed documents lose in every persistent order.
+    # a 1024 window at 16k (D128 bf16) +12%. (Packed documents lost in every persistent order
+    # then: each item waited for its rows' segment ids, fixed in session 15.)
     # Three consumers on balanced causal D64: -19% / -5% / +7% at 1k / 4k / 16k.
     # Session 15: causal in the dynamic order against these static orders, same run: D64
     # +1%..+3% at every length 512-16k, D128 +2% at 512 / 1k, 0 at 2k, -2%..-4% at 4k / 8k;
