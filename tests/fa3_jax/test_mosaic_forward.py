@@ -251,6 +251,31 @@ def test_lowers_for_cuda(config):
     assert "mosaic_gpu" in text
 
 
+@pytest.mark.parametrize("transform", ["grad", "remat", "remat-nothing-saved", "vmap"])
+def test_dynamic_order_composes_with_jax_transforms(transform, monkeypatch):
+    """Packed documents run in the dynamic order, whose work counter is a ``jax.new_ref``:
+    ``fa3_jax.attention`` still differentiates, rematerializes (the forward re-run in the
+    backward pass) and vmaps, and lowers for CUDA on the CPU."""
+    monkeypatch.setattr(fa3_jax._platform, "mosaic_available", lambda: True)
+    b, s, h, d = 1, 1024, 4, 128
+    assert forward_config(d, jnp.bfloat16, causal=True, segments=True, seq_k=s).tile_order == (
+        "dynamic")
+    ids = jnp.asarray(np.arange(s) // 300, jnp.int32)[None]
+
+    def loss(q, k, v):
+        out = fa3_jax.attention(q, k, v, causal=True, segment_ids=ids, implementation="mosaic")
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    fn = {"grad": jax.grad(loss), "remat": jax.grad(jax.checkpoint(loss)),
+          "remat-nothing-saved": jax.grad(jax.checkpoint(
+              loss, policy=jax.checkpoint_policies.nothing_saveable)),
+          "vmap": jax.vmap(loss)}[transform]
+    lead = (2,) if transform == "vmap" else ()
+    x = jax.ShapeDtypeStruct((*lead, b, s, h, d), jnp.bfloat16)
+    text = jax.jit(fn).trace(x, x, x).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
 @pytest.mark.parametrize("mask", ["tail", "causal", "window", "segments", "block64"])
 def test_each_element_mask_lowers_for_cuda(mask):
     """Each element mask alone lowers (Mosaic's layout inference sees every bound's form):
