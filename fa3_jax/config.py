@@ -186,31 +186,42 @@ def with_consumers(config: ForwardConfig, num_consumers: int, **changes) -> Forw
     )
 
 
-#: What Mosaic allocates beyond the buffers itemized below (segment-id rings,
-#: alignment padding): at D=128, block_kv=128, 3 stages Mosaic asked for 5,656
-#: bytes more than the itemized sum and rejected a config this check had passed.
+#: What Mosaic allocates beyond the buffers itemized below (alignment padding): at D=128,
+#: block_kv=128, 3 stages Mosaic asked for 5,656 bytes more than the itemized sum (then
+#: without the segment-id buffers) and rejected a config this check had passed.
 _FORWARD_UNITEMIZED_BYTES = 7 * 1024
 
 
-def forward_smem_bytes(config: ForwardConfig, head_dim: int, itemsize: int) -> int:
-    """Shared memory the forward kernel allocates for ``config``."""
+def forward_smem_bytes(
+    config: ForwardConfig, head_dim: int, itemsize: int, *, segments: bool = False
+) -> int:
+    """Shared memory the forward kernel allocates for ``config``; ``segments``: with
+    segment ids (an int32 id per Q row buffered and per K ring row)."""
     n = config.num_consumers
     # Q, reused for O; two per warpgroup where persistent CTAs prefetch the next item's Q
-    q_o = config.q_buffers * n * config.block_q * head_dim * itemsize
+    q_rows = config.q_buffers * n * config.block_q
+    q_o = q_rows * head_dim * itemsize
     kv = 2 * config.num_stages * config.block_kv * head_dim * itemsize
     p = n * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
     lse = n * config.block_q * 4
-    barriers = 8 * (4 * config.num_stages + 3 * n)
-    return q_o + kv + p + lse + barriers + _FORWARD_UNITEMIZED_BYTES
+    ids = 4 * (q_rows + config.num_stages * config.block_kv) if segments else 0
+    dynamic = config.tile_order == "dynamic"
+    # the dynamic order's two handed-over item indices and the producer's fetched one
+    item_ring = 3 * 4 if dynamic else 0
+    # Q (per buffer), K, V, K free, V free (per stage), turns (per consumer), item ring
+    n_barriers = config.q_buffers * n + 4 * config.num_stages + n + (4 if dynamic else 0)
+    return q_o + kv + p + lse + ids + item_ring + 8 * n_barriers + _FORWARD_UNITEMIZED_BYTES
 
 
-def check_forward_fits(config: ForwardConfig, head_dim: int, itemsize: int) -> None:
+def check_forward_fits(
+    config: ForwardConfig, head_dim: int, itemsize: int, *, segments: bool = False
+) -> None:
     """Raises ValueError when ``config`` needs more shared memory than a block has."""
-    need = forward_smem_bytes(config, head_dim, itemsize)
+    need = forward_smem_bytes(config, head_dim, itemsize, segments=segments)
     if need > SMEM_LIMIT_BYTES:
         raise ValueError(
-            f"{config} needs {need} bytes of shared memory at head_dim={head_dim}, "
-            f"more than the {SMEM_LIMIT_BYTES} available"
+            f"{config} needs {need} bytes of shared memory at head_dim={head_dim}"
+            f"{' with segment ids' * segments}, more than the {SMEM_LIMIT_BYTES} available"
         )
 
 
@@ -336,7 +347,8 @@ def forward_config(
     if interpret:
         config = dataclasses.replace(config, p_in_smem=True)
         itemsize = np.dtype(dtype).itemsize
-        if forward_smem_bytes(config, head_dim, itemsize) > SMEM_LIMIT_BYTES:
+        need = forward_smem_bytes(config, head_dim, itemsize, segments=segments)
+        if need > SMEM_LIMIT_BYTES:
             # Staged P next to a persistent CTA's two Q buffers (D128): halve the kv tile.
             config = dataclasses.replace(config, block_kv=config.block_kv // 2)
     return config

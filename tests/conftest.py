@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-import jax
-import pytest
+import os
+
+# GPU interpret mode runs each warpgroup of a CTA as its own XLA:CPU computation, and XLA may
+# run that computation's host callbacks (the simulated barrier waits, which block) on its
+# intra-op thread pool, one thread per core by default. On a 2-core machine two waits can fill
+# the pool while the warpgroup they wait for has its next callback queued behind them: the
+# kernel deadlocks at random (seen with 4 warpgroups per CTA; benchmarks/NOTES.md, "Session
+# 16"). A pool larger than the waits that can block at once (one per warpgroup, at most 4, and
+# the launching call) never fills up. Read when JAX creates its CPU client, so set it first.
+os.environ.setdefault("PJRT_NPROC", "8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_generate_tests(metafunc):

@@ -668,7 +668,7 @@ def forward_kernel_call(
     batch, seq_q, heads_q, head_dim = q_BSHD.shape
     seq_k, heads_kv = k_BSHD.shape[1], k_BSHD.shape[2]
     dtype = q_BSHD.dtype
-    check_forward_fits(cfg, head_dim, jnp.dtype(dtype).itemsize)
+    check_forward_fits(cfg, head_dim, jnp.dtype(dtype).itemsize, segments=st.has_segments)
     if (meta.tile_q, meta.tile_k) != (cfg.tile_q, cfg.block_kv) or meta.transposed:
         raise ValueError(
             f"tile metadata tiles ({meta.tile_q}, {meta.tile_k}) do not match the config's "

@@ -8,6 +8,8 @@ realistic sizes, with a poisoned-output check.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import zlib
 
 import jax
@@ -26,6 +28,7 @@ from fa3_jax.config import (
     check_forward_fits,
     forward_config,
     forward_search_space,
+    forward_smem_bytes,
     with_consumers,
 )
 from fa3_jax.masks import MaskSpec
@@ -160,11 +163,15 @@ _VARIANTS = [
     (_variant(tile_order="balanced", persistent=True, num_ctas=3, prefetch_q=False),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=1, seq_q=300, seq_k=300, causal=True,
           segments="shared", alibi="head")),
+    # three consumers with ping-pong and overlap on persistent CTAs (four warpgroups blocking in
+    # barrier waits: the simulator deadlocked at random on a 2-core machine until the suite's
+    # XLA:CPU pool got more threads, tests/conftest.py)
+    (with_consumers(_variant(persistent=True, num_ctas=3), 3, pingpong=True, overlap=True,
+                    num_stages=2),
+     Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=500, seq_k=500, causal=True)),
     # the dynamic order: item indices handed from the producer to the consumers through a
     # two-slot ring (interpret mode steps the counter without atomics); packed documents with
-    # GQA and a key tail (ping-pong), then three consumers and a CTA with one item. (Three
-    # consumers with ping-pong and overlap on persistent CTAs hang at random in interpret
-    # mode, in the static orders too: benchmarks/NOTES.md, "Session 14".)
+    # GQA and a key tail (ping-pong), then three consumers and a CTA with one item.
     (_variant(tile_order="dynamic", persistent=True, num_ctas=3),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=4, heads_kv=2, seq_q=300, seq_k=300, causal=True,
           segments="shared")),
@@ -216,6 +223,22 @@ def test_kernel_variants_interpret(variant):
     """Each scheduling variant (ping-pong x overlap, persistent grid) is exact and race-free."""
     config, case = variant
     _check_race_free_and_exact(config, case, zlib.crc32(repr(config).encode()))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names in /proc")
+def test_interpret_thread_pool_outnumbers_blocking_waits():
+    """The suite's XLA:CPU intra-op pool (tests/conftest.py) has more threads than the barrier
+    waits that can block in it at once (4 warpgroups and the launching call), whatever the
+    machine's core count: with one thread per core interpret mode deadlocked on 2 cores."""
+    jax.devices("cpu")
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+    assert names.count("tf_XLAEigen") > 5, sorted(set(names))
 
 
 @pytest.mark.parametrize("config", [
@@ -402,9 +425,19 @@ def test_heuristic_picks_persistent_orders(head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
 def test_forward_configs_fit_shared_memory(head_dim):
-    for causal in (False, True):
-        check_forward_fits(forward_config(head_dim, jnp.bfloat16, causal=causal), head_dim, 2)
+    for causal, seq_k in itertools.product((False, True), (1024, 16384, None)):
+        check_forward_fits(forward_config(head_dim, jnp.bfloat16, causal=causal, seq_k=seq_k),
+                           head_dim, 2)
         check_forward_fits(forward_config(head_dim, jnp.float16, interpret=True), head_dim, 2)
+        for interpret in (False, True):
+            config = forward_config(head_dim, jnp.bfloat16, causal=causal, segments=True,
+                                    seq_k=seq_k, interpret=interpret)
+            check_forward_fits(config, head_dim, 2, segments=True)
+            # an int32 id per buffered Q row and per K ring row
+            ids = 4 * (config.q_buffers * config.num_consumers * config.block_q
+                       + config.num_stages * config.block_kv)
+            assert (forward_smem_bytes(config, head_dim, 2, segments=True)
+                    == forward_smem_bytes(config, head_dim, 2) + ids)
     space = forward_search_space(head_dim)
     assert space, "empty search space"
     for config in space:
