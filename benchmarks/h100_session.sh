@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -126,6 +126,10 @@ case "$stage" in
   # forward in the dynamic order (items from a global counter): GPU checks, then default / dynamic /
   # default on the 16k window and documents and causal D64/D128 (~4 min)
   dynamic) python benchmarks/mosaic_forward_check.py --out "$OUT" --dynamic 2>&1 | tee -a "$OUT/$stage.log" | tail -24 ;;
+  # FP8 forward: its GPU tests, then FP8 against bf16 (ours; the peers take no FP8 here), D128 8k
+  fp8) timeout 200 python -m pytest -q -p no:cacheprovider -m gpu tests/fa3_jax/test_fp8.py 2>&1 | tee -a "$OUT/$stage.log" | tail -8
+       python -m fa3_jax.benchmark --mode fwd --dtype fp8,bf16 --head-dims 128 --seqlens 8192 --causal no,yes \
+         --impls fa3_jax --tag h100-fwd-fp8 2>&1 | tee -a "$OUT/$stage.log" | tail -12 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

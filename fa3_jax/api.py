@@ -22,7 +22,8 @@ __all__ = ["attention", "IMPLEMENTATIONS", "RESIDUAL_NAMES"]
 RESIDUAL_NAMES = ("fa3_jax.out", "fa3_jax.lse")
 
 IMPLEMENTATIONS = ("mosaic", "reference")
-_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
+_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float8_e4m3fn)
+_FP8 = jnp.float8_e4m3fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +52,15 @@ def attention(
     return_lse: bool = False,
     implementation: str | None = None,
     deterministic: bool = False,
+    descale_q=None,
+    descale_k=None,
+    descale_v=None,
 ):
     """Scaled dot-product attention (FlashAttention conventions).
 
     Args:
-      q: ``[batch, seq_q, heads_q, head_dim]``, float16, bfloat16 or float32.
+      q: ``[batch, seq_q, heads_q, head_dim]``, float16, bfloat16, float32 or
+        float8_e4m3fn (FP8: forward only, output in bfloat16; see ``descale_q``).
       k: ``[batch, seq_k, heads_kv, head_dim]``, same dtype; ``heads_q % heads_kv
         == 0`` (GQA/MQA: query head ``h`` uses kv head ``h // (heads_q // heads_kv)``).
       v: ``[batch, seq_k, heads_kv, head_dim_v]``, same dtype.
@@ -86,12 +91,17 @@ def attention(
         dQ added by the dK/dV kernel with fp32 atomics, 1-21% faster on an H100; their
         order varies, so gradients differ run to run at fp32 rounding. The forward is
         always deterministic.
+      descale_q, descale_k, descale_v: float8_e4m3fn inputs only (FlashAttention-3's
+        FP8 API): float32 ``[batch, heads_kv]`` dequantization scales, None for 1. The
+        inputs stand for ``q * descale_q`` etc. (a query head takes its kv head's scale):
+        the logits are ``softmax_scale * (q . k) * descale_q * descale_k`` and the output
+        ``P V * descale_v``.
 
     Returns:
-      ``out [batch, seq_q, heads_q, head_dim_v]`` in q's dtype, or ``(out, lse)``
-      with ``return_lse``. A query with no visible key gets output 0 and lse
-      ``-inf``. Differentiable in ``q``, ``k``, ``v`` (not in the slopes, masks
-      or softcap).
+      ``out [batch, seq_q, heads_q, head_dim_v]`` in q's dtype (bfloat16 for FP8),
+      or ``(out, lse)`` with ``return_lse``. A query with no visible key gets output
+      0 and lse ``-inf``. Differentiable in ``q``, ``k``, ``v`` (not in the slopes,
+      masks or softcap; FP8 inputs are not differentiable).
 
     Sharding: under ``jit`` the Mosaic kernels run on each device's shard of the
     batch and heads of q (heads only when both head counts divide the head
@@ -106,6 +116,7 @@ def attention(
     softcap = _check_positive("softcap", softcap, default=None)
     slopes = _check_alibi(alibi_slopes, batch, heads_q)
     segments = _check_segments(segment_ids, batch, seq_q, seq_k)
+    descale = _check_descale((descale_q, descale_k, descale_v), q.dtype, batch, k.shape[2])
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
             raise TypeError(
@@ -118,7 +129,7 @@ def attention(
     static = _Static(spec, scale, softcap, "reference", deterministic)
     impl = _choose_implementation(implementation, static, q, k, v, slopes, segments, block_mask)
     static = dataclasses.replace(static, implementation=impl)
-    out, lse = _attention(static, q, k, v, slopes, segments, block_mask)
+    out, lse = _attention(static, q, k, v, slopes, segments, block_mask, descale)
     return (out, lse) if return_lse else out
 
 
@@ -137,7 +148,9 @@ def _check_qkv(q, k, v):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 {layout}, got shape {x.shape}")
         if x.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
+            raise TypeError(
+                f"{name} must be float16, bfloat16, float32 or float8_e4m3fn, got {x.dtype}"
+            )
         if 0 in x.shape:
             raise ValueError(f"{name} has an empty dimension: shape {x.shape}")
     if not q.dtype == k.dtype == v.dtype:
@@ -216,6 +229,29 @@ def _check_segments(segment_ids, batch, seq_q, seq_k):
     return q_seg.astype(jnp.int32), kv_seg.astype(jnp.int32)
 
 
+def _check_descale(descales, dtype, batch, heads_kv):
+    """(descale_q, descale_k, descale_v) as float32 ``[batch, heads_kv]`` (missing ones 1),
+    or None when all are None."""
+    names = ("descale_q", "descale_k", "descale_v")
+    if all(x is None for x in descales):
+        return None
+    if dtype != _FP8:
+        given = next(n for n, x in zip(names, descales, strict=True) if x is not None)
+        raise ValueError(f"{given} is for float8_e4m3fn inputs only, got {dtype} inputs")
+    checked = []
+    for name, x in zip(names, descales, strict=True):
+        if x is None:
+            checked.append(jnp.ones((batch, heads_kv), jnp.float32))
+            continue
+        x = jnp.asarray(x)
+        if x.shape != (batch, heads_kv):
+            raise ValueError(f"{name} must have shape [{batch}, {heads_kv}], got {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name} must be floating point (float32), got {x.dtype}")
+        checked.append(x.astype(jnp.float32))
+    return tuple(checked)
+
+
 def _mosaic_reason(static, q, k, v, slopes, segments, block_mask) -> str | None:
     """Why the Mosaic kernels cannot serve these inputs, or None."""
     if not _platform.mosaic_available():
@@ -265,8 +301,10 @@ def _kwargs(static: _Static, slopes, segments, block_mask) -> dict[str, Any]:
     }
 
 
-def _forward(static: _Static, q, k, v, slopes, segments, block_mask):
+def _forward(static: _Static, q, k, v, slopes, segments, block_mask, descale):
     kwargs = _kwargs(static, slopes, segments, block_mask)
+    if descale is not None:
+        kwargs["descale_BG"] = descale
     if static.implementation == "mosaic":
         from fa3_jax import _mosaic
 
@@ -275,13 +313,13 @@ def _forward(static: _Static, q, k, v, slopes, segments, block_mask):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(static: _Static, q, k, v, slopes, segments, block_mask):
-    """``(out, lse)``; differentiable in q, k, v (and through lse)."""
-    return _forward(static, q, k, v, slopes, segments, block_mask)
+def _attention(static: _Static, q, k, v, slopes, segments, block_mask, descale):
+    """``(out, lse)``; differentiable in q, k, v (and through lse) unless FP8."""
+    return _forward(static, q, k, v, slopes, segments, block_mask, descale)
 
 
-def _attention_fwd(static, q, k, v, slopes, segments, block_mask):
-    out, lse = _forward(static, q, k, v, slopes, segments, block_mask)
+def _attention_fwd(static, q, k, v, slopes, segments, block_mask, descale):
+    out, lse = _forward(static, q, k, v, slopes, segments, block_mask, descale)
     # Named so that a remat policy can keep them (see RESIDUAL_NAMES) instead of re-running the
     # forward kernel in the backward pass.
     out = checkpoint_name(out, RESIDUAL_NAMES[0])
@@ -291,6 +329,11 @@ def _attention_fwd(static, q, k, v, slopes, segments, block_mask):
 
 def _attention_bwd(static, residuals, cotangents):
     q, k, v, slopes, segments, block_mask, out, lse = residuals
+    if q.dtype == _FP8:
+        raise NotImplementedError(
+            "float8_e4m3fn attention is forward-only (as FlashAttention-3's FP8 path): "
+            "differentiate a float16/bfloat16 call instead"
+        )
     dout, dlse = cotangents
     kwargs = _kwargs(static, slopes, segments, block_mask)
     extras = (slopes, segments, block_mask)
@@ -307,7 +350,7 @@ def _attention_bwd(static, residuals, cotangents):
         ref_kwargs = _kwargs(ref_static, slopes, segments, block_mask)
         _, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kwargs), q, k, v)
         dq, dk, dv = vjp((dout, dlse))
-    return dq, dk, dv, None, None, None
+    return dq, dk, dv, None, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

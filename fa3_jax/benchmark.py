@@ -55,7 +55,8 @@ from fa3_jax._mosaic import default_forward_config
 from fa3_jax.masks import MaskSpec, tile_visibility
 
 PEERS = ("fa3_jax", "cudnn", "jax_mgpu", "xla", "torch_cudnn", "torch_fa2")
-DTYPES = {"fp16": jnp.float16, "bf16": jnp.bfloat16}
+# fp8: float8_e4m3fn inputs, forward only, fa3_jax only (the peers take no FP8 here)
+DTYPES = {"fp16": jnp.float16, "bf16": jnp.bfloat16, "fp8": jnp.float8_e4m3fn}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,8 +404,8 @@ def problems_from(args) -> list[Problem]:
     for mode, dtype, d, s, causal, mask in itertools.product(
         args.mode, args.dtype, args.head_dims, args.seqlens, args.causal, args.masks
     ):
-        if args.tokens % s or args.hidden % d:
-            continue
+        if args.tokens % s or args.hidden % d or (mode, dtype) == ("bwd", "fp8"):
+            continue  # FP8 is forward-only
         out.append(Problem(mode, dtype, args.tokens // s, s, args.hidden // d, d, causal, mask))
     return out
 
@@ -516,7 +517,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mode", type=_csv(str), default=["fwd", "bwd"], help="fwd,bwd")
-    p.add_argument("--dtype", type=_csv(str), default=["fp16", "bf16"], help="fp16,bf16")
+    p.add_argument("--dtype", type=_csv(str), default=["fp16", "bf16"], help="fp16,bf16,fp8")
     p.add_argument("--head-dims", type=_csv(int), default=[64, 128, 256])
     p.add_argument("--seqlens", type=_csv(int), default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument(

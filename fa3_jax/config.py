@@ -195,8 +195,9 @@ _FORWARD_UNITEMIZED_BYTES = 7 * 1024
 def forward_smem_bytes(
     config: ForwardConfig, head_dim: int, itemsize: int, *, segments: bool = False
 ) -> int:
-    """Shared memory the forward kernel allocates for ``config``; ``segments``: with
-    segment ids (an int32 id per Q row buffered and per K ring row)."""
+    """Shared memory the forward kernel allocates for ``config`` at ``itemsize`` bytes per
+    input element (1: FP8); ``segments``: with segment ids (an int32 id per Q row buffered
+    and per K ring row)."""
     n = config.num_consumers
     # Q, reused for O; two per warpgroup where persistent CTAs prefetch the next item's Q
     q_rows = config.q_buffers * n * config.block_q
@@ -205,12 +206,14 @@ def forward_smem_bytes(
     p = n * config.block_q * config.block_kv * itemsize if config.p_in_smem else 0
     lse = n * config.block_q * 4
     ids = 4 * (q_rows + config.num_stages * config.block_kv) if segments else 0
+    # FP8 (1-byte) inputs: O (bf16) gets buffers of its own, one per Q buffer
+    o = q_rows * head_dim * 2 if itemsize == 1 else 0
     dynamic = config.tile_order == "dynamic"
     # the dynamic order's two handed-over item indices and the producer's fetched one
     item_ring = 3 * 4 if dynamic else 0
     # Q (per buffer), K, V, K free, V free (per stage), turns (per consumer), item ring
     n_barriers = config.q_buffers * n + 4 * config.num_stages + n + (4 if dynamic else 0)
-    return q_o + kv + p + lse + ids + item_ring + 8 * n_barriers + _FORWARD_UNITEMIZED_BYTES
+    return q_o + o + kv + p + lse + ids + item_ring + 8 * n_barriers + _FORWARD_UNITEMIZED_BYTES
 
 
 def check_forward_fits(
@@ -331,7 +334,7 @@ def forward_config(
     ``masked``). ``seq_k``: keys per sequence (None: unknown; the grid launch is kept
     unless segment ids pick the dynamic order).
     ``interpret`` selects the shared-memory P path GPU interpret mode needs (with half
-    the kv tile where that path would not fit shared memory).
+    the kv tile where that path would not fit shared memory); FP8 ``dtype`` takes it too.
     """
     name = np.dtype(dtype).name
     config = TUNED_FORWARD.get((head_dim, name, _mask_kind(causal, masked or segments or window)))
@@ -344,9 +347,11 @@ def forward_config(
             segments=segments,
             seq_k=seq_k,
         )
-    if interpret:
+    itemsize = np.dtype(dtype).itemsize
+    # FP8 stages P through SMEM on the GPU too: Mosaic cannot relayout the softmax's FP8 P
+    # into the register layout wgmma reads 8-bit A operands in.
+    if interpret or itemsize == 1:
         config = dataclasses.replace(config, p_in_smem=True)
-        itemsize = np.dtype(dtype).itemsize
         need = forward_smem_bytes(config, head_dim, itemsize, segments=segments)
         if need > SMEM_LIMIT_BYTES:
             # Staged P next to a persistent CTA's two Q buffers (D128): halve the kv tile.

@@ -27,6 +27,7 @@ def attention_reference(
     alibi_slopes=None,
     segment_ids=None,
     block_mask: BlockMask | None = None,
+    descale_BG=None,
 ):
     """Reference attention.
 
@@ -40,19 +41,29 @@ def attention_reference(
       alibi_slopes: float32 ``[heads_q]`` or ``[batch, heads_q]``.
       segment_ids: ``[batch, seq]`` or ``(q_ids [batch, seq_q], kv_ids [batch, seq_k])``.
       block_mask: :class:`BlockMask`.
+      descale_BG: float8_e4m3fn inputs only: ``(descale_q, descale_k, descale_v)``,
+        float32 ``[batch, heads_kv]`` each: q, k and v are dequantized by them (a query
+        head uses its kv head's q scale); None: all 1.
 
     Returns:
-      ``(out [batch, seq_q, heads_q, head_dim_v] in q's dtype,
-      lse [batch, heads_q, seq_q] float32)``; a row with no visible key has
-      output 0 and lse ``-inf``.
+      ``(out [batch, seq_q, heads_q, head_dim_v] in q's dtype (bfloat16 for
+      float8_e4m3fn), lse [batch, heads_q, seq_q] float32)``; a row with no visible
+      key has output 0 and lse ``-inf``.
     """
     batch, seq_q, heads_q, head_dim = q_BSHD.shape
     heads_kv = k_BSHD.shape[2]
     group = heads_q // heads_kv
-    acc_dtype = jnp.promote_types(q_BSHD.dtype, jnp.float32)
+    fp8 = q_BSHD.dtype == jnp.float8_e4m3fn
+    acc_dtype = jnp.float32 if fp8 else jnp.promote_types(q_BSHD.dtype, jnp.float32)
+    out_dtype = jnp.bfloat16 if fp8 else q_BSHD.dtype
     q = q_BSHD.astype(acc_dtype).reshape(batch, seq_q, heads_kv, group, head_dim)
     k = k_BSHD.astype(acc_dtype)
     v = v_BSHD.astype(acc_dtype)
+    if descale_BG is not None:
+        descale_q, descale_k, descale_v = (jnp.asarray(x, acc_dtype) for x in descale_BG)
+        q = q * descale_q[:, None, :, None, None]
+        k = k * descale_k[:, None, :, None]
+        v = v * descale_v[:, None, :, None]
     hi = jax.lax.Precision.HIGHEST
     # logits [batch, heads_kv, group, seq_q, seq_k] -> [batch, heads_q, seq_q, seq_k]
     s = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, precision=hi)
@@ -73,6 +84,6 @@ def attention_reference(
     p = p / safe_denom
     p = p.reshape(batch, heads_kv, group, seq_q, spec.seq_k)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", p, v, precision=hi)
-    out = out.reshape(batch, seq_q, heads_q, v.shape[-1]).astype(q_BSHD.dtype)
+    out = out.reshape(batch, seq_q, heads_q, v.shape[-1]).astype(out_dtype)
     lse = jnp.where(denom > 0, jnp.log(safe_denom) + row_max, -jnp.inf)[..., 0]
     return out, lse.astype(jnp.promote_types(jnp.float32, acc_dtype))

@@ -19,6 +19,8 @@ __all__ = [
 ]
 
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
+#: Head dims of the FP8 (e4m3) forward, FlashAttention-3's.
+FP8_HEAD_DIMS = (64, 128, 256)
 
 
 def _block_kv_for(config: ForwardConfig, block_k: int | None) -> ForwardConfig:
@@ -59,9 +61,12 @@ def forward_unsupported_reason(
 ) -> str | None:
     """Why the Mosaic forward kernel cannot serve these inputs, or None."""
     del spec, softcap, has_alibi, has_segments
-    if q.dtype not in (jnp.float16, jnp.bfloat16):
-        return f"mosaic kernels take fp16/bf16, got {q.dtype}"
     head_dim = q.shape[-1]
+    if q.dtype == jnp.float8_e4m3fn:
+        if head_dim not in FP8_HEAD_DIMS:
+            return f"mosaic FP8 forward supports head_dim in {FP8_HEAD_DIMS}, got {head_dim}"
+    elif q.dtype not in (jnp.float16, jnp.bfloat16):
+        return f"mosaic kernels take fp16/bf16 (forward also float8_e4m3fn), got {q.dtype}"
     if head_dim not in SUPPORTED_HEAD_DIMS:
         return f"mosaic forward supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}"
     if v.shape[-1] != head_dim:
@@ -93,18 +98,26 @@ def mha_forward(
     segment_ids,
     block_mask: BlockMask | None,
     config: ForwardConfig | None = None,
+    descale_BG=None,
 ):
-    """Mosaic GPU forward: ``(out_BSHD in q.dtype, lse_BHS float32, natural log)``.
+    """Mosaic GPU forward: ``(out_BSHD in q.dtype (bf16 for FP8), lse_BHS float32, natural
+    log)``.
 
     Args:
-      q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16.
-      k_BSHD, v_BSHD: ``[batch, seq_k, heads_kv, head_dim]``.
+      q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16, or float8_e4m3fn.
+      k_BSHD, v_BSHD: ``[batch, seq_k, heads_kv, head_dim]``, q's dtype.
       spec: positional masks; softmax_scale, softcap: logit transform.
       alibi_slopes_BH: float32 ``[batch or 1, heads_q]`` (or ``[heads_q]``) or None.
       segment_ids: ``(q_BS, kv_BS)`` int32 or None.
       block_mask: :class:`BlockMask` with block sizes multiples of 64, or None.
       config: kernel config; None picks the tuned/heuristic one.
+      descale_BG: FP8 only: ``(descale_q, descale_k, descale_v)``, float32 ``[batch,
+        heads_kv]`` each (the logits are ``q . k * descale_q * descale_k``, the output
+        ``P V * descale_v``), or None (all 1).
     """
+    fp8 = q_BSHD.dtype == jnp.float8_e4m3fn
+    if descale_BG is not None and not fp8:
+        raise ValueError(f"descale_BG is for float8_e4m3fn inputs, got {q_BSHD.dtype}")
     head_dim = q_BSHD.shape[-1]
     interpret = _platform.interpret_mode_active()
     if config is None:
@@ -144,6 +157,8 @@ def mha_forward(
         config=config,
         element_block_mask=element_block_mask,
         interpret=interpret,
+        fp8=fp8,
+        has_descale=descale_BG is not None,
     )
     return forward_kernel_call(
         static,
@@ -154,4 +169,5 @@ def mha_forward(
         segment_ids=segment_ids,
         alibi_slopes_BH=slopes,
         block_mask_int=block_mask_int,
+        descale_BG=descale_BG,
     )

@@ -27,6 +27,11 @@ rows past ``seq_q`` are dropped by the TMA store; K/V rows past ``seq_k`` are
 zero-filled by TMA and masked. (Lengths that are not multiples of 8 are padded
 by up to 7 rows first: Mosaic's tiled TMA views need whole 8-row tiles.)
 Rows that see no key give 0 and lse ``-inf``.
+
+FP8 (``ForwardStatic.fp8``, float8_e4m3fn): the same kernel with 1-byte Q/K/V tiles. FP8
+wgmma reads only K-major operands, so V comes in transposed and P V reads V^T tiles; P
+(e4m3) is staged through shared memory; O (bf16) gets buffers of its own; per (batch, kv
+head) descales fold into the exp2 scale and the final 1/l.
 """
 
 from __future__ import annotations
@@ -76,6 +81,11 @@ class ForwardStatic:
     alibi_per_batch: bool
     has_segments: bool
     config: ForwardConfig
+    #: FP8 (e4m3) inputs: V arrives transposed (``[B, H_kv, D, S]``: FP8 wgmma reads only
+    #: K-major operands), P is staged through shared memory in FP8 and O (bf16) gets buffers
+    #: of its own. ``has_descale``: per (batch, kv head) dequantization scales are applied.
+    fp8: bool = False
+    has_descale: bool = False
     #: (block_q, block_k) of a block mask evaluated per element on partial
     #: tiles (block_q not a multiple of the q tile); None when the tile
     #: metadata alone is exact.
@@ -133,6 +143,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
         q_seg_ref, kv_seg_ref, *rest = rest
     if st.has_alibi:
         slope_ref, *rest = rest
+    if st.has_descale:
+        qk_descale_ref, v_descale_ref, *rest = rest
     if st.element_block_mask is not None:
         block_ref, *rest = rest
     if cfg.tile_order == "balanced":
@@ -141,9 +153,22 @@ def _kernel(st: ForwardStatic, dims, *refs):
     if dynamic:
         counter_ref, *rest = rest
     out_ref, lse_ref, scratch, barriers = rest
-    q_smem, k_smem, v_smem, lse_smem, p_smem, q_seg_smem, kv_seg_smem, item_smem, fetched = scratch
+    (
+        q_smem,
+        k_smem,
+        v_smem,
+        lse_smem,
+        p_smem,
+        q_seg_smem,
+        kv_seg_smem,
+        item_smem,
+        fetched,
+        o_smem,
+    ) = scratch
+    # FP8: O (bf16) has buffers of its own, indexed like Q's; else O reuses Q's.
+    o_smem = q_smem if o_smem is None else o_smem
     q_bar, k_bar, v_bar, k_free, v_free, turn, item_full, item_free = barriers
-    dtype = q_ref.dtype
+    dtype, out_dtype = q_ref.dtype, out_ref.dtype
     head_dim = q_ref.shape[-1]
 
     wg = lax.axis_index("wg")
@@ -242,8 +267,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
         # logits stay raw and are multiplied by ``fold`` there.
         fold = st.softmax_scale * LOG2E if st.softcap is None and not st.has_alibi else None
 
-        def softmax(s, m_i, l_i):
-            """Online softmax step: (p in the input dtype, alpha, m_new, l_new)."""
+        def softmax(s, m_i, l_i, fold):
+            """Online softmax step: (p in the input dtype, alpha, m_new, l_new); ``fold``:
+            the item's scale folded into the exp2 FMA, or None."""
             row_max = s.max(axis=1)
             m_new = jnp.maximum(m_i, row_max if fold is None else row_max * fold)
             # A row with no visible key so far keeps m = -inf; shift by 0 instead.
@@ -253,6 +279,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
             p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
+
+        def v_operand(slot):
+            """P V's B operand: V ``[bkv, D]``; FP8 holds V^T (K-major) and reads it transposed."""
+            return v_smem.at[slot].transpose((1, 0)) if st.fp8 else v_smem.at[slot]
 
         def qk(slot, qb):
             def body(acc_ref):
@@ -272,7 +302,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
                 def body(acc_ref):
                     take_turn()
-                    plgpu.wgmma(acc_ref, p_smem.at[wg], v_smem.at[slot])
+                    plgpu.wgmma(acc_ref, p_smem.at[wg], v_operand(slot))
                     pass_turn()
                     return acc_ref[...]
 
@@ -338,6 +368,12 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             if st.has_alibi:
                 slope = slope_ref[b if st.alibi_per_batch else 0, h]
+            # The item's logit scale folded into exp2 (FP8: times q's and k's dequant scales).
+            fold_i = fold
+            if st.has_descale:
+                qk_descale = qk_descale_ref[b, lax.div(h, group)]
+                if fold is not None:
+                    fold_i = fold * qk_descale
             signed = st.has_alibi and alibi_splits(st.spec)
             if signed:
                 # ALiBi is c * (k - row0 - offset) (a key term) - c * (q - row0) (a query
@@ -355,6 +391,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 """Logits of one kv tile: base 2, or raw when ``fold`` is set."""
                 kv_tile, is_partial = info
                 if fold is None:
+                    if st.has_descale:
+                        s = s * qk_descale
                     s = logits_base2(s, softmax_scale=st.softmax_scale, softcap=st.softcap)
                 if signed:
                     k_from_row0 = kv_tile * bkv - row0 - st.spec.offset + k_iota
@@ -409,7 +447,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 info = tile_info(j)
                 plgpu.barrier_wait(k_bar.at[slot])
                 s = qk(slot, qb)
-                p, alpha, m_i, l_i = softmax(logits_freeing_k(s, info, slot), m_i, l_i)
+                p, alpha, m_i, l_i = softmax(logits_freeing_k(s, info, slot), m_i, l_i, fold_i)
                 acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
                 plgpu.barrier_wait(v_bar.at[slot])
                 acc = pv(acc, p, slot)
@@ -436,10 +474,12 @@ def _kernel(st: ForwardStatic, dims, *refs):
                         o_ref[...] = acc
                     take_turn()
                     plgpu.wgmma(s_ref, q_smem.at[qb], k_smem.at[nxt].transpose((1, 0)))
-                    plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_smem.at[slot])
+                    plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_operand(slot))
                     pass_turn()
                     s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
-                    p, alpha, m_new, l_new = softmax(logits_freeing_k(s, info, nxt), m_i, l_i)
+                    p, alpha, m_new, l_new = softmax(
+                        logits_freeing_k(s, info, nxt), m_i, l_i, fold_i
+                    )
                     return o_ref[...], p, alpha, m_new, l_new
 
                 o, p, alpha, m_i, l_i = pl.run_scoped(
@@ -465,7 +505,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     first = slot_of(base, 0)
                     plgpu.barrier_wait(k_bar.at[first])
                     s = qk(first, qb)
-                    p, _, m_i, l_i = softmax(logits_freeing_k(s, info, first), m_i, l_i)
+                    p, _, m_i, l_i = softmax(logits_freeing_k(s, info, first), m_i, l_i, fold_i)
                     prefetch_q(i, w_next)
                     acc, p, m_i, l_i = lax.fori_loop(
                         0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
@@ -487,8 +527,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             empty = l_i == 0.0
             inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
+            if st.has_descale:
+                inv_l = inv_l * v_descale_ref[b, lax.div(h, group)]
             out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
-            q_smem.at[qb][...] = out.astype(dtype)
+            o_smem.at[qb][...] = out.astype(out_dtype)
             lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
             if signed:
                 q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
@@ -496,7 +538,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             lse = jnp.where(empty, -jnp.inf, lse2 * LN2)
             lse_smem.at[wg][...] = lse
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(q_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
+            plgpu.copy_smem_to_gmem(o_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
             plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
             if cfg.persistent and cfg.q_buffers == 1:
                 load_next_q(i)
@@ -570,7 +612,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 def _():
                     plgpu.barrier_wait(v_free.at[slot])
 
-                plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot], v_bar.at[slot])
+                # FP8: the same keys are columns of V^T.
+                v_tile = v_ref.at[b, kv_head, :, rows] if st.fp8 else v_ref.at[b, rows, kv_head]
+                plgpu.copy_gmem_to_smem(v_tile, v_smem.at[slot], v_bar.at[slot])
 
             return base + n_tiles
 
@@ -650,8 +694,9 @@ def forward_kernel_call(
     segment_ids=None,
     alibi_slopes_BH=None,
     block_mask_int=None,
+    descale_BG=None,
 ):
-    """Runs the kernel: ``(out_BSHD in q.dtype, lse_BHS float32 natural log)``.
+    """Runs the kernel: ``(out_BSHD in q.dtype (bf16 for FP8), lse_BHS float32 natural log)``.
 
     Args:
       st: static description (mask spec, scale, softcap, config, ...).
@@ -663,12 +708,17 @@ def forward_kernel_call(
       alibi_slopes_BH: float32 ``[batch or 1, heads_q]`` or None.
       block_mask_int: int32 ``[B or 1, H or 1, n_q_blocks, n_k_blocks]`` when
         ``st.element_block_mask`` is set.
+      descale_BG: FP8 only, ``(q, k, v)`` float32 dequantization scales ``[B, H_kv]`` when
+        ``st.has_descale``.
     """
     cfg = st.config
     batch, seq_q, heads_q, head_dim = q_BSHD.shape
     seq_k, heads_kv = k_BSHD.shape[1], k_BSHD.shape[2]
     dtype = q_BSHD.dtype
+    out_dtype = jnp.bfloat16 if st.fp8 else dtype
     check_forward_fits(cfg, head_dim, jnp.dtype(dtype).itemsize, segments=st.has_segments)
+    if st.fp8 and not cfg.p_in_smem:
+        raise ValueError("FP8 inputs need a ForwardConfig with p_in_smem=True (P staged in SMEM)")
     if (meta.tile_q, meta.tile_k) != (cfg.tile_q, cfg.block_kv) or meta.transposed:
         raise ValueError(
             f"tile metadata tiles ({meta.tile_q}, {meta.tile_k}) do not match the config's "
@@ -678,7 +728,15 @@ def forward_kernel_call(
     padded_q = n_q_tiles * cfg.tile_q
     # Mosaic's tiled TMA views need sequence lengths that are multiples of the
     # 8-row tile; other lengths are padded by at most 7 rows (masked / dropped).
-    q_in, k_in, v_in = _pad_seq(q_BSHD), _pad_seq(k_BSHD), _pad_seq(v_BSHD)
+    q_in, k_in = _pad_seq(q_BSHD), _pad_seq(k_BSHD)
+    if st.fp8:
+        # V^T [B, H_kv, D, S_pad] (FP8 wgmma reads B K-major), keys zero-padded to whole tiles.
+        v_in = jnp.pad(
+            jnp.transpose(v_BSHD, (0, 2, 3, 1)),
+            ((0, 0), (0, 0), (0, 0), (0, -seq_k % cfg.block_kv)),
+        )
+    else:
+        v_in = _pad_seq(v_BSHD)
     meta_inputs = tile_list_operands(meta, _masked(st))
     inputs = [q_in, k_in, v_in, *meta_inputs]
     if st.has_segments:
@@ -689,6 +747,9 @@ def forward_kernel_call(
         inputs.append(jnp.pad(kv_seg.astype(jnp.int32), ((0, 0), (0, padded_k - seq_k))))
     if st.has_alibi:
         inputs.append(jnp.asarray(alibi_slopes_BH, jnp.float32))
+    if st.has_descale:
+        descale_q, descale_k, descale_v = (jnp.asarray(x, jnp.float32) for x in descale_BG)
+        inputs += [descale_q * descale_k, descale_v]
     if st.element_block_mask is not None:
         mask_bq, mask_bk = st.element_block_mask
         if mask_bq % cfg.block_q or mask_bk % cfg.block_kv:
@@ -709,7 +770,12 @@ def forward_kernel_call(
             transforms=_smem_transforms(head_dim, dtype),
         ),
         plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
-        plgpu.SMEM((stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)),
+        # V, or FP8's V^T
+        plgpu.SMEM((stages, head_dim, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
+        if st.fp8
+        else plgpu.SMEM(
+            (stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)
+        ),
         plgpu.SMEM((n_consumers, bq), jnp.float32),
         plgpu.SMEM((n_consumers, bq, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
         if cfg.p_in_smem
@@ -721,6 +787,14 @@ def forward_kernel_call(
         # and the producer's fetched index
         plgpu.SMEM((2,), jnp.int32) if dynamic else None,
         plgpu.SMEM((1,), jnp.int32) if dynamic else None,
+        # FP8: O in bf16 (Q's 1-byte buffers are too small), one per Q buffer
+        plgpu.SMEM(
+            (q_buffers * n_consumers, bq, head_dim),
+            out_dtype,
+            transforms=_smem_transforms(head_dim, out_dtype),
+        )
+        if st.fp8
+        else None,
     )
     # With segment ids the Q copy and the q-id copy both arrive on q_bar, the producer's K copy
     # and kv-id copy on k_bar.
@@ -771,7 +845,7 @@ def forward_kernel_call(
         meta.n_cols,
     )
     out_types = (
-        jax.ShapeDtypeStruct(q_in.shape, dtype),
+        jax.ShapeDtypeStruct(q_in.shape, out_dtype),
         # LSE rows padded to whole q tiles keep every TMA store aligned.
         jax.ShapeDtypeStruct((batch, heads_q, padded_q), jnp.float32),
     )

@@ -240,13 +240,19 @@ def _run(kernel: Callable, named: list, out_letters: tuple[str, ...]):
     return fn(*(array for _, array, _ in named))
 
 
-def sharded_forward(q_BSHD, k_BSHD, v_BSHD, *, alibi_slopes_BH, segment_ids, block_mask, **static):
+def sharded_forward(
+    q_BSHD, k_BSHD, v_BSHD, *, alibi_slopes_BH, segment_ids, block_mask, descale_BG=None, **static
+):
     """:func:`mha_forward` split over batch and heads under ``jit``; same arguments and results."""
     named = [("q", q_BSHD, "bshd"), ("k", k_BSHD, "btgd"), ("v", v_BSHD, "btge")]
     named += _extras(alibi_slopes_BH, segment_ids, block_mask, q_BSHD.shape[2])
+    if descale_BG is not None:
+        named += [(f"descale_{x}", d, "bg") for x, d in zip("qkv", descale_BG, strict=True)]
 
     def kernel(local):
         extra = _extra_kwargs(local, block_mask)
+        if descale_BG is not None:
+            extra["descale_BG"] = tuple(local[f"descale_{x}"] for x in "qkv")
         return mha_forward(local["q"], local["k"], local["v"], **extra, **static)
 
     return _run(kernel, named, ("bshe", "bhs"))

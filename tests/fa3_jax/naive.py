@@ -23,11 +23,13 @@ def naive_attention(
     q_seg=None,
     kv_seg=None,
     block=None,
+    round_p=None,
 ):
     """Returns ``(out [B, Sq, Hq, Dv], lse [B, Hq, Sq])`` computed in q's dtype.
 
     ``block`` is ``(mask [B or 1, H or 1, nq, nk] bool, block_q, block_k)``;
-    ``alibi`` is ``[H]`` or ``[B, H]``.
+    ``alibi`` is ``[H]`` or ``[B, H]``; ``round_p``, if given, rounds the unnormalized
+    probabilities ``exp(s - row max)`` before they multiply V (an FP8 P·V), not in the sum.
     """
     batch, seq_q, heads_q, head_dim = q.shape
     seq_k, heads_kv = k.shape[1], k.shape[2]
@@ -63,6 +65,8 @@ def naive_attention(
     p = xp.exp(s - row_max)
     denom = xp.sum(p, axis=-1, keepdims=True)
     safe = xp.where(denom > 0, denom, 1)
+    if round_p is not None:
+        p = round_p(p)
     out = xp.einsum("bhqk,bkhd->bqhd", p / safe, v)
     lse = xp.where(denom > 0, xp.log(safe) + row_max, -np.inf)[..., 0]
     return out, lse

@@ -30,7 +30,7 @@ BAD_INPUTS = [
     (
         dict(q=np.ones((2, 16, 4, 32), np.int32)),
         TypeError,
-        "q must be float16, bfloat16 or float32",
+        "q must be float16, bfloat16, float32 or float8_e4m3fn",
     ),
     (dict(v=np.ones((2, 16, 2, 32), np.float16)), TypeError, "share one dtype"),
     (dict(k=np.ones((3, 16, 2, 32), np.float32)), ValueError, "batch sizes differ"),

@@ -7,6 +7,7 @@ over devices is traced with per-device shapes. Checked: each device runs its own
 heads (no operand is gathered), results keep q's sharding and equal the unsplit call, and head
 shardings the kernels cannot split (kv heads not dividing) fall back to gathering the heads; vmap
 folds into the batch; an explicit-sharding mesh runs the same split under shard_map.
+FP8 descales ([batch, kv heads]) split with the kv heads they scale.
 The real kernels under this partitioning run on GPUs in `benchmarks/sharded_gpu_check.py`.
 """
 
@@ -121,7 +122,30 @@ _SCRIPT = textwrap.dedent(
         return {"err": max_err(split, whole), "traced": sorted(set(seen)),
                 "out_spec": str(split[0].sharding.spec)}
 
+    def fp8_case():
+        # FP8 descales [batch, kv heads] split with the kv heads they scale
+        partition.batch_head_partitioned = split_fn
+        seen.clear()
+        q, k, v, _, seg = inputs(13, (4,), 4, 2)
+        q, k, v = (x.astype(jnp.float8_e4m3fn) for x in (q, k, v))
+        scales = tuple(jnp.linspace(0.5, 1.5, 8).reshape(4, 2) + i for i in range(3))
+        def run(q, k, v, *scales):
+            return partition.sharded_forward(q, k, v, alibi_slopes_BH=None, segment_ids=(seg, seg),
+                                             block_mask=None, descale_BG=scales, **STATIC)
+        sh = NamedSharding(mesh, P("data", None, "model", None))
+        sc = NamedSharding(mesh, P("data", "model"))
+        args = [jax.device_put(x, sh) for x in (q, k, v)] + [jax.device_put(x, sc) for x in scales]
+        fn = jax.jit(run)
+        hlo = fn.lower(*args).compile().as_text()
+        split = fn(*args)
+        # against the reference itself: a descale lost on the way would show
+        whole = attention_reference(q, k, v, alibi_slopes=None, segment_ids=(seg, seg),
+                                    block_mask=None, descale_BG=scales, **STATIC)
+        return {"gathers": hlo.count("all-gather"), "err": max_err(split, whole),
+                "traced": sorted(set(seen)), "out_spec": str(split[0].sharding.spec)}
+
     print(json.dumps({
+        "fp8": fp8_case(),
         "explicit": explicit_case(),
         "vmap": vmap_case(),
         "split": case(4, 4, 2, False, True),
@@ -166,6 +190,14 @@ def test_vmap_folds_the_mapped_axis_into_the_batch(results):
 
 def test_explicit_mesh_runs_the_kernels_under_shard_map(results):
     r = results["explicit"]
+    assert [2, 128, 2, 32] in r["traced"], r
+    assert r["out_spec"] == "P('data', None, 'model', None)", r
+    assert r["err"] < 1e-5, r
+
+
+def test_fp8_descales_split_with_their_kv_heads(results):
+    r = results["fp8"]
+    assert r["gathers"] == 0, r
     assert [2, 128, 2, 32] in r["traced"], r
     assert r["out_spec"] == "P('data', None, 'model', None)", r
     assert r["err"] < 1e-5, r
