@@ -31,12 +31,11 @@ F8 = jnp.float8_e4m3fn
 
 
 def _fp8_inputs(case: Case, seed: int, descale: bool):
-    """FP8 q, k, v (|x| up to ~8: e4m3's range used), their dequantized float64 values,
-    the descales (None: all 1) and the attention / naive keywords."""
+    """FP8 q, k, v (|x| up to ~8: e4m3's range used), their dequantized float64 values and
+    the attention keywords (with random descales when ``descale``) and naive keywords."""
     q, k, v, kwargs, naive = make_inputs(case, seed)
     rng = np.random.default_rng(seed + 1)
     q8, k8, v8 = (jnp.asarray(2.0 * x, F8) for x in (q, k, v))
-    scales = None
     real = [np.asarray(x, np.float64) for x in (q8, k8, v8)]
     if descale:
         scales = [rng.uniform(0.25, 1.5, (case.batch, case.heads_kv)) for _ in range(3)]
