@@ -68,6 +68,9 @@ _KERNEL_CASES = [
     # window with softcap and ALiBi: the scale is applied before tanh, not folded into exp2
     (Case(dtype=F8, batch=1, heads_q=4, heads_kv=1, seq_q=333, seq_k=333, head_dim=128,
           window=(70, 20), softcap=20.0, alibi="batch"), True),
+    # per-head block-sparse mask (64-row blocks: each warpgroup checks its block's bit)
+    (Case(dtype=F8, batch=1, heads_q=2, heads_kv=1, seq_q=256, seq_k=320, head_dim=64,
+          block_sparse=(64, 128, 0.5)), True),
     # head dim 256: one CTA per q tile, 64-key tiles
     (Case(dtype=F8, batch=1, heads_q=2, heads_kv=2, seq_q=130, seq_k=190, head_dim=256,
           causal=True), True),
