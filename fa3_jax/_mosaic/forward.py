@@ -371,7 +371,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
             # The item's logit scale folded into exp2 (FP8: times q's and k's dequant scales).
             fold_i = fold
             if st.has_descale:
-                qk_descale = qk_descale_ref[b, lax.div(h, group)]
+                kv_head = lax.div(h, group)
+                qk_descale, v_descale = qk_descale_ref[b, kv_head], v_descale_ref[b, kv_head]
                 if fold is not None:
                     fold_i = fold * qk_descale
             signed = st.has_alibi and alibi_splits(st.spec)
@@ -528,7 +529,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
             empty = l_i == 0.0
             inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
             if st.has_descale:
-                inv_l = inv_l * v_descale_ref[b, lax.div(h, group)]
+                inv_l = inv_l * v_descale
             out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
             o_smem.at[qb][...] = out.astype(out_dtype)
             lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
