@@ -470,7 +470,7 @@ def end_to_end_runs(out_dir):
                 mosaic_backward.default_backward_config = (
                     lambda *a, kv=kv, **k: dataclasses.replace(
                         default(*a, **k), dq="kernel", block_kv_dq=kv))
-                ms, _ = fb.time_jax("fa3_jax", problem, masks, cli)
+                ms, _ = fb.jax_timer("fa3_jax", problem, masks, cli)()
                 rec[label] = round(fb.flops(problem, masks[1]) / ms / 1e9, 1)
             mosaic_backward.default_backward_config = default
             print("BENCH", json.dumps(rec), flush=True)

@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -130,6 +130,32 @@ case "$stage" in
   fp8) timeout 200 python -m pytest -q -p no:cacheprovider -m gpu tests/fa3_jax/test_fp8.py 2>&1 | tee -a "$OUT/$stage.log" | tail -8
        python -m fa3_jax.benchmark --mode fwd --dtype fp8,bf16 --head-dims 128 --seqlens 8192 --causal no,yes \
          --impls fa3_jax --tag h100-fwd-fp8 2>&1 | tee -a "$OUT/$stage.log" | tail -12 ;;
+  # FP8: its GPU tests, config variants against the heuristic's at 8k (D128, 64, 256), then ncu
+  # pipe use of the FP8 and bf16 D128 8k dense kernels (tensor, MUFU, FMA, ALU) (~7 min)
+  fp8-sweep) timeout 200 python -m pytest -q -p no:cacheprovider -m gpu tests/fa3_jax/test_fp8.py 2>&1 | tee -a "$OUT/$stage.log" | tail -4
+       python benchmarks/mosaic_forward_check.py --out "$OUT" --fp8 2>&1 | tee -a "$OUT/$stage.log" | tail -7
+       pipes=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active
+       pipes+=,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active
+       pipes+=,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active
+       pipes+=,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active
+       for dt in fp8 bf16; do
+         timeout 120 ncu --clock-control none -k regex:mosaic --launch-skip 2 --launch-count 1 \
+           --section SpeedOfLight --section WarpStateStats --metrics "$pipes" \
+           python benchmarks/ncu_kernels.py fwd 128 8192 dense $dt > "$OUT/ncu_fwd_128_8192_$dt.txt" 2>&1
+       done
+       grep -h "Duration\|pct_of_peak\|Stall\|Compute (SM) Th" "$OUT"/ncu_fwd_* ;;
+  # FP8: the variants fp8-sweep found ahead, each between two defaults, at 1k-16k (~4 min)
+  fp8-confirm) python benchmarks/mosaic_forward_check.py --out "$OUT" --fp8-confirm 2>&1 | tee -a "$OUT/$stage.log" | tail -9 ;;
+  # causal D64 fp16/bf16 2k-8k: three consumers against the default (two), cuDNN alongside (~3 min)
+  causal-c3) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-c3 2>&1 | tee -a "$OUT/$stage.log" | tail -7 ;;
+  # causal head dim 64 with every peer (fp16, bf16), then FP8 against bf16 at three head dims,
+  # 2k / 8k, dense and causal (ours only: the peers take no FP8 here) (~5 min)
+  fwd-d64-fp8) timeout 200 python -m pytest -q -p no:cacheprovider -m gpu tests/fa3_jax/test_fp8.py 2>&1 | tee -a "$OUT/$stage.log" | tail -4
+       python -m fa3_jax.benchmark --mode fwd --dtype fp16,bf16 --head-dims 64 --causal yes \
+         --seqlens 512,1024,2048,4096,8192,16384 --impls fa3_jax,cudnn,jax_mgpu,torch_cudnn,torch_fa2 \
+         --tag h100-fwd-causal-d64 2>&1 | tee -a "$OUT/$stage.log" | tail -14
+       python -m fa3_jax.benchmark --mode fwd --dtype fp8,bf16 --head-dims 64,128,256 --seqlens 2048,8192 \
+         --causal no,yes --impls fa3_jax --tag h100-fwd-fp8-grid 2>&1 | tee -a "$OUT/$stage.log" | tail -26 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -313,6 +314,16 @@ def dynamic_runs(report, save):
                      tile_order="dynamic", prefetch_q=True)
 
 
+def causal_c3_runs(report, save):
+    """Causal head dim 64 (the heuristic: the dynamic order, two consumers below 16k keys)
+    against the same with three consumers (192-row q tiles), 2k-8k, fp16 and bf16, cuDNN
+    alongside: FP8 gained 6% / 15% at 4k / 8k from the third consumer (H100, 2026-11-27)."""
+    runs = [dict(d=64, s=s, causal=True, dtype=dtype)
+            for dtype in (jnp.float16, jnp.bfloat16) for s in (2048, 4096, 8192)]
+    _against_default(report, save, runs, "c3", num_consumers=3, consumer_registers=160,
+                     producer_registers=32)
+
+
 def one_q_runs(report, save):
     """Head dim 256 (two Q buffers per consumer do not fit shared memory) on the grid against
     persistent CTAs with one Q buffer (``prefetch_q=False``): balanced order when causal,
@@ -387,6 +398,98 @@ def causal_gap_runs(report, save):
         save()
 
 
+#: FP8 variants of the heuristic's config: (label, changes). P is staged through shared
+#: memory, so one S accumulator (64 x block_kv fp32) fewer is live than with bf16 P in
+#: registers: wider kv tiles may fit, more so without overlap (one S live instead of two).
+_FP8_VARIANTS = [
+    ("default", {}),
+    ("pp", dict(pingpong=True)),
+    ("st3", dict(num_stages=3)),
+    ("noov", dict(overlap=False)),
+    ("noov_pp", dict(overlap=False, pingpong=True)),
+    ("kv192", dict(block_kv=192)),
+    ("kv192_pp", dict(block_kv=192, pingpong=True)),
+    ("kv192_noov_pp", dict(block_kv=192, overlap=False, pingpong=True)),
+    ("kv256_noov", dict(block_kv=256, overlap=False)),
+    ("kv256_noov_pp", dict(block_kv=256, overlap=False, pingpong=True)),
+]
+
+
+def _fp8_config(base, label):
+    """``base`` changed as :data:`_FP8_VARIANTS` names ``label``; ``c2`` / ``c3``: that many
+    consumers (with their register split); ``default_again``: ``base``."""
+    if label in ("c2", "c3"):
+        return with_consumers(base, int(label[1]))
+    return dataclasses.replace(base, **dict(_FP8_VARIANTS).get(label, {}))
+
+
+def _fp8_bench(report, save, d, s, causal, labels):
+    """TFLOP/s of the FP8 forward in each of ``labels``' configs (see :func:`_fp8_config`)
+    at ``d``, ``s`` keys (FA3 grid: batch * s = 16k, heads * d = 2048), inputs from
+    ``quantize_fp8`` of normal ones, descales on; ``max_diff`` against the first label's
+    output (the default itself is checked by ``pytest -m gpu``)."""
+    from fa3_jax.fp8 import quantize_fp8
+
+    b, h = 16384 // s, 2048 // d
+    rng = np.random.default_rng(0)
+    (q, dq), (k, dk), (v, dv) = (
+        quantize_fp8(jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.float32))
+        for _ in range(3))
+    base = forward_config(d, jnp.float8_e4m3fn, causal=causal, seq_k=s)
+    spec = MaskSpec(s, s, causal)
+    flops = 4 * b * s * s * h * d / (2 if causal else 1)
+    results, diffs, ref = {}, {}, None
+    for label in labels:
+        try:
+            fn = jax.jit(functools.partial(
+                _mosaic.mha_forward, spec=spec, softmax_scale=d**-0.5, softcap=None,
+                alibi_slopes_BH=None, segment_ids=None, block_mask=None,
+                config=_fp8_config(base, label)))
+            out = np.asarray(fn(q, k, v, descale_BG=(dq, dk, dv))[0], np.float32)
+            if ref is None:
+                ref = out
+            diffs[label] = float(np.abs(out - ref).max())
+            sec = _time(lambda *a, fn=fn: fn(*a[:3], descale_BG=a[3:])[0], q, k, v, dq, dk, dv)
+            results[label] = round(flops / sec / 1e12, 1)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            results[label] = f"ERR {type(e).__name__}: {str(e)[:300]}"
+    r = dict(d=d, s=s, causal=causal, dtype="float8_e4m3fn", base_config=str(base),
+             tflops=results, max_diff=diffs)
+    print(r, flush=True)
+    report["bench"].append(r)
+    save()
+
+
+def fp8_runs(report, save):
+    """FP8 forward at 8k keys, non-causal and causal: the heuristic's config against
+    :data:`_FP8_VARIANTS` and, at head dim 64, the other consumer count (no wider kv tiles at
+    256: they do not fit shared memory beside its bf16 O buffers)."""
+    for d in (128, 64, 256):
+        for causal in (False, True):
+            base = forward_config(d, jnp.float8_e4m3fn, causal=causal, seq_k=8192)
+            labels = [label for label, change in _FP8_VARIANTS
+                      if d != 256 or "block_kv" not in change]
+            if d == 64:
+                labels.append(f"c{5 - base.num_consumers}")
+            _fp8_bench(report, save, d, 8192, causal, labels)
+
+
+#: (head dim, keys, causal, variants): where ``--fp8`` found a variant ahead of the default
+#: at 8k (H100, 2026-11-27), each against the default before and after, at several lengths.
+_FP8_CONFIRM = [
+    *[(64, s, True, ("default", "c3", "kv256_noov", "default_again"))
+      for s in (1024, 2048, 4096, 8192, 16384)],
+    *[(64, s, False, ("default", "noov", "st3", "default_again")) for s in (2048, 8192)],
+    *[(256, s, True, ("default", "noov_pp", "st3", "default_again")) for s in (2048, 8192)],
+]
+
+
+def fp8_confirm_runs(report, save):
+    """:data:`_FP8_CONFIRM`'s variants against the default at several lengths."""
+    for d, s, causal, labels in _FP8_CONFIRM:
+        _fp8_bench(report, save, d, s, causal, labels)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -411,6 +514,12 @@ def main():
                     help="checks and timings with the dynamic order against the default")
     ap.add_argument("--causal-gap", action="store_true",
                     help="causal head dim 64 against dense: where the time goes")
+    ap.add_argument("--fp8", action="store_true",
+                    help="FP8 forward: config variants against the heuristic's (no checks)")
+    ap.add_argument("--fp8-confirm", action="store_true",
+                    help="FP8 forward: the variants --fp8 found ahead, at several lengths")
+    ap.add_argument("--causal-c3", action="store_true",
+                    help="causal head dim 64: three consumers against the default, 2k-8k")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -482,7 +591,8 @@ def main():
                    dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
                         config=_balanced_c3(forward_config(64, f16, causal=True), overlap=False,
                                             pingpong=True)))]
-    if not (args.skip_checks or args.ablation or args.short or args.causal_gap):
+    if not (args.skip_checks or args.ablation or args.short or args.causal_gap or args.fp8
+            or args.fp8_confirm or args.causal_c3):
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -498,7 +608,8 @@ def main():
     modes = dict(persistent=persistent_runs, order=order_runs, consumers=consumer_runs,
                  short=short_runs, causal_consumers=causal_consumer_runs,
                  static_wg=static_wg_runs, causal_gap=causal_gap_runs,
-                 one_q=one_q_runs, dynamic=dynamic_runs)
+                 one_q=one_q_runs, dynamic=dynamic_runs, fp8=fp8_runs,
+                 fp8_confirm=fp8_confirm_runs, causal_c3=causal_c3_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

@@ -6,7 +6,9 @@ calls. ``fwd`` runs one forward kernel per call (profile with ``--launch-skip 2 
 (``--launch-skip 4 --launch-count 2``). MASK: ``causal``, ``dense`` or ``tail`` (dense with 8
 keys fewer: element masks compiled in, the last kv tile of each row partial). An optional fifth
 argument, ``kernel`` or ``atomic``, forces the backward's dQ mode (``atomic``: one Mosaic kernel
-per call, ``--launch-skip 2 --launch-count 1``).
+per call, ``--launch-skip 2 --launch-count 1``); for ``fwd`` it names the dtype: ``fp16``
+(default), ``bf16`` or ``fp8`` (float8_e4m3fn from ``quantize_fp8``, with descales; the
+forward then launches V's transpose before the kernel: profile with ``-k regex:mosaic``).
 """
 
 from __future__ import annotations
@@ -19,17 +21,26 @@ import jax.numpy as jnp
 
 from fa3_jax import _mosaic
 from fa3_jax.config import default_backward_config
+from fa3_jax.fp8 import quantize_fp8
 from fa3_jax.masks import MaskSpec
 
 
-def main(mode: str, d: int, s: int, mask: str, dq: str | None = None) -> None:
+def main(mode: str, d: int, s: int, mask: str, extra: str | None = None) -> None:
     b, h = 16384 // s, 2048 // d
     causal = mask == "causal"
     keys = s - 8 if mask == "tail" else s
+    dq = extra if mode == "bwd" else None
+    dtype = {"fp16": jnp.float16, "bf16": jnp.bfloat16, "fp8": jnp.float32}[
+        extra if mode == "fwd" and extra else "fp16"
+    ]
     q_BSHD, k_BSHD, v_BSHD, do_BSHD = (
-        jax.random.normal(key, (b, s, h, d), jnp.float16)
+        jax.random.normal(key, (b, s, h, d), dtype)
         for key in jax.random.split(jax.random.key(0), 4)
     )
+    descale = None
+    if extra == "fp8" and mode == "fwd":
+        (q_BSHD, dq_), (k_BSHD, dk_), (v_BSHD, dv_) = map(quantize_fp8, (q_BSHD, k_BSHD, v_BSHD))
+        descale = (dq_, dk_, dv_)
     k_BSHD, v_BSHD = k_BSHD[:, :keys], v_BSHD[:, :keys]
     spec = MaskSpec(s, keys, causal, None, None)
     common = dict(
@@ -40,7 +51,7 @@ def main(mode: str, d: int, s: int, mask: str, dq: str | None = None) -> None:
         segment_ids=None,
         block_mask=None,
     )
-    forward = jax.jit(lambda q, k, v: _mosaic.mha_forward(q, k, v, **common))
+    forward = jax.jit(lambda q, k, v: _mosaic.mha_forward(q, k, v, **common, descale_BG=descale))
     if mode == "fwd":
         for _ in range(3):
             jax.block_until_ready(forward(q_BSHD, k_BSHD, v_BSHD))

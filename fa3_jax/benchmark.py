@@ -291,9 +291,10 @@ def _timed(fn, args, cli) -> tuple[float, list[str] | None]:
     return time_calls(fn, args, iters=cli.iters, repeats=cli.repeats), None
 
 
-def time_jax(impl, problem, masks, args) -> tuple[float, list[str] | None]:
-    """Milliseconds per call of the forward, or of the backward alone, and, with
-    CUPTI, the kernels one timed call launches.
+def jax_timer(impl, problem, masks, args):
+    """A function that times one round of ``impl`` on ``problem``: milliseconds per call of
+    the forward, or of the backward alone, and, with CUPTI, the kernels one timed call
+    launches. Built once (inputs, jit), called once per round.
 
     The backward is timed on its own: the forward runs once (``jax.vjp`` under
     ``jit``), and the jitted pullback is timed on the saved residuals, as
@@ -304,10 +305,40 @@ def time_jax(impl, problem, masks, args) -> tuple[float, list[str] | None]:
     dt = DTYPES[problem.dtype]
     q, k, v = (jnp.asarray(rng.standard_normal(problem.shape()), dt) for _ in range(3))
     if problem.mode == "fwd":
-        return _timed(jax.jit(fn), (q, k, v), args)
-    do = jnp.asarray(rng.standard_normal(problem.shape()), dt)
-    _, pullback = jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v))(q, k, v)
-    return _timed(jax.jit(lambda pullback, do: pullback(do)), (pullback, do), args)
+        timed, timed_args = jax.jit(fn), (q, k, v)
+    else:
+        do = jnp.asarray(rng.standard_normal(problem.shape()), dt)
+        _, pullback = jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v))(q, k, v)
+        timed, timed_args = jax.jit(lambda pullback, do: pullback(do)), (pullback, do)
+    return lambda: _timed(timed, timed_args, args)
+
+
+def time_rounds(timers: dict, rounds: int) -> dict:
+    """``{impl: (median ms over rounds, [ms per round], kernels) or error string}``.
+
+    Each round times every impl once, in turn: this card's speed drifts between two
+    states ~10% apart from one 60-call measurement to the next (benchmarks/NOTES.md,
+    "Session 17"), for every implementation alike, so a ratio of two single measurements
+    carries that swing; medians over interleaved rounds do not.
+    """
+    samples = {impl: [] for impl in timers}
+    kernels, errors = {}, {}
+    for _ in range(rounds):
+        for impl, timer in timers.items():
+            if impl in errors:
+                continue
+            try:
+                ms, kernels[impl] = timer()
+            except Exception as e:  # a peer that cannot run this configuration
+                errors[impl] = f"{type(e).__name__}: {e}"[:300]
+                continue
+            samples[impl].append(ms)
+    return {
+        impl: errors[impl]
+        if impl in errors
+        else (statistics.median(samples[impl]), samples[impl], kernels[impl])
+        for impl in timers
+    }
 
 
 # ---------------------------------------------------------------- torch (subprocess)
@@ -348,23 +379,30 @@ def kernel_time(fn):
     per = len(kernels) // calls
     sums = sorted(sum(us for _, us in kernels[i:i + per]) for i in range(0, len(kernels), per))
     return sums[len(sums) // 2] * 1e-3
+def one_round(impl, p, q, k, v, do):
+    with sdpa_kernel(backends[impl]):
+        if p["mode"] == "fwd":
+            return timed(lambda: sdpa(q, k, v, is_causal=p["causal"]))
+        qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+        out = sdpa(qq, kk, vv, is_causal=p["causal"])
+        return timed(lambda: torch.autograd.grad(out, (qq, kk, vv), do, retain_graph=True))
 for p in cfg["problems"]:
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[p["dtype"]]
     shape = (p["batch"], p["heads"], p["seq"], p["head_dim"])
     q, k, v, do = (torch.randn(shape, device="cuda", dtype=dt) for _ in range(4))
-    for impl in cfg["impls"]:
-        rec = {"impl": impl, "key": p["key"]}
-        try:
-            with sdpa_kernel(backends[impl]):
-                if p["mode"] == "fwd":
-                    rec["ms"] = timed(lambda: sdpa(q, k, v, is_causal=p["causal"]))
-                else:
-                    qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
-                    out = sdpa(qq, kk, vv, is_causal=p["causal"])
-                    rec["ms"] = timed(lambda: torch.autograd.grad(out, (qq, kk, vv), do,
-                                                                  retain_graph=True))
-        except Exception as e:
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
+    recs = {impl: {"impl": impl, "key": p["key"], "ms_rounds": []} for impl in cfg["impls"]}
+    for _ in range(cfg["rounds"]):  # the backends in turn, as the JAX impls
+        for impl, rec in recs.items():
+            if "error" in rec:
+                continue
+            try:
+                rec["ms_rounds"].append(one_round(impl, p, q, k, v, do))
+            except Exception as e:
+                rec["error"] = f"{type(e).__name__}: {e}"[:300]
+    for rec in recs.values():
+        if "error" not in rec:
+            runs = sorted(rec["ms_rounds"])
+            rec["ms"] = (runs[(len(runs) - 1) // 2] + runs[len(runs) // 2]) / 2
         print(json.dumps(rec), flush=True)
 """
 
@@ -375,7 +413,12 @@ def time_torch(impls, problems, args):
     if not todo:
         return {}
     cfg = dict(
-        problems=todo, impls=list(impls), iters=args.iters, repeats=args.repeats, timer=args.timer
+        problems=todo,
+        impls=list(impls),
+        iters=args.iters,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        timer=args.timer,
     )
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     try:
@@ -392,7 +435,10 @@ def time_torch(impls, problems, args):
     results = {}
     for line in proc.stdout.splitlines():
         rec = json.loads(line)
-        results[(rec["impl"], rec["key"])] = rec.get("ms", rec.get("error"))
+        ms = rec.get("ms")
+        results[(rec["impl"], rec["key"])] = (
+            rec["error"] if ms is None else (ms, rec["ms_rounds"], None)
+        )
     for impl, t in itertools.product(impls, todo):
         results.setdefault((impl, t["key"]), f"torch failed: {proc.stderr.strip()[-300:]}")
     return results
@@ -543,6 +589,13 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times each configuration is timed, the implementations in turn; the median "
+        "over rounds is reported",
+    )
+    p.add_argument(
         "--timer",
         choices=("cupti", "wall"),
         default=None,
@@ -592,20 +645,25 @@ def main(argv=None) -> list[dict]:
         work = {"visible_pairs": visible_pairs(problem, masks[1])}
         if problem.mode == "fwd" and problem.mask != "alibi":
             work["visited_tiles"] = visited_tiles(problem, masks[0])
+        timers, results = {}, {}
         for impl in args.impls:
             if impl.startswith("torch"):
-                if problem.mask != "none":
-                    continue
-                result = torch_results.get((impl, idx), "torch needs a CUDA GPU")
-            else:
-                kernels = None
-                try:
-                    result, kernels = time_jax(impl, problem, masks, args)
-                except Exception as e:  # a peer that cannot run this configuration
-                    result = f"{type(e).__name__}: {e}"[:300]
-            extra = {"implementation": fa3_impl, **work} if impl == "fa3_jax" else {}
-            if not impl.startswith("torch") and kernels:
-                extra["kernels"] = kernels
+                if problem.mask == "none":
+                    results[impl] = torch_results.get((impl, idx), "torch needs a CUDA GPU")
+                continue
+            try:
+                timers[impl] = jax_timer(impl, problem, masks, args)
+            except Exception as e:  # a peer that cannot run this configuration
+                results[impl] = f"{type(e).__name__}: {e}"[:300]
+        results.update(time_rounds(timers, args.rounds))
+        for impl in [i for i in args.impls if i in results]:
+            result, extra = results[impl], {}
+            if impl == "fa3_jax":
+                extra = {"implementation": fa3_impl, **work}
+            if not isinstance(result, str):
+                result, extra["ms_rounds"], kernels = result
+                if kernels:
+                    extra["kernels"] = kernels
             rec = record(problem, impl, result, problem_flops, {**meta, **extra})
             records.append(rec)
             shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]

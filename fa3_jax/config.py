@@ -28,6 +28,8 @@ __all__ = [
     "TUNED_FORWARD",
     "BackwardConfig",
     "default_backward_config",
+    "CAUSAL_THREE_CONSUMERS_MIN_SEQ_K",
+    "FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K",
     "FUSED_DQ_MIN_SEQ_K",
     "FUSED_DQ_MIN_SEQ_K_CAUSAL_D128",
     "FUSED_DQ_MIN_SEQ_K_DENSE_D128",
@@ -61,10 +63,9 @@ class ForwardConfig:
         overlaps the others' GEMMs (FA3 technique 2).
       overlap: issue the next tile's Q.K^T before this tile's P.V and softmax
         (FA3 technique 3, intra-warpgroup overlap).
-      p_in_smem: stage P through shared memory for the P.V wgmma and accumulate
-        P.V into a fresh accumulator added in registers (needed by GPU interpret
-        mode, which reads wgmma operand A only from shared memory); False keeps
-        P in registers and accumulates in place (the fast GPU path).
+      p_in_smem: stage P through shared memory for the P.V wgmma (needed by GPU
+        interpret mode, which reads wgmma operand A only from shared memory, and by
+        FP8 inputs); False keeps P in registers (the fast bf16/fp16 GPU path).
       consumer_registers: registers per thread of each consumer warpgroup.
       producer_registers: registers per thread of the producer warpgroup.
       persistent: launch ``num_ctas`` CTAs that each loop over work items
@@ -243,13 +244,18 @@ PERSISTENT_MAX_SEQ_K = 4096
 #: Causal inputs at head_dim 65-128 up to this many keys run in the dynamic order (longer
 #: ones in the balanced order; head_dim <= 64 always dynamic).
 DYNAMIC_CAUSAL_MAX_SEQ_K = 1024
-#: Causal inputs at head_dim <= 64 from this many keys run three consumer warpgroups.
-CAUSAL_THREE_CONSUMERS_MIN_SEQ_K = 16384
+#: Causal inputs at head_dim <= 64 from this many keys run three consumer warpgroups: H100,
+#: 2026-11-27 (benchmarks/NOTES.md "Session 17"), dynamic order, three against two consumers:
+#: fp16 / bf16 -4% at 2k, -1.5% at 4k, +1% / +6% at 8k (16k: three since session 6).
+CAUSAL_THREE_CONSUMERS_MIN_SEQ_K = 8192
+#: The same for FP8 inputs: +1% / +6% / +15% at 2k / 4k / 8k, -15% at 1k, 0 at 16k (same run).
+FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K = 4096
 
 
 def _heuristic(
     head_dim: int,
     *,
+    fp8: bool,
     causal: bool,
     window: bool,
     masked: bool,
@@ -290,7 +296,10 @@ def _heuristic(
     # the 16k window +1% (kept balanced).
     if causal or window:
         if causal and not window and head_dim <= 64:
-            if seq_k >= CAUSAL_THREE_CONSUMERS_MIN_SEQ_K:
+            three_from = (
+                FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K if fp8 else CAUSAL_THREE_CONSUMERS_MIN_SEQ_K
+            )
+            if seq_k >= three_from:
                 return with_consumers(dynamic, 3)
             return dynamic
         if causal and not window and seq_k <= DYNAMIC_CAUSAL_MAX_SEQ_K:
@@ -341,6 +350,7 @@ def forward_config(
     if config is None:
         config = _heuristic(
             head_dim,
+            fp8=np.dtype(dtype).itemsize == 1,
             causal=causal,
             window=window,
             masked=masked or segments,

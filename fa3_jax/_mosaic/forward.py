@@ -295,25 +295,25 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         def pv(acc, p, slot):
             """acc + P @ V[slot] (acc already rescaled; p in the input dtype)."""
-            p16 = p
+            a_operand = p
             if cfg.p_in_smem:
-                p_smem.at[wg][...] = p16
+                p_smem.at[wg][...] = p
                 plgpu.commit_smem()
+                a_operand = p_smem.at[wg]
 
-                def body(acc_ref):
-                    take_turn()
-                    plgpu.wgmma(acc_ref, p_smem.at[wg], v_operand(slot))
-                    pass_turn()
-                    return acc_ref[...]
-
-                return acc + pl.run_scoped(body, plgpu.ACC((bq, head_dim), jnp.float32))
-
-            def body(acc_ref):
+            def issue(acc_ref):
                 take_turn()
-                plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                plgpu.wgmma(acc_ref, a_operand, v_operand(slot))
                 pass_turn()
 
-            return pl.run_state(body)(plgpu.ACC.init(acc))
+            if st.interpret:
+                # No pre-initialized accumulators in interpret mode: P V into a fresh one.
+                def fresh(acc_ref):
+                    issue(acc_ref)
+                    return acc_ref[...]
+
+                return acc + pl.run_scoped(fresh, plgpu.ACC((bq, head_dim), jnp.float32))
+            return pl.run_state(issue)(plgpu.ACC.init(acc))
 
         def q_buffer(i):
             """This warpgroup's Q (then O) buffer and barrier for item ``i``: persistent CTAs
@@ -471,7 +471,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     plgpu.commit_smem()
 
                 def body(s_ref, o_ref):
-                    if not cfg.p_in_smem:
+                    if not st.interpret:
                         o_ref[...] = acc
                     take_turn()
                     plgpu.wgmma(s_ref, q_smem.at[qb], k_smem.at[nxt].transpose((1, 0)))
@@ -489,7 +489,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                     plgpu.ACC((bq, head_dim), jnp.float32),
                 )
                 plgpu.barrier_arrive(v_free.at[slot])
-                if cfg.p_in_smem:
+                if st.interpret:
                     o = o + acc
                 acc = o * lax.broadcast_in_dim(alpha, o.shape, [0])
                 return acc, p, m_i, l_i

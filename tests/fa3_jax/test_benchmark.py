@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from fa3_jax import benchmark
@@ -53,6 +54,8 @@ def test_benchmark_writes_records(tmp_path):
             "1",
             "--repeats",
             "1",
+            "--rounds",
+            "2",
             "--out",
             str(tmp_path),
             "--tag",
@@ -66,6 +69,7 @@ def test_benchmark_writes_records(tmp_path):
     ours = [r for r in records if r["impl"] == "fa3_jax"]
     assert all("ms" in r for r in ours)
     assert all(r["ms"] > 0 for r in ours)  # the backward is timed alone, not subtracted
+    assert all(len(r["ms_rounds"]) == 2 and r["ms"] == np.median(r["ms_rounds"]) for r in ours)
     xla_alibi = [r for r in records if r["impl"] == "xla" and r["mask"] == "alibi"]
     assert xla_alibi and all("materialized" in r["error"] for r in xla_alibi)
     saved = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
@@ -124,3 +128,31 @@ def test_mask_overheads_against_the_unmasked_run():
     table = benchmark.markdown(records, dict(device="cpu", date="d", jax_version="v",
                                              timer="wall", command="c"))
     assert "| fwd | bf16 | 128 | yes | window | 1024 | 0.200 | 1.50 | 0.250 | 1.20 |" in table
+
+
+def test_rounds_interleave_the_implementations_and_report_medians():
+    """Each round times every implementation once, in turn; a failing one is reported once
+    and not timed again; the result is the median over rounds."""
+    calls = []
+
+    def timer(name, values):
+        it = iter(values)
+
+        def time_one():
+            calls.append(name)
+            return next(it), [f"{name}_kernel"]
+
+        return time_one
+
+    def broken():
+        calls.append("broken")
+        raise RuntimeError("cannot run")
+
+    out = benchmark.time_rounds(
+        {"a": timer("a", [3.0, 1.0, 2.0]), "broken": broken, "b": timer("b", [5.0, 9.0, 4.0])},
+        rounds=3,
+    )
+    assert calls == ["a", "broken", "b", "a", "b", "a", "b"]
+    assert out["a"] == (2.0, [3.0, 1.0, 2.0], ["a_kernel"])
+    assert out["b"] == (5.0, [5.0, 9.0, 4.0], ["b_kernel"])
+    assert out["broken"] == "RuntimeError: cannot run"

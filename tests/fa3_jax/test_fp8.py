@@ -177,12 +177,13 @@ def test_fp8_lowers_for_cuda(head_dim, causal):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim,causal,segments", [(64, False, False), (128, True, False),
-                                                      (128, True, True), (256, True, False)])
-def test_fp8_kernel_gpu(head_dim, causal, segments):
-    """Realistic sizes on a Hopper GPU (P staged in SMEM; the dynamic, grid and balanced
-    orders), a ragged length, descales."""
-    case = Case(dtype=F8, batch=1, heads_q=4, heads_kv=2, seq_q=2047, seq_k=2047,
+@pytest.mark.parametrize("head_dim,causal,segments,seq", [
+    (64, False, False, 2047), (64, True, False, 4097), (128, True, False, 2047),
+    (128, True, True, 2047), (256, True, False, 2047)])
+def test_fp8_kernel_gpu(head_dim, causal, segments, seq):
+    """Realistic sizes on a Hopper GPU (P staged in SMEM; the dynamic order with two and three
+    consumers, the grid and the balanced order), a ragged length, descales."""
+    case = Case(dtype=F8, batch=1, heads_q=4, heads_kv=2, seq_q=seq, seq_k=seq,
                 head_dim=head_dim, causal=causal, segments="shared" if segments else None)
     (q8, k8, v8), real, kwargs, naive = _fp8_inputs(case, head_dim + causal, descale=True)
     out = fa3_jax.attention(q8, k8, v8, implementation="mosaic", **kwargs)

@@ -388,9 +388,9 @@ def test_alibi_splits_only_where_no_visible_key_lies_right_of_the_diagonal(
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_heuristic_picks_persistent_orders(head_dim):
-    """As measured (NOTES "Session 6" and "Session 15"), at head_dim <= 128: dense up to 4k
-    keys persistent over one head's q tiles; segment ids, causal head_dim 64 (three consumers
-    from 16k keys) and causal head_dim 128 up to 1k keys in the dynamic order; longer causal
+    """As measured (NOTES "Session 6", "Session 15" and "Session 17"), at head_dim <= 128: dense
+    up to 4k keys persistent over one head's q tiles; segment ids, causal head_dim 64 (three
+    consumers from 8k keys, FP8 from 4k) and causal head_dim 128 up to 1k keys in the dynamic order; longer causal
     inputs and windows in the balanced order. Head dim 256 (NOTES "Session 12"; two Q buffers
     do not fit): causal inputs in the balanced order with one Q buffer. Block masks, unknown
     lengths, long dense inputs and D256 dense, windowed or with segment ids: one CTA per q
@@ -409,8 +409,11 @@ def test_heuristic_picks_persistent_orders(head_dim):
         dynamic if fits else balanced)
     long_causal = dynamic if head_dim <= 64 else balanced
     assert pick(seq_k=1025, causal=True) == pick(seq_k=16384, causal=True) == long_causal
-    consumers = forward_config(head_dim, jnp.bfloat16, causal=True, seq_k=16384).num_consumers
-    assert consumers == (3 if head_dim <= 64 else 2)
+    # causal head_dim 64: three consumers from 8k keys, from 4k in FP8 (NOTES "Session 17")
+    for dtype, three_from in ((jnp.bfloat16, 8192), (jnp.float8_e4m3fn, 4096)):
+        for seq_k, three in ((three_from - 1, False), (three_from, True), (16384, True)):
+            config = forward_config(head_dim, dtype, causal=True, seq_k=seq_k)
+            assert config.num_consumers == (3 if three and head_dim <= 64 else 2), (dtype, seq_k)
     for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
         assert pick(**kw) == (balanced if fits else grid), kw
     for kw in (dict(seq_k=1024, segments=True), dict(seq_k=16384, causal=True, segments=True),
