@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -156,6 +156,10 @@ case "$stage" in
          --tag h100-fwd-causal-d64 2>&1 | tee -a "$OUT/$stage.log" | tail -14
        python -m fa3_jax.benchmark --mode fwd --dtype fp8,bf16 --head-dims 64,128,256 --seqlens 2048,8192 \
          --causal no,yes --impls fa3_jax --tag h100-fwd-fp8-grid 2>&1 | tee -a "$OUT/$stage.log" | tail -26 ;;
+  # FP8 with P in registers: its GPU tests, then against P in SMEM at 8k (and D128 causal 2k) (~4 min)
+  fp8-registers) timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/fa3_jax/test_fp8.py \
+         -k "test_fp8_kernel_gpu and (2047-False or 4097-False)" 2>&1 | tee -a "$OUT/$stage.log" | tail -4
+       python benchmarks/mosaic_forward_check.py --out "$OUT" --fp8-registers 2>&1 | tee -a "$OUT/$stage.log" | tail -7 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

@@ -412,6 +412,7 @@ _FP8_VARIANTS = [
     ("kv192_noov_pp", dict(block_kv=192, overlap=False, pingpong=True)),
     ("kv256_noov", dict(block_kv=256, overlap=False)),
     ("kv256_noov_pp", dict(block_kv=256, overlap=False, pingpong=True)),
+    ("preg", dict(p_in_smem=False)),
 ]
 
 
@@ -468,7 +469,7 @@ def fp8_runs(report, save):
         for causal in (False, True):
             base = forward_config(d, jnp.float8_e4m3fn, causal=causal, seq_k=8192)
             labels = [label for label, change in _FP8_VARIANTS
-                      if d != 256 or "block_kv" not in change]
+                      if (d != 256 or "block_kv" not in change) and label != "preg"]
             if d == 64:
                 labels.append(f"c{5 - base.num_consumers}")
             _fp8_bench(report, save, d, 8192, causal, labels)
@@ -482,6 +483,14 @@ _FP8_CONFIRM = [
     *[(64, s, False, ("default", "noov", "st3", "default_again")) for s in (2048, 8192)],
     *[(256, s, True, ("default", "noov_pp", "st3", "default_again")) for s in (2048, 8192)],
 ]
+
+
+def fp8_registers_runs(report, save):
+    """FP8 with P kept in registers (relabelled in wgmma's 8-bit A layout, V^T's keys
+    reordered) against P staged in SMEM, each between two runs of the default."""
+    for d, s, causal in ((128, 8192, False), (128, 8192, True), (64, 8192, False),
+                         (64, 8192, True), (256, 8192, False), (128, 2048, True)):
+        _fp8_bench(report, save, d, s, causal, ("default", "preg", "default_again"))
 
 
 def fp8_confirm_runs(report, save):
@@ -518,6 +527,8 @@ def main():
                     help="FP8 forward: config variants against the heuristic's (no checks)")
     ap.add_argument("--fp8-confirm", action="store_true",
                     help="FP8 forward: the variants --fp8 found ahead, at several lengths")
+    ap.add_argument("--fp8-registers", action="store_true",
+                    help="FP8 forward: P in registers against P in SMEM")
     ap.add_argument("--causal-c3", action="store_true",
                     help="causal head dim 64: three consumers against the default, 2k-8k")
     ap.add_argument("--persistent", action="store_true",
@@ -592,7 +603,8 @@ def main():
                         config=_balanced_c3(forward_config(64, f16, causal=True), overlap=False,
                                             pingpong=True)))]
     if not (args.skip_checks or args.ablation or args.short or args.causal_gap or args.fp8
-            or args.fp8_confirm or args.causal_c3):
+            or args.fp8_confirm or args.causal_c3
+            or args.fp8_registers):
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -609,7 +621,8 @@ def main():
                  short=short_runs, causal_consumers=causal_consumer_runs,
                  static_wg=static_wg_runs, causal_gap=causal_gap_runs,
                  one_q=one_q_runs, dynamic=dynamic_runs, fp8=fp8_runs,
-                 fp8_confirm=fp8_confirm_runs, causal_c3=causal_c3_runs)
+                 fp8_confirm=fp8_confirm_runs, causal_c3=causal_c3_runs,
+                 fp8_registers=fp8_registers_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)

@@ -64,8 +64,9 @@ class ForwardConfig:
       overlap: issue the next tile's Q.K^T before this tile's P.V and softmax
         (FA3 technique 3, intra-warpgroup overlap).
       p_in_smem: stage P through shared memory for the P.V wgmma (needed by GPU
-        interpret mode, which reads wgmma operand A only from shared memory, and by
-        FP8 inputs); False keeps P in registers (the fast bf16/fp16 GPU path).
+        interpret mode, which reads wgmma operand A only from shared memory; the
+        FP8 default); False keeps P in registers (the fast bf16/fp16 GPU path; for
+        FP8 relabelled in wgmma's 8-bit A layout, V^T's keys reordered to match).
       consumer_registers: registers per thread of each consumer warpgroup.
       producer_registers: registers per thread of the producer warpgroup.
       persistent: launch ``num_ctas`` CTAs that each loop over work items
@@ -358,8 +359,10 @@ def forward_config(
             seq_k=seq_k,
         )
     itemsize = np.dtype(dtype).itemsize
-    # FP8 stages P through SMEM on the GPU too: Mosaic cannot relayout the softmax's FP8 P
-    # into the register layout wgmma reads 8-bit A operands in.
+    # FP8 stages P through SMEM on the GPU too. P in registers (relabelled in the 8-bit A
+    # layout) was correct but 17-45% slower on the H100 (2026-11-27, benchmarks/NOTES.md
+    # "Session 17"), with V's keys then reordered by a gather; the transpose that reorders
+    # them now has not been timed.
     if interpret or itemsize == 1:
         config = dataclasses.replace(config, p_in_smem=True)
         need = forward_smem_bytes(config, head_dim, itemsize, segments=segments)

@@ -30,8 +30,9 @@ Rows that see no key give 0 and lse ``-inf``.
 
 FP8 (``ForwardStatic.fp8``, float8_e4m3fn): the same kernel with 1-byte Q/K/V tiles. FP8
 wgmma reads only K-major operands, so V comes in transposed and P V reads V^T tiles; P
-(e4m3) is staged through shared memory; O (bf16) gets buffers of its own; per (batch, kv
-head) descales fold into the exp2 scale and the final 1/l.
+(e4m3) is staged through shared memory, or kept in registers relabelled in wgmma's 8-bit A
+layout with V^T's keys reordered to match (:func:`_fp8_lhs`); O (bf16) gets buffers of its
+own; per (batch, kv head) descales fold into the exp2 scale and the final 1/l.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import arith, memref
@@ -64,7 +67,7 @@ from fa3_jax._mosaic.schedule import balanced_schedule
 from fa3_jax.config import ForwardConfig, check_forward_fits
 from fa3_jax.masks import MaskSpec, TileMetadata, positional_tile_counts
 
-__all__ = ["LPT_L2_BYTES", "ForwardStatic", "forward_kernel_call", "lpt_section"]
+__all__ = ["LPT_L2_BYTES", "ForwardStatic", "forward_kernel_call", "fp8_key_order", "lpt_section"]
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)
 _COL = plgpu.Layout.WGMMA.reduce(0)
@@ -130,6 +133,46 @@ def _fetch_add_fn(n_ctas: int):
         mgpu_utils.warpgroup_barrier()
 
     return plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))(fetch)
+
+
+#: FP8 P in registers: logical key ``j`` of each 16-key block is physical key ``_FP8_KEY_ORDER[j]``
+#: (see :func:`_fp8_lhs`); V^T's keys are stored in this order so P V sums matching pairs.
+_FP8_KEY_ORDER = np.array([0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15])
+
+
+def fp8_key_order(v_t):
+    """``v_t[..., S]`` (S a multiple of 16) with each 16-key block in :data:`_FP8_KEY_ORDER`:
+    key ``8a + 2c + b`` of a block moves to ``4c + 2a + b``, a transpose XLA fuses into V's."""
+    *lead, keys = v_t.shape
+    blocks = v_t.reshape(*lead, keys // 16, 2, 4, 2)  # [..., block, a, c, b]
+    return jnp.swapaxes(blocks, -3, -2).reshape(*lead, keys)
+
+
+def _fp8_lhs(rows: int, cols: int):
+    """``inline_mgpu``: FP8 P ``[rows, cols]`` in the softmax's WGMMA layout, relabelled (no data
+    moves) as wgmma's 8-bit A-operand layout, FA3's trick. In the WGMMA layout a thread holds, per
+    16-key block and row, keys ``2c, 2c + 1, 8 + 2c, 9 + 2c`` (``c`` = lane % 4); the 8-bit A
+    layout wants keys ``4c … 4c + 3`` there. Calling the four bytes it has those keys permutes
+    each 16-key block by :data:`_FP8_KEY_ORDER`, which the caller undoes by storing V^T's keys in
+    that order (Mosaic has no relayout between the two layouts)."""
+
+    @plgpu.inline_mgpu(
+        arg_types=(plgpu.Layout.WGMMA,),
+        return_type=plgpu.ShapeDtypeStruct(
+            (rows, cols), jnp.float8_e4m3fn, layout=plgpu.Layout.WGMMA_8BIT
+        ),
+    )
+    def relabel(ctx, p):
+        del ctx
+        target = mgpu.WGMMA_LAYOUT_8BIT
+        regs = np.empty(target.registers_shape((rows, cols)), dtype=object)
+        for idx in np.ndindex(regs.shape):
+            # axis 1: 16-key blocks here, 8-key blocks (two per 16) in the WGMMA layout
+            pair = [p.registers[(idx[0], 2 * idx[1] + e, *idx[2:])] for e in (0, 1)]
+            regs[idx] = mgpu_utils.vector_concat(pair)
+        return mgpu.FragmentedArray(_registers=regs, _layout=target, _is_signed=None)
+
+    return relabel
 
 
 def _kernel(st: ForwardStatic, dims, *refs):
@@ -280,6 +323,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
 
+        def a_operand(p):
+            """P V's A operand from the softmax's P: P itself, or FP8 P relabelled in wgmma's
+            8-bit A layout (:func:`_fp8_lhs`; V^T's keys are stored to match)."""
+            return _fp8_lhs(bq, bkv)(p) if st.fp8 else p
+
         def v_operand(slot):
             """P V's B operand: V ``[bkv, D]``; FP8 holds V^T (K-major) and reads it transposed."""
             return v_smem.at[slot].transpose((1, 0)) if st.fp8 else v_smem.at[slot]
@@ -295,15 +343,16 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         def pv(acc, p, slot):
             """acc + P @ V[slot] (acc already rescaled; p in the input dtype)."""
-            a_operand = p
             if cfg.p_in_smem:
                 p_smem.at[wg][...] = p
                 plgpu.commit_smem()
-                a_operand = p_smem.at[wg]
+                lhs = p_smem.at[wg]
+            else:
+                lhs = a_operand(p)
 
             def issue(acc_ref):
                 take_turn()
-                plgpu.wgmma(acc_ref, a_operand, v_operand(slot))
+                plgpu.wgmma(acc_ref, lhs, v_operand(slot))
                 pass_turn()
 
             if st.interpret:
@@ -475,7 +524,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
                         o_ref[...] = acc
                     take_turn()
                     plgpu.wgmma(s_ref, q_smem.at[qb], k_smem.at[nxt].transpose((1, 0)))
-                    plgpu.wgmma(o_ref, p_smem.at[wg] if cfg.p_in_smem else p16, v_operand(slot))
+                    lhs = p_smem.at[wg] if cfg.p_in_smem else a_operand(p16)
+                    plgpu.wgmma(o_ref, lhs, v_operand(slot))
                     pass_turn()
                     s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
                     p, alpha, m_new, l_new = softmax(
@@ -718,8 +768,6 @@ def forward_kernel_call(
     dtype = q_BSHD.dtype
     out_dtype = jnp.bfloat16 if st.fp8 else dtype
     check_forward_fits(cfg, head_dim, jnp.dtype(dtype).itemsize, segments=st.has_segments)
-    if st.fp8 and not cfg.p_in_smem:
-        raise ValueError("FP8 inputs need a ForwardConfig with p_in_smem=True (P staged in SMEM)")
     if (meta.tile_q, meta.tile_k) != (cfg.tile_q, cfg.block_kv) or meta.transposed:
         raise ValueError(
             f"tile metadata tiles ({meta.tile_q}, {meta.tile_k}) do not match the config's "
@@ -731,11 +779,14 @@ def forward_kernel_call(
     # 8-row tile; other lengths are padded by at most 7 rows (masked / dropped).
     q_in, k_in = _pad_seq(q_BSHD), _pad_seq(k_BSHD)
     if st.fp8:
-        # V^T [B, H_kv, D, S_pad] (FP8 wgmma reads B K-major), keys zero-padded to whole tiles.
+        # V^T [B, H_kv, D, S_pad] (FP8 wgmma reads B K-major), keys zero-padded to whole tiles;
+        # with P in registers each 16-key block in _fp8_lhs's order (same pass).
         v_in = jnp.pad(
             jnp.transpose(v_BSHD, (0, 2, 3, 1)),
             ((0, 0), (0, 0), (0, 0), (0, -seq_k % cfg.block_kv)),
         )
+        if not cfg.p_in_smem:
+            v_in = fp8_key_order(v_in)
     else:
         v_in = _pad_seq(v_BSHD)
     meta_inputs = tile_list_operands(meta, _masked(st))

@@ -151,38 +151,67 @@ def test_fp8_kernel_choice():
 
 
 @pytest.mark.parametrize("head_dim,causal", [(64, False), (128, True), (256, True)])
-def test_fp8_lowers_for_cuda(head_dim, causal):
-    """The GPU path (default config: P staged in SMEM, V^T in K-major tiles) lowers to Mosaic
-    GPU on the CPU, with segment ids and descales."""
+@pytest.mark.parametrize("p_in_smem", [True, False])
+def test_fp8_lowers_for_cuda(head_dim, causal, p_in_smem):
+    """The GPU path (V^T in K-major tiles; P staged in SMEM, or in registers relabelled in the
+    8-bit A layout) lowers to Mosaic GPU on the CPU, with segment ids and descales."""
     b, s, h, h_kv = 2, 1000, 4, 2
     spec = MaskSpec(s, s, causal=causal)
     q = jax.ShapeDtypeStruct((b, s, h, head_dim), F8)
     kv = jax.ShapeDtypeStruct((b, s, h_kv, head_dim), F8)
     ids = jax.ShapeDtypeStruct((b, s), jnp.int32)
     scale = jax.ShapeDtypeStruct((b, h_kv), jnp.float32)
+    config = dataclasses.replace(
+        default_forward_config(head_dim, F8, spec, has_segments=True, block_k=None),
+        p_in_smem=p_in_smem)
 
     def forward(q, k, v, ids, *descale):
         return _mosaic.mha_forward(q, k, v, spec=spec, softmax_scale=head_dim**-0.5,
                                    softcap=None, alibi_slopes_BH=None, segment_ids=ids,
-                                   block_mask=None, descale_BG=descale)
+                                   block_mask=None, descale_BG=descale, config=config)
 
     lowered = jax.jit(forward).trace(q, kv, kv, ids, scale, scale, scale)
     assert "mosaic_gpu" in lowered.lower(lowering_platforms=("cuda",)).as_text()
-    config = default_forward_config(head_dim, F8, spec, has_segments=True, block_k=None)
-    with pytest.raises(ValueError, match="p_in_smem=True"):
-        jax.jit(lambda *a: _mosaic.mha_forward(
-            *a, spec=spec, softmax_scale=1.0, softcap=None, alibi_slopes_BH=None,
-            segment_ids=None, block_mask=None,
-            config=dataclasses.replace(config, p_in_smem=False))).trace(q, kv, kv)
+
+
+def test_fp8_key_order_matches_the_wgmma_layouts():
+    """_FP8_KEY_ORDER is where the WGMMA layout puts the bytes the 8-bit A layout reads: the
+    element a thread holds at register position (16-key block, r) in the 8-bit layout is the
+    one it holds at 8-key block 2 * block + r // 2, vector slot r % 2, in the WGMMA layout;
+    fp8_key_order (a transpose) reorders V^T's keys the same way."""
+    from jax.experimental.mosaic import gpu as mgpu
+
+    from fa3_jax._mosaic.forward import _FP8_KEY_ORDER, fp8_key_order
+
+    assert mgpu.WGMMA_LAYOUT.vector_length == 2 and mgpu.WGMMA_LAYOUT_8BIT.vector_length == 4
+    assert mgpu.WGMMA_LAYOUT.tiling.tile_shape((64, 16))[-3:] == (8, 4, 2)
+    assert mgpu.WGMMA_LAYOUT_8BIT.tiling.tile_shape((64, 16))[-3:] == (8, 4, 4)
+    for c in range(4):  # lane % 4
+        wgmma = {(blk, v): blk * 8 + c * 2 + v for blk in range(2) for v in range(2)}
+        for r in range(4):
+            logical = c * 4 + r  # the 8-bit layout's key for slot r
+            physical = wgmma[(r // 2, r % 2)]
+            assert _FP8_KEY_ORDER[logical] == physical
+    assert sorted(_FP8_KEY_ORDER) == list(range(16))
+    v_t = np.arange(2 * 3 * 64).reshape(2, 3, 64)
+    order = np.arange(64) // 16 * 16 + np.tile(_FP8_KEY_ORDER, 4)
+    np.testing.assert_array_equal(np.asarray(fp8_key_order(jnp.asarray(v_t))), v_t[..., order])
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim,causal,segments,seq", [
-    (64, False, False, 2047), (64, True, False, 4097), (128, True, False, 2047),
-    (128, True, True, 2047), (256, True, False, 2047)])
-def test_fp8_kernel_gpu(head_dim, causal, segments, seq):
-    """Realistic sizes on a Hopper GPU (P staged in SMEM; the dynamic order with two and three
-    consumers, the grid and the balanced order), a ragged length, descales."""
+@pytest.mark.parametrize("head_dim,causal,segments,seq,p_in_smem", [
+    (64, False, False, 2047, True), (64, True, False, 4097, True), (128, True, False, 2047, True),
+    (128, True, True, 2047, True), (256, True, False, 2047, True),
+    (64, False, False, 2047, False), (64, True, False, 4097, False),
+    (128, True, True, 2047, False), (256, True, False, 2047, False)])
+def test_fp8_kernel_gpu(head_dim, causal, segments, seq, p_in_smem, monkeypatch):
+    """Realistic sizes on a Hopper GPU (the dynamic order with two and three consumers, the
+    grid and the balanced order), a ragged length, descales; P staged in SMEM or kept in
+    registers (relabelled in wgmma's 8-bit A layout, V^T's keys reordered to match)."""
+    default = default_forward_config
+    monkeypatch.setattr(
+        _mosaic.api_forward, "default_forward_config",
+        lambda *a, **kw: dataclasses.replace(default(*a, **kw), p_in_smem=p_in_smem))
     case = Case(dtype=F8, batch=1, heads_q=4, heads_kv=2, seq_q=seq, seq_k=seq,
                 head_dim=head_dim, causal=causal, segments="shared" if segments else None)
     (q8, k8, v8), real, kwargs, naive = _fp8_inputs(case, head_dim + causal, descale=True)
