@@ -524,7 +524,7 @@ def markdown(records: list[dict], meta: dict) -> str:
         f"# Attention benchmark ({meta['device']}, {meta['date']})",
         "",
         f"jax {meta['jax_version']}; timer: {meta['timer']}; command: `{meta['command']}`. "
-        "TFLOP/s (median); "
+        f"TFLOP/s (median over {meta['rounds']} interleaved rounds); "
         "`x` = failed or not applicable (see the JSON's `error`). `vs best` = ours / best peer.",
         "",
         "| mode | dtype | D | causal | mask | S | " + " | ".join(impls) + " | vs best |",
@@ -606,6 +606,8 @@ def parse_args(argv=None):
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
     p.add_argument("--tag", default="attention")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     for name, allowed in (("mode", ("fwd", "bwd")), ("dtype", tuple(DTYPES)), ("impls", PEERS)):
         bad = [x for x in getattr(args, name) if x not in allowed]
         if bad:
@@ -627,6 +629,7 @@ def main(argv=None) -> list[dict]:
         date=now.strftime("%Y-%m-%d"),
         jax_version=jax.__version__,
         timer=args.timer,
+        rounds=args.rounds,
         command="python -m fa3_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     print(

@@ -75,6 +75,7 @@ def test_benchmark_writes_records(tmp_path):
     saved = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
     assert saved == records
     table = next(tmp_path.glob("*-smoke.md")).read_text()
+    assert "median over 2 interleaved rounds" in table and all(r["rounds"] == 2 for r in records)
     assert "| bwd | bf16 | 32 | yes | block_sparse:0.5 | 128 |" in table
     # masked rows against ours unmasked: pairs for both modes, tiles for the forward
     assert "| fwd | bf16 | 32 | yes | window | 128 |" in table.split("time / ideal (tiles)")[1]
@@ -126,7 +127,7 @@ def test_mask_overheads_against_the_unmasked_run():
     assert row["visited_tiles_share"] == 0.25
     assert row["visited_tiles_vs_ideal"] == pytest.approx(1.2)
     table = benchmark.markdown(records, dict(device="cpu", date="d", jax_version="v",
-                                             timer="wall", command="c"))
+                                             timer="wall", rounds=3, command="c"))
     assert "| fwd | bf16 | 128 | yes | window | 1024 | 0.200 | 1.50 | 0.250 | 1.20 |" in table
 
 
