@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -163,6 +163,9 @@ case "$stage" in
   fp8-registers) timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/fa3_jax/test_fp8.py \
          -k "test_fp8_kernel_gpu and (2047-False or 4097-False)" 2>&1 | tee -a "$OUT/$stage.log" | tail -4
        python benchmarks/mosaic_forward_check.py --out "$OUT" --fp8-registers 2>&1 | tee -a "$OUT/$stage.log" | tail -7 ;;
+  # causal D64 fp16 512-4k: 192/256-key tiles without overlap, and no overlap, against the default,
+  # cuDNN alongside (~3 min)
+  causal-d64-tiles) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-d64-tiles 2>&1 | tee -a "$OUT/$stage.log" | tail -6 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

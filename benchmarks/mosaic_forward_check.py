@@ -278,14 +278,16 @@ def order_runs(report, save):
         save()
 
 
-def _against_default(report, save, runs, label, **change):
-    """The heuristic's config, the same with ``change`` (as ``label``), and the default again,
-    for each run (masked runs: ours only)."""
+def _against_default(report, save, runs, label=None, changes=None, **change):
+    """The heuristic's config, the same with ``change`` (as ``label``; or each of ``changes``,
+    ``{label: change}``), and the default again, for each run (masked runs: ours only)."""
+    changes = changes or {label: change}
     for run in runs:
         masked = "window" in run or "doc_len" in run
         base = forward_config(run["d"], run["dtype"], causal=run["causal"],
                               window="window" in run, segments="doc_len" in run, seq_k=run["s"])
-        variants = [("default", base), (label, dataclasses.replace(base, **change)),
+        variants = [("default", base),
+                    *[(name, dataclasses.replace(base, **c)) for name, c in changes.items()],
                     ("default_again", base)]
         r = bench(**run, variants=variants, peers=not masked)
         print(r, flush=True)
@@ -322,6 +324,19 @@ def causal_c3_runs(report, save):
             for dtype in (jnp.float16, jnp.bfloat16) for s in (2048, 4096, 8192)]
     _against_default(report, save, runs, "c3", num_consumers=3, consumer_registers=160,
                      producer_registers=32)
+
+
+def causal_d64_tiles_runs(report, save):
+    """Causal head dim 64 at 512-4k (fp16, cuDNN alongside), where it trails cuDNN most: wider kv
+    tiles without intra-warpgroup overlap (one S accumulator live; 256 keys with two stages to
+    fit shared memory), and no overlap at 128 keys. FP8 causal D64 gained 8% at 8k from 256-key
+    tiles without overlap (session 17); 64-key tiles lost 13-19% here in session 3."""
+    runs = _fp16_runs((64, s, True) for s in (512, 1024, 2048, 4096))
+    _against_default(report, save, runs, changes={
+        "noov": dict(overlap=False),
+        "kv192_noov": dict(block_kv=192, overlap=False),
+        "kv256_noov_st2": dict(block_kv=256, overlap=False, num_stages=2),
+    })
 
 
 def one_q_runs(report, save):
@@ -529,6 +544,8 @@ def main():
                     help="FP8 forward: the variants --fp8 found ahead, at several lengths")
     ap.add_argument("--fp8-registers", action="store_true",
                     help="FP8 forward: P in registers against P in SMEM")
+    ap.add_argument("--causal-d64-tiles", action="store_true",
+                    help="causal head dim 64, 512-4k: kv tile widths against the default")
     ap.add_argument("--causal-c3", action="store_true",
                     help="causal head dim 64: three consumers against the default, 2k-8k")
     ap.add_argument("--persistent", action="store_true",
@@ -604,7 +621,7 @@ def main():
                                             pingpong=True)))]
     if not (args.skip_checks or args.ablation or args.short or args.causal_gap or args.fp8
             or args.fp8_confirm or args.causal_c3
-            or args.fp8_registers):
+            or args.fp8_registers or args.causal_d64_tiles):
         for name, kw in checks:
             try:
                 r = check(name, **kw)
@@ -622,7 +639,7 @@ def main():
                  static_wg=static_wg_runs, causal_gap=causal_gap_runs,
                  one_q=one_q_runs, dynamic=dynamic_runs, fp8=fp8_runs,
                  fp8_confirm=fp8_confirm_runs, causal_c3=causal_c3_runs,
-                 fp8_registers=fp8_registers_runs)
+                 fp8_registers=fp8_registers_runs, causal_d64_tiles=causal_d64_tiles_runs)
     for flag, runs in modes.items():
         if getattr(args, flag):
             runs(report, save)
