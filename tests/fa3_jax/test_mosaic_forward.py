@@ -390,11 +390,11 @@ def test_alibi_splits_only_where_no_visible_key_lies_right_of_the_diagonal(
 def test_heuristic_picks_persistent_orders(head_dim):
     """As measured (NOTES "Session 6", "Session 15" and "Session 17"), at head_dim <= 128: dense
     up to 4k keys persistent over one head's q tiles; segment ids, causal head_dim 64 (three
-    consumers from 8k keys, FP8 from 4k) and causal head_dim 128 up to 1k keys in the dynamic order; longer causal
-    inputs and windows in the balanced order. Head dim 256 (NOTES "Session 12"; two Q buffers
-    do not fit): causal inputs in the balanced order with one Q buffer. Block masks, unknown
-    lengths, long dense inputs and D256 dense, windowed or with segment ids: one CTA per q
-    tile."""
+    consumers from 8k keys, FP8 from 4k) and causal head_dim 128 up to 1k keys in the dynamic
+    order; longer causal inputs and windows in the balanced order. Head dim 256 (NOTES "Session
+    12"; two Q buffers do not fit): causal inputs in the balanced order with one Q buffer. Block
+    masks, unknown lengths, long dense inputs and D256 dense, windowed or with segment ids: one
+    CTA per q tile."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
