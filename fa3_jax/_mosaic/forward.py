@@ -514,7 +514,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 info = tile_info(j + 1)
                 plgpu.barrier_wait(k_bar.at[nxt])
                 plgpu.barrier_wait(v_bar.at[slot])
-                p16 = p
+                p16 = p  # this tile's P (``body`` rebinds ``p`` to the next tile's)
                 if cfg.p_in_smem:
                     p_smem.at[wg][...] = p16
                     plgpu.commit_smem()
@@ -751,8 +751,8 @@ def forward_kernel_call(
 
     Args:
       st: static description (mask spec, scale, softcap, config, ...).
-      q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16.
-      k_BSHD, v_BSHD: ``[batch, seq_k, heads_kv, head_dim]``.
+      q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16, or float8_e4m3fn (``st.fp8``).
+      k_BSHD, v_BSHD: ``[batch, seq_k, heads_kv, head_dim]``, q's dtype.
       meta: tile metadata with ``tile_q == config.tile_q`` and
         ``tile_k == config.block_kv``.
       segment_ids: ``(q_BS, kv_BS)`` int32 or None.
