@@ -28,7 +28,7 @@ __all__ = [
     "TUNED_FORWARD",
     "BackwardConfig",
     "default_backward_config",
-    "CAUSAL_THREE_CONSUMERS_MIN_SEQ_K",
+    "CAUSAL_WIDE_KV_MIN_SEQ_K",
     "FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K",
     "FUSED_DQ_MIN_SEQ_K",
     "FUSED_DQ_MIN_SEQ_K_CAUSAL_D128",
@@ -245,11 +245,15 @@ PERSISTENT_MAX_SEQ_K = 4096
 #: Causal inputs at head_dim 65-128 up to this many keys run in the dynamic order (longer
 #: ones in the balanced order; head_dim <= 64 always dynamic).
 DYNAMIC_CAUSAL_MAX_SEQ_K = 1024
-#: Causal inputs at head_dim <= 64 from this many keys run three consumer warpgroups: H100,
+#: Causal fp16/bf16 inputs at head_dim <= 64 from this many keys run 256-key tiles without
+#: intra-warpgroup overlap (one 64x256 score accumulator live per consumer, two stages): H100,
+#: 2026-11-27 (benchmarks/NOTES.md "Session 18"), dynamic order, against 128-key tiles with
+#: overlap (three consumers from 8k): fp16 -1% / +5% / +10% / +8% / +11% at 1k / 2k / 4k / 8k /
+#: 16k, bf16 -1% / +5% / +10% / +8% / +5%; dense lost 2-11% the same way (stays).
+CAUSAL_WIDE_KV_MIN_SEQ_K = 2048
+#: Causal FP8 inputs at head_dim <= 64 from this many keys run three consumer warpgroups: H100,
 #: 2026-11-27 (benchmarks/NOTES.md "Session 17"), dynamic order, three against two consumers:
-#: fp16 / bf16 -4% at 2k, -1.5% at 4k, +1% / +6% at 8k (16k: three since session 6).
-CAUSAL_THREE_CONSUMERS_MIN_SEQ_K = 8192
-#: The same for FP8 inputs: +1% / +6% / +15% at 2k / 4k / 8k, -15% at 1k, 0 at 16k (same run).
+#: +1% / +6% / +15% at 2k / 4k / 8k, -15% at 1k, 0 at 16k.
 FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K = 4096
 
 
@@ -297,11 +301,10 @@ def _heuristic(
     # the 16k window +1% (kept balanced).
     if causal or window:
         if causal and not window and head_dim <= 64:
-            three_from = (
-                FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K if fp8 else CAUSAL_THREE_CONSUMERS_MIN_SEQ_K
-            )
-            if seq_k >= three_from:
+            if fp8 and seq_k >= FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K:
                 return with_consumers(dynamic, 3)
+            if not fp8 and seq_k >= CAUSAL_WIDE_KV_MIN_SEQ_K:
+                return dataclasses.replace(dynamic, block_kv=256, overlap=False, num_stages=2)
             return dynamic
         if causal and not window and seq_k <= DYNAMIC_CAUSAL_MAX_SEQ_K:
             return dynamic
@@ -360,9 +363,8 @@ def forward_config(
         )
     itemsize = np.dtype(dtype).itemsize
     # FP8 stages P through SMEM on the GPU too. P in registers (relabelled in the 8-bit A
-    # layout) was correct but 17-45% slower on the H100 (2026-11-27, benchmarks/NOTES.md
-    # "Session 17"), with V's keys then reordered by a gather; the transpose that reorders
-    # them now has not been timed.
+    # layout, V's keys reordered to match) is correct but slower on the H100 (2026-11-27,
+    # benchmarks/NOTES.md "Session 18"): -5% to -13% at D64/D128, +3% at D256 8k dense.
     if interpret or itemsize == 1:
         config = dataclasses.replace(config, p_in_smem=True)
         need = forward_smem_bytes(config, head_dim, itemsize, segments=segments)

@@ -179,12 +179,21 @@ _VARIANTS = [
                     pingpong=False, overlap=True, num_stages=2),
      Case(dtype=jnp.float16, batch=1, heads_q=2, heads_kv=1, seq_q=500, seq_k=450, causal=True,
           alibi="head")),
+    # 256-key tiles without overlap (causal head_dim 64 from 2k keys): the diagonal crosses a
+    # tile in four 64-row q tiles; a key tail, then a window and segment ids
+    (dataclasses.replace(_variant(overlap=False), block_kv=256),
+     Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=300, seq_k=600, causal=True,
+          alibi="head", softcap=6.0)),
+    (dataclasses.replace(_variant(overlap=False, pingpong=True), block_kv=256),
+     Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, seq_q=520, seq_k=520, causal=True,
+          window=(300, 0), segments="shared")),
 ]
 
 
 def _variant_id(variant):
     config, _ = variant
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
+    name += f"-kv{config.block_kv}" * (config.block_kv != 64)
     name += f"-persistent{config.num_ctas}" * config.persistent
     name += "-static-wg" * config.static_warpgroups
     name += "-one-q" * (config.persistent and not config.prefetch_q)
@@ -271,6 +280,26 @@ def test_lowers_for_cuda(config):
                                    block_mask=None, config=config)
 
     text = jax.jit(forward).trace(q, kv, kv, ids).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_wide_causal_config_lowers_for_cuda(dtype):
+    """The heuristic's causal head_dim 64 config from 2k keys (256-key tiles, P in registers,
+    the dynamic order; too big for interpret mode's staged P) lowers to Mosaic GPU on the CPU,
+    with a key tail, GQA, ALiBi and softcap."""
+    b, s, h, h_kv, d = 1, 4000, 4, 2, 64
+    config = forward_config(d, dtype, causal=True, seq_k=s)
+    assert (config.block_kv, config.overlap, config.tile_order) == (256, False, "dynamic")
+    q = jax.ShapeDtypeStruct((b, s, h, d), dtype)
+    kv = jax.ShapeDtypeStruct((b, s, h_kv, d), dtype)
+
+    def forward(q, k, v):
+        return _mosaic.mha_forward(q, k, v, spec=MaskSpec(s, s, causal=True), softmax_scale=0.1,
+                                   softcap=5.0, alibi_slopes_BH=jnp.linspace(0.1, 0.5, h),
+                                   segment_ids=None, block_mask=None, config=config)
+
+    text = jax.jit(forward).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" in text
 
 
@@ -388,9 +417,10 @@ def test_alibi_splits_only_where_no_visible_key_lies_right_of_the_diagonal(
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_heuristic_picks_persistent_orders(head_dim):
-    """As measured (NOTES "Session 6", "Session 15" and "Session 17"), at head_dim <= 128: dense
-    up to 4k keys persistent over one head's q tiles; segment ids, causal head_dim 64 (three
-    consumers from 8k keys, FP8 from 4k) and causal head_dim 128 up to 1k keys in the dynamic
+    """As measured (NOTES "Session 6", "Session 15", "Session 17" and "Session 18"), at head_dim
+    <= 128: dense up to 4k keys persistent over one head's q tiles; segment ids, causal head_dim
+    64 (256-key tiles without overlap from 2k keys; FP8: three consumers from 4k) and causal
+    head_dim 128 up to 1k keys in the dynamic
     order; longer causal inputs and windows in the balanced order. Head dim 256 (NOTES "Session
     12"; two Q buffers do not fit): causal inputs in the balanced order with one Q buffer. Block
     masks, unknown lengths, long dense inputs and D256 dense, windowed or with segment ids: one
@@ -409,11 +439,17 @@ def test_heuristic_picks_persistent_orders(head_dim):
         dynamic if fits else balanced)
     long_causal = dynamic if head_dim <= 64 else balanced
     assert pick(seq_k=1025, causal=True) == pick(seq_k=16384, causal=True) == long_causal
-    # causal head_dim 64: three consumers from 8k keys, from 4k in FP8 (NOTES "Session 17")
-    for dtype, three_from in ((jnp.bfloat16, 8192), (jnp.float8_e4m3fn, 4096)):
-        for seq_k, three in ((three_from - 1, False), (three_from, True), (16384, True)):
-            config = forward_config(head_dim, dtype, causal=True, seq_k=seq_k)
-            assert config.num_consumers == (3 if three and head_dim <= 64 else 2), (dtype, seq_k)
+    # causal head_dim 64: 256-key tiles without overlap from 2k keys (NOTES "Session 18");
+    # FP8: 128-key tiles, three consumers from 4k keys (NOTES "Session 17")
+    for seq_k, wide in ((2047, False), (2048, True), (16384, True)):
+        config = forward_config(head_dim, jnp.bfloat16, causal=True, seq_k=seq_k)
+        wide = wide and head_dim <= 64
+        assert (config.block_kv == 256, config.overlap) == (wide, not wide), seq_k
+        assert config.num_consumers == 2, seq_k
+    for seq_k, three in ((4095, False), (4096, True), (16384, True)):
+        config = forward_config(head_dim, jnp.float8_e4m3fn, causal=True, seq_k=seq_k)
+        assert config.num_consumers == (3 if three and head_dim <= 64 else 2), seq_k
+        assert config.block_kv <= 128, seq_k
     for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
         assert pick(**kw) == (balanced if fits else grid), kw
     for kw in (dict(seq_k=1024, segments=True), dict(seq_k=16384, causal=True, segments=True),
@@ -469,6 +505,11 @@ GPU_CASES = [
          seq_k=2048, block_sparse=(64, 64, 0.3)),
     Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=1, head_dim=192, seq_q=1000,
          seq_k=777),
+    # causal head_dim 64 from 2k keys: 256-key tiles without overlap
+    Case(dtype=jnp.float16, batch=2, heads_q=4, heads_kv=2, head_dim=64, seq_q=4097,
+         seq_k=4097, causal=True, alibi="head", softcap=30.0),
+    Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=2, head_dim=64, seq_q=1500,
+         seq_k=16384, causal=True),
 ]
 
 
@@ -480,11 +521,12 @@ class TestMosaicForwardGPU(_MosaicBase):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["grid", "grid-overlap", "default"])
+@pytest.mark.parametrize("variant", ["grid", "grid-overlap", "default", "default-d64"])
 def test_every_output_written_gpu(variant):
     """Poison the allocator with NaN buffers of the output's size, then run: no NaN may remain
-    (the default here: persistent CTAs in the balanced order)."""
-    b, s, h, d = 2, 1000, 4, 128
+    (the defaults here: persistent CTAs in the balanced order at head_dim 128; 256-key tiles in
+    the dynamic order at head_dim 64)."""
+    b, s, h, d = (2, 2500, 4, 64) if variant == "default-d64" else (2, 1000, 4, 128)
     ks = jax.random.split(jax.random.key(3), 3)
     q, k, v = (jax.random.normal(key, (b, s, h, d), jnp.float16) for key in ks)
     spec = MaskSpec(s, s, causal=True)
@@ -492,14 +534,14 @@ def test_every_output_written_gpu(variant):
         "grid": ForwardConfig(overlap=False),
         "grid-overlap": ForwardConfig(overlap=True),
         "default": forward_config(d, jnp.float16, causal=True, seq_k=s),
+        "default-d64": forward_config(d, jnp.float16, causal=True, seq_k=s),
     }[variant]
     fn = jax.jit(lambda q, k, v: _mosaic.mha_forward(
         q, k, v, spec=spec, softmax_scale=d**-0.5, softcap=None, alibi_slopes_BH=None,
         segment_ids=None, block_mask=None, config=config))
-    fn(q, k, v)[0].block_until_ready()
+    shapes = [(x.shape, x.dtype) for x in jax.block_until_ready(fn(q, k, v))]
     for _ in range(3):
-        poison = [jnp.full((b, s, h, d), jnp.nan, jnp.float16),
-                  jnp.full((b, h, 1024), jnp.nan, jnp.float32)]
+        poison = [jnp.full(shape, jnp.nan, dtype) for shape, dtype in shapes]
         jax.block_until_ready(poison)
         del poison
         out, lse = fn(q, k, v)
