@@ -18,9 +18,11 @@ Timing (``--timer``), reported per call:
 
 Peers: cuDNN and XLA through ``jax.nn.dot_product_attention``, JAX's own Mosaic
 GPU FA3 (``attention_mgpu``; fp16, pre-scaled q, no masks, no causal backward)
-and torch SDPA with its cuDNN and FlashAttention-2 backends (in a subprocess,
-when torch imports). A peer that cannot run a configuration gets a record
-with ``error`` instead of ``ms``. Results: a JSON list of records and a
+and torch SDPA with its cuDNN and FlashAttention-2 backends (in a child process
+that times one round per request, so torch's backends take their turn in the
+same interleaved rounds as the JAX implementations: ``fa3_jax._bench_torch``).
+A peer that cannot run a configuration gets a record with ``error`` instead of
+``ms``. Results: a JSON list of records and a
 markdown table in ``--out``.
 
 Masked runs (window, segments, block_sparse) are also set against the unmasked
@@ -38,10 +40,8 @@ import datetime
 import itertools
 import json
 import math
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fa3_jax
-from fa3_jax import _platform
+from fa3_jax import _bench_torch, _platform
 from fa3_jax._mosaic import default_forward_config
 from fa3_jax.masks import MaskSpec, tile_visibility
 
@@ -341,109 +341,6 @@ def time_rounds(timers: dict, rounds: int) -> dict:
     }
 
 
-# ---------------------------------------------------------------- torch (subprocess)
-_TORCH_SCRIPT = r"""
-import json, sys, torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-sdpa = torch.nn.functional.scaled_dot_product_attention
-backends = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_fa2": SDPBackend.FLASH_ATTENTION}
-cfg = json.load(sys.stdin)
-def timed(fn):
-    if cfg["timer"] == "cupti":
-        return kernel_time(fn)
-    fn(); torch.cuda.synchronize()
-    runs = []
-    for _ in range(cfg["repeats"]):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(cfg["iters"]):
-            fn()
-        b.record(); torch.cuda.synchronize()
-        runs.append(a.elapsed_time(b) / cfg["iters"])
-    return sorted(runs)[len(runs) // 2]
-def kernel_time(fn):
-    # GPU time per call: the kernels of each call summed (torch profiler = CUPTI), median.
-    from torch.profiler import ProfilerActivity, profile
-    calls = cfg["iters"] * cfg["repeats"]
-    fn(); torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    kernels = sorted((e.time_range.start, e.time_range.elapsed_us()) for e in prof.events()
-                     if e.device_type == torch.autograd.DeviceType.CUDA)
-    if not kernels:
-        raise RuntimeError("the torch profiler saw no GPU kernels")
-    if len(kernels) % calls:  # calls differ in their kernels: the mean per call
-        return sum(us for _, us in kernels) / calls * 1e-3
-    per = len(kernels) // calls
-    sums = sorted(sum(us for _, us in kernels[i:i + per]) for i in range(0, len(kernels), per))
-    return sums[len(sums) // 2] * 1e-3
-def one_round(impl, p, q, k, v, do):
-    with sdpa_kernel(backends[impl]):
-        if p["mode"] == "fwd":
-            return timed(lambda: sdpa(q, k, v, is_causal=p["causal"]))
-        qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
-        out = sdpa(qq, kk, vv, is_causal=p["causal"])
-        return timed(lambda: torch.autograd.grad(out, (qq, kk, vv), do, retain_graph=True))
-for p in cfg["problems"]:
-    dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[p["dtype"]]
-    shape = (p["batch"], p["heads"], p["seq"], p["head_dim"])
-    q, k, v, do = (torch.randn(shape, device="cuda", dtype=dt) for _ in range(4))
-    recs = {impl: {"impl": impl, "key": p["key"], "ms_rounds": []} for impl in cfg["impls"]}
-    for _ in range(cfg["rounds"]):  # the backends in turn, as the JAX impls
-        for impl, rec in recs.items():
-            if "error" in rec:
-                continue
-            try:
-                rec["ms_rounds"].append(one_round(impl, p, q, k, v, do))
-            except Exception as e:
-                rec["error"] = f"{type(e).__name__}: {e}"[:300]
-    for rec in recs.values():
-        if "error" not in rec:
-            runs = sorted(rec["ms_rounds"])
-            rec["ms"] = (runs[(len(runs) - 1) // 2] + runs[len(runs) // 2]) / 2
-        print(json.dumps(rec), flush=True)
-"""
-
-
-def time_torch(impls, problems, args):
-    """``{(impl, problem index): ms or error string}`` from a torch subprocess."""
-    todo = [dict(dataclasses.asdict(p), key=i) for i, p in enumerate(problems) if p.mask == "none"]
-    if not todo:
-        return {}
-    cfg = dict(
-        problems=todo,
-        impls=list(impls),
-        iters=args.iters,
-        repeats=args.repeats,
-        rounds=args.rounds,
-        timer=args.timer,
-    )
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _TORCH_SCRIPT],
-            input=json.dumps(cfg),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=args.torch_timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {(impl, t["key"]): "torch subprocess timed out" for impl in impls for t in todo}
-    results = {}
-    for line in proc.stdout.splitlines():
-        rec = json.loads(line)
-        ms = rec.get("ms")
-        results[(rec["impl"], rec["key"])] = (
-            rec["error"] if ms is None else (ms, rec["ms_rounds"], None)
-        )
-    for impl, t in itertools.product(impls, todo):
-        results.setdefault((impl, t["key"]), f"torch failed: {proc.stderr.strip()[-300:]}")
-    return results
-
-
 # ---------------------------------------------------------------- driver
 def problems_from(args) -> list[Problem]:
     out = []
@@ -602,7 +499,12 @@ def parse_args(argv=None):
         help="cupti: summed GPU kernel time per call (default on a GPU); wall: wall clock "
         "(JAX) / CUDA events (torch) over back-to-back calls (default elsewhere)",
     )
-    p.add_argument("--torch-timeout", type=int, default=900)
+    p.add_argument(
+        "--torch-timeout",
+        type=int,
+        default=300,
+        help="seconds one round of a torch backend may take (the torch child is stopped after)",
+    )
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
     p.add_argument("--tag", default="attention")
     args = p.parse_args(argv)
@@ -613,6 +515,49 @@ def parse_args(argv=None):
         if bad:
             p.error(f"--{name.replace('_', '-')}: unknown {bad}; choose from {allowed}")
     return args
+
+
+def _run_problem(problem: Problem, args, fa3_impl: str, meta: dict, torch_peers) -> list[dict]:
+    """The records of every implementation in ``args.impls`` on ``problem``, timed in
+    interleaved rounds (torch's backends through ``torch_peers``, None without a GPU)."""
+    masks = mask_inputs(problem)
+    problem_flops = flops(problem, masks[1])
+    work = {"visible_pairs": visible_pairs(problem, masks[1])}
+    if problem.mode == "fwd" and problem.mask != "alibi":
+        work["visited_tiles"] = visited_tiles(problem, masks[0])
+    timers, results = {}, {}
+    for impl in args.impls:
+        if impl.startswith("torch"):
+            if problem.mask != "none":
+                continue
+            if torch_peers is None:
+                results[impl] = "torch needs a CUDA GPU"
+            else:
+                timers[impl] = torch_peers.timer(impl, problem)
+            continue
+        try:
+            timers[impl] = jax_timer(impl, problem, masks, args)
+        except Exception as e:  # a peer that cannot run this configuration
+            results[impl] = f"{type(e).__name__}: {e}"[:300]
+    results.update(time_rounds(timers, args.rounds))
+    records = []
+    for impl in [i for i in args.impls if i in results]:
+        result, extra = results[impl], {}
+        if impl == "fa3_jax":
+            extra = {"implementation": fa3_impl, **work}
+        if not isinstance(result, str):
+            result, extra["ms_rounds"], kernels = result
+            if kernels:
+                extra["kernels"] = kernels
+        rec = record(problem, impl, result, problem_flops, {**meta, **extra})
+        records.append(rec)
+        shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]
+        print(
+            f"{problem.mode} {problem.dtype} D{problem.head_dim} S{problem.seq} "
+            f"causal={problem.causal} {problem.mask:<18} {impl:<12} {shown}",
+            flush=True,
+        )
+    return records
 
 
 def main(argv=None) -> list[dict]:
@@ -637,44 +582,18 @@ def main(argv=None) -> list[dict]:
         flush=True,
     )
     problems = problems_from(args)
-    torch_impls = [i for i in args.impls if i.startswith("torch")]
-    torch_results = {}
-    if torch_impls and device.platform == "gpu":
-        torch_results = time_torch(torch_impls, problems, args)
+    torch_peers = None
+    if any(i.startswith("torch") for i in args.impls) and device.platform == "gpu":
+        torch_peers = _bench_torch.TorchPeers(
+            iters=args.iters, repeats=args.repeats, timer=args.timer, timeout_s=args.torch_timeout
+        )
     records = []
-    for idx, problem in enumerate(problems):
-        masks = mask_inputs(problem)
-        problem_flops = flops(problem, masks[1])
-        work = {"visible_pairs": visible_pairs(problem, masks[1])}
-        if problem.mode == "fwd" and problem.mask != "alibi":
-            work["visited_tiles"] = visited_tiles(problem, masks[0])
-        timers, results = {}, {}
-        for impl in args.impls:
-            if impl.startswith("torch"):
-                if problem.mask == "none":
-                    results[impl] = torch_results.get((impl, idx), "torch needs a CUDA GPU")
-                continue
-            try:
-                timers[impl] = jax_timer(impl, problem, masks, args)
-            except Exception as e:  # a peer that cannot run this configuration
-                results[impl] = f"{type(e).__name__}: {e}"[:300]
-        results.update(time_rounds(timers, args.rounds))
-        for impl in [i for i in args.impls if i in results]:
-            result, extra = results[impl], {}
-            if impl == "fa3_jax":
-                extra = {"implementation": fa3_impl, **work}
-            if not isinstance(result, str):
-                result, extra["ms_rounds"], kernels = result
-                if kernels:
-                    extra["kernels"] = kernels
-            rec = record(problem, impl, result, problem_flops, {**meta, **extra})
-            records.append(rec)
-            shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]
-            print(
-                f"{problem.mode} {problem.dtype} D{problem.head_dim} S{problem.seq} "
-                f"causal={problem.causal} {problem.mask:<18} {impl:<12} {shown}",
-                flush=True,
-            )
+    try:
+        for problem in problems:
+            records += _run_problem(problem, args, fa3_impl, meta, torch_peers)
+    finally:
+        if torch_peers is not None:
+            torch_peers.close()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{now.strftime('%Y%m%d-%H%M')}-{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")

@@ -157,3 +157,95 @@ def test_rounds_interleave_the_implementations_and_report_medians():
     assert out["a"] == (2.0, [3.0, 1.0, 2.0], ["a_kernel"])
     assert out["b"] == (5.0, [5.0, 9.0, 4.0], ["b_kernel"])
     assert out["broken"] == "RuntimeError: cannot run"
+
+
+#: Stands in for the torch child: answers the n-th request for an impl with n ms, an error
+#: for impl "bad", exits for "die" (after a line on stderr) and never answers "hang".
+_FAKE_WORKER = r"""
+import collections, json, sys, time
+answers, sys.stdout = sys.stdout, sys.stderr
+setup = json.loads(sys.stdin.readline())
+seen = collections.Counter()
+for line in sys.stdin:
+    req = json.loads(line)
+    impl = req["impl"]
+    seen[impl] += 1
+    if impl == "die":
+        print("worker: fatal problem", file=sys.stderr, flush=True)
+        sys.exit(7)
+    if impl == "hang":
+        time.sleep(60)
+    if impl == "count":
+        answer = {"ms": 0.0, "seen": dict(seen), "setup": setup}
+    elif impl == "bad":
+        answer = {"error": "ValueError: no kernel for " + str(req["problem"]["seq"])}
+    else:
+        print("noise on stdout goes to stderr")
+        answer = {"ms": float(seen[impl])}
+    print(json.dumps(answer), file=answers, flush=True)
+"""
+
+
+def test_torch_worker_compiles():
+    """The real child script (run on a GPU machine with torch) is at least valid Python."""
+    compile(benchmark._bench_torch._WORKER, "torch worker", "exec")
+
+
+def _fake_peers(monkeypatch, timeout_s=30.0):
+    monkeypatch.setattr(benchmark._bench_torch, "_WORKER", _FAKE_WORKER)
+    return benchmark._bench_torch.TorchPeers(iters=2, repeats=1, timer="wall",
+                                             timeout_s=timeout_s)
+
+
+def test_torch_peers_take_their_turn_in_each_round(monkeypatch):
+    """torch's backends are timed one round per request in a child that stays up, inside the
+    same interleaved rounds as the JAX implementations; a backend that fails is asked once."""
+    problem = benchmark.Problem("fwd", "bf16", 2, 128, 4, 32, True)
+    peers = _fake_peers(monkeypatch)
+    try:
+        calls = []
+
+        def jax_impl():
+            calls.append("jax")
+            return 1.5, ["kernel"]
+
+        def logged(name, timer):
+            def one_round():
+                calls.append(name)
+                return timer()
+            return one_round
+
+        out = benchmark.time_rounds(
+            {"fa3_jax": jax_impl,
+             "torch_cudnn": logged("torch_cudnn", peers.timer("torch_cudnn", problem)),
+             "bad": logged("bad", peers.timer("bad", problem))},
+            rounds=3,
+        )
+        assert calls == ["jax", "torch_cudnn", "bad", "jax", "torch_cudnn", "jax", "torch_cudnn"]
+        assert out["torch_cudnn"] == (2.0, [1.0, 2.0, 3.0], None)
+        assert out["bad"] == "RuntimeError: ValueError: no kernel for 128"
+        count = peers._child.ask({"impl": "count", "problem": {}})
+        assert count["seen"] == {"torch_cudnn": 3, "bad": 1, "count": 1}
+        assert count["setup"] == {"iters": 2, "repeats": 1, "timer": "wall"}
+    finally:
+        peers.close()
+
+
+def test_torch_child_that_exits_or_hangs_is_reported(monkeypatch):
+    problem = benchmark.Problem("bwd", "fp16", 2, 128, 4, 32, False)
+    peers = _fake_peers(monkeypatch)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 7: worker: fatal problem"):
+            peers.timer("die", problem)()
+        with pytest.raises(RuntimeError, match="exited with 7"):
+            peers.timer("torch_fa2", problem)()
+    finally:
+        peers.close()
+    peers = _fake_peers(monkeypatch, timeout_s=0.5)
+    try:
+        with pytest.raises(TimeoutError, match="no answer within 0.5 s"):
+            peers.timer("hang", problem)()
+        with pytest.raises(RuntimeError, match="exited"):
+            peers.timer("torch_fa2", problem)()
+    finally:
+        peers.close()
