@@ -166,8 +166,9 @@ case "$stage" in
   # causal D64 fp16 512-4k: 192/256-key tiles without overlap, and no overlap, against the default,
   # cuDNN alongside (~3 min)
   causal-d64-tiles) python benchmarks/mosaic_forward_check.py --out "$OUT" --causal-d64-tiles 2>&1 | tee -a "$OUT/$stage.log" | tail -6 ;;
-  # head dim 64, 256-key tiles without overlap (2 or 3 stages, ping-pong) against the default,
-  # fp16 and bf16, cuDNN alongside: causal 1k-16k (~8 min) or dense 1k / 4k / 16k (~5 min)
+  # head dim 64, 256-key tiles without overlap (and with ping-pong; dense also on three consumers
+  # and with three stages) against the default, fp16 and bf16, cuDNN alongside: causal 1k-16k
+  # (~2 min) or dense 1k / 4k / 16k (~1 min)
   d64-kv256-causal|d64-kv256-dense) python benchmarks/mosaic_forward_check.py --out "$OUT" \
          --d64-kv256 "${stage#d64-kv256-}" 2>&1 | tee -a "$OUT/$stage.log" | tail -12 ;;
   *) echo "unknown stage $stage"; exit 2 ;;

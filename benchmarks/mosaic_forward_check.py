@@ -343,9 +343,10 @@ def d64_kv256_runs(report, save, causal):
     """Head dim 64 with 256-key tiles without overlap (two consumers; one S accumulator of 128
     registers live), which gained 5% / 10% over the default on causal fp16 at 2k / 4k (H100,
     2026-11-27, ``--causal-d64-tiles``), against the heuristic's config (same schedule): two
-    stages, and with ping-pong; causal 1k-16k, or dense 1k / 4k / 16k (also on three consumers,
-    and with three stages and one Q buffer: only two stages fit with two, and the causal
-    dynamic order needs two), fp16 and bf16, cuDNN alongside."""
+    stages, and with ping-pong; causal 1k-16k, or dense 1k / 4k / 16k, there also on three
+    consumers and with three stages and one Q buffer per consumer (three stages do not fit SMEM
+    next to two Q buffers, and the causal dynamic order needs two); fp16 and bf16, cuDNN
+    alongside."""
     seqs = (1024, 2048, 4096, 8192, 16384) if causal else (1024, 4096, 16384)
     for dtype in (jnp.float16, jnp.bfloat16):
         for s in seqs:

@@ -2,7 +2,7 @@
 
 torch and JAX each load their own CUDA libraries, so torch runs in a child
 Python process that stays up for the whole benchmark run and times one round
-of one backend per request. Its backends so take their turn in the same
+of one backend per request, so its backends take their turn in the same
 interleaved rounds as the JAX implementations (``benchmark.time_rounds``): the
 card's speed drifts by ~10% between measurements (benchmarks/NOTES.md,
 "Session 17"), and a torch timed minutes apart from ours, in a subprocess run

@@ -249,7 +249,7 @@ DYNAMIC_CAUSAL_MAX_SEQ_K = 1024
 #: intra-warpgroup overlap (one 64x256 score accumulator live per consumer, two stages): H100,
 #: 2026-11-27 (benchmarks/NOTES.md "Session 18"), dynamic order, against 128-key tiles with
 #: overlap (three consumers from 8k): fp16 -1% / +5% / +10% / +8% / +11% at 1k / 2k / 4k / 8k /
-#: 16k, bf16 -1% / +5% / +10% / +8% / +5%; dense lost 2-11% the same way (stays).
+#: 16k, bf16 -1% / +5% / +11% / +8% / +5%; dense lost 2-11% the same way (stays).
 CAUSAL_WIDE_KV_MIN_SEQ_K = 2048
 #: Causal FP8 inputs at head_dim <= 64 from this many keys run three consumer warpgroups: H100,
 #: 2026-11-27 (benchmarks/NOTES.md "Session 17"), dynamic order, three against two consumers:
