@@ -517,6 +517,15 @@ def parse_args(argv=None):
     return args
 
 
+def _torch_peers(args, device) -> _bench_torch.TorchPeers | None:
+    """The torch child when torch peers are asked for and ``device`` is a GPU, else None."""
+    if not any(i.startswith("torch") for i in args.impls) or device.platform != "gpu":
+        return None
+    return _bench_torch.TorchPeers(
+        iters=args.iters, repeats=args.repeats, timer=args.timer, timeout_s=args.torch_timeout
+    )
+
+
 def _run_problem(problem: Problem, args, fa3_impl: str, meta: dict, torch_peers) -> list[dict]:
     """The records of every implementation in ``args.impls`` on ``problem``, timed in
     interleaved rounds (torch's backends through ``torch_peers``, None without a GPU)."""
@@ -582,11 +591,7 @@ def main(argv=None) -> list[dict]:
         flush=True,
     )
     problems = problems_from(args)
-    torch_peers = None
-    if any(i.startswith("torch") for i in args.impls) and device.platform == "gpu":
-        torch_peers = _bench_torch.TorchPeers(
-            iters=args.iters, repeats=args.repeats, timer=args.timer, timeout_s=args.torch_timeout
-        )
+    torch_peers = _torch_peers(args, device)
     records = []
     try:
         for problem in problems:
