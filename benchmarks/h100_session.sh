@@ -11,8 +11,8 @@ python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax',
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
 case "$stage" in
   gpu-tests) timeout 480 python -m pytest -q -m gpu tests/fa3_jax 2>&1 | tee -a "$OUT/$stage.log" | tail -25 ;;  # ~4 min for the kernel tests alone
-  # the full FA3 grid (S 512…16k), three interleaved rounds: fp16 8 min, bf16 5.5 min on the H100
-  # (2026-11-27); fwd-fp16 / fwd-bf16: one dtype per call
+  # the full FA3 grid (S 512…16k), three interleaved rounds (torch in them): fp16 7 min, bf16 4.5
+  # min on the H100 (2026-11-27 18:42); fwd-fp16 / fwd-bf16: one dtype per call
   fwd|fwd-fp16|fwd-bf16) full=(--head-dims 64,128,256 --seqlens 512,1024,2048,4096,8192,16384 --causal no,yes)
        if [ "$stage" != fwd-bf16 ]; then
          python -m fa3_jax.benchmark --mode fwd --dtype fp16 "${full[@]}" \
@@ -22,8 +22,8 @@ case "$stage" in
          python -m fa3_jax.benchmark --mode fwd --dtype bf16 "${full[@]}" \
            --impls fa3_jax,cudnn,torch_cudnn,torch_fa2 --tag h100-fwd-bf16-grid 2>&1 | tee -a "$OUT/$stage.log" | tail -40
        fi ;;
-  # the backward grid of issue 4 (S 512…16k), one dtype per call: ~6 min each with one round
-  # (2026-11-26), so three rounds may pass a 10-minute call: HEAD_DIMS=64 / 128 splits it
+  # the backward grid of issue 4 (S 512…16k), one dtype per call, three rounds: 3-3.5 min per
+  # head dim (2026-11-27 18:54), so HEAD_DIMS=64 / 128 splits it under a 10-minute call
   bwd-fp16|bwd-bf16) dt=${stage#bwd-}; impls=fa3_jax,cudnn,torch_cudnn,torch_fa2
          [ "$dt" = fp16 ] && impls+=,jax_mgpu
          dims=${HEAD_DIMS:-64,128}
