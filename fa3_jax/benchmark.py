@@ -539,7 +539,9 @@ def _run_problem(problem: Problem, args, fa3_impl: str, meta: dict, torch_peers)
         if impl.startswith("torch"):
             if problem.mask != "none":
                 continue
-            if torch_peers is None:
+            if problem.dtype == "fp8":
+                results[impl] = "torch SDPA is not timed on float8 inputs here"
+            elif torch_peers is None:
                 results[impl] = "torch needs a CUDA GPU"
             else:
                 timers[impl] = torch_peers.timer(impl, problem)

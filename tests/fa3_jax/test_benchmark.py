@@ -253,16 +253,18 @@ def test_torch_child_that_exits_or_hangs_is_reported(monkeypatch):
 
 def test_torch_records_come_from_the_child_in_each_round(monkeypatch, tmp_path):
     """Through ``main``: on a GPU the torch backends' records carry a time per round from the
-    child; masked problems have no torch records (SDPA takes no such masks)."""
+    child; masked problems have no torch records (SDPA takes no such masks), FP8 ones an error."""
     monkeypatch.setattr(benchmark, "_torch_peers", lambda args, device: _fake_peers(monkeypatch))
     records = benchmark.main(["--tokens", "256", "--hidden", "64", "--seqlens", "128",
-                              "--head-dims", "32", "--dtype", "bf16", "--mode", "fwd",
+                              "--head-dims", "32", "--dtype", "bf16,fp8", "--mode", "fwd",
                               "--causal", "no", "--masks", "none,window",
                               "--impls", "fa3_jax,torch_cudnn,torch_fa2", "--iters", "1",
                               "--repeats", "1", "--rounds", "3", "--out", str(tmp_path),
                               "--tag", "torch"])
-    torch = [r for r in records if r["impl"].startswith("torch")]
+    torch = [r for r in records if r["impl"].startswith("torch") and r["dtype"] == "bf16"]
     assert [(r["impl"], r["mask"], r["ms_rounds"]) for r in torch] == [
         ("torch_cudnn", "none", [1.0, 2.0, 3.0]), ("torch_fa2", "none", [1.0, 2.0, 3.0])]
     assert all(r["ms"] == 2.0 for r in torch)
+    fp8 = [r for r in records if r["impl"].startswith("torch") and r["dtype"] == "fp8"]
+    assert [r["error"] for r in fp8] == ["torch SDPA is not timed on float8 inputs here"] * 2
     assert "| fwd | bf16 | 32 | no | none | 128 |" in next(tmp_path.glob("*-torch.md")).read_text()
