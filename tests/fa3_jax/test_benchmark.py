@@ -231,21 +231,19 @@ def test_torch_peers_take_their_turn_in_each_round(monkeypatch):
         peers.close()
 
 
-def test_torch_child_that_exits_or_hangs_is_reported(monkeypatch):
+@pytest.mark.parametrize("impl,timeout_s,error,message,later", [
+    ("die", 30.0, RuntimeError, "exited with 7: worker: fatal problem", "exited with 7"),
+    ("hang", 0.5, TimeoutError, "no answer within 0.5 s", "exited"),
+])
+def test_torch_child_that_exits_or_hangs_is_reported(monkeypatch, impl, timeout_s, error, message,
+                                                      later):
+    """A child that exits reports its stderr; one that hangs is stopped; later rounds fail fast."""
     problem = benchmark.Problem("bwd", "fp16", 2, 128, 4, 32, False)
-    peers = _fake_peers(monkeypatch)
+    peers = _fake_peers(monkeypatch, timeout_s=timeout_s)
     try:
-        with pytest.raises(RuntimeError, match="exited with 7: worker: fatal problem"):
-            peers.timer("die", problem)()
-        with pytest.raises(RuntimeError, match="exited with 7"):
-            peers.timer("torch_fa2", problem)()
-    finally:
-        peers.close()
-    peers = _fake_peers(monkeypatch, timeout_s=0.5)
-    try:
-        with pytest.raises(TimeoutError, match="no answer within 0.5 s"):
-            peers.timer("hang", problem)()
-        with pytest.raises(RuntimeError, match="exited"):
+        with pytest.raises(error, match=message):
+            peers.timer(impl, problem)()
+        with pytest.raises(RuntimeError, match=later):
             peers.timer("torch_fa2", problem)()
     finally:
         peers.close()
