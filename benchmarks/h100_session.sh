@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles | d64-kv256-causal | d64-kv256-dense | short-causal | chain}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles | d64-kv256-causal | d64-kv256-dense | short-causal}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -175,10 +175,6 @@ case "$stage" in
   # ping-pong, against the default, cuDNN alongside (~1 min)
   short-causal) python benchmarks/mosaic_forward_check.py --out "$OUT" --short-causal 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -5 ;;
-  # chain_items (the overlap carried across items): 12 GPU checks with poisoned outputs, then
-  # default / chain / default on short causal and dense, the 16k window and documents
-  chain) python benchmarks/mosaic_forward_check.py --out "$OUT" --chain 2>&1 \
-         | tee -a "$OUT/$stage.log" | tail -30 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

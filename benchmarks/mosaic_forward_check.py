@@ -382,18 +382,6 @@ def short_causal_runs(report, save):
         _against_default(report, save, [run], changes=changes)
 
 
-def chain_runs(report, save):
-    """The default config against the same with the overlap carried across items
-    (``chain_items``) where the default runs persistent CTAs with overlap: causal D64 at 512 / 1k
-    and D128 at 512 / 1k / 16k, dense D64 1k and D128 512 / 4k (fp16, cuDNN alongside), causal
-    D128 512 in bf16, the 16k window and packed documents (bf16, ours only)."""
-    runs = _fp16_runs(((64, 512, True), (64, 1024, True), (128, 512, True), (128, 1024, True),
-                       (128, 16384, True), (64, 1024, False), (128, 512, False),
-                       (128, 4096, False)))
-    runs.append(dict(d=128, s=512, causal=True, dtype=jnp.bfloat16))
-    _against_default(report, save, _MASKED_RUNS + runs, "chain", chain_items=True)
-
-
 def one_q_runs(report, save):
     """Head dim 256 (two Q buffers per consumer do not fit shared memory) on the grid against
     persistent CTAs with one Q buffer (``prefetch_q=False``): balanced order when causal,
@@ -607,8 +595,6 @@ def main():
                     help="causal D64 512 / 1k, D128 512: tile and schedule variants")
     ap.add_argument("--causal-c3", action="store_true",
                     help="causal head dim 64: three consumers against the default, 2k-8k")
-    ap.add_argument("--chain", action="store_true",
-                    help="checks and timings with chain_items against the default")
     ap.add_argument("--persistent", action="store_true",
                     help="only persistent-grid checks and grid-vs-persistent timings (no peers)")
     args = ap.parse_args()
@@ -654,11 +640,6 @@ def main():
         checks = [(f"{name}-dynamic", {**kw, "config": _check_config(
             kw, persistent=True, tile_order="dynamic", prefetch_q=True)})
             for name, kw in checks if kw["d"] <= 128]
-    if args.chain:
-        # the overlap carried across items, on persistent CTAs in the dynamic order
-        checks = [(f"{name}-chain", {**kw, "config": _check_config(
-            kw, persistent=True, tile_order="dynamic", prefetch_q=True, overlap=True,
-            chain_items=True)}) for name, kw in checks if kw["d"] <= 128]
     if args.one_q:
         checks = [(f"{name}-one-q", {**kw, "config": dataclasses.replace(
             forward_config(kw["d"], kw["dtype"], causal=kw.get("causal", False)),
@@ -707,7 +688,7 @@ def main():
                  one_q=one_q_runs, dynamic=dynamic_runs, fp8=fp8_runs,
                  fp8_confirm=fp8_confirm_runs, causal_c3=causal_c3_runs,
                  fp8_registers=fp8_registers_runs, causal_d64_tiles=causal_d64_tiles_runs,
-                 short_causal=short_causal_runs, chain=chain_runs)
+                 short_causal=short_causal_runs)
     if args.d64_kv256:
         d64_kv256_runs(report, save, causal=args.d64_kv256 == "causal")
         return _summary(report)

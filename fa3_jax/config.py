@@ -104,11 +104,6 @@ class ForwardConfig:
         SMEM base instead of per-warpgroup values held in registers; what lifted the head dim
         128 backward, see ``BackwardConfig.static_warpgroups``). In the forward it measured no
         gain (H100, 2026-11-27: within 5% either way, causal D256 1k -17%), so it is off.
-      chain_items: persistent CTAs carry the intra-warpgroup overlap across items: the first
-        Q K^T of an item is issued together with the previous item's last P V, its softmax
-        runs under that P V, and the previous item's output is stored after it, so the
-        tensor cores do not wait for a first softmax at every item. Needs ``persistent``,
-        ``overlap`` and ``prefetch_q``.
     """
 
     block_q: int = 64
@@ -125,7 +120,6 @@ class ForwardConfig:
     tile_order: str = "q_tiles"
     static_warpgroups: bool = False
     prefetch_q: bool = True
-    chain_items: bool = False
 
     def __post_init__(self):
         if self.tile_order not in FORWARD_TILE_ORDERS:
@@ -137,10 +131,6 @@ class ForwardConfig:
             raise ValueError(f"ForwardConfig.tile_order={self.tile_order!r} needs persistent=True")
         if self.tile_order == "dynamic" and not self.prefetch_q:
             raise ValueError("ForwardConfig.tile_order='dynamic' needs prefetch_q=True")
-        if self.chain_items and not (self.persistent and self.overlap and self.prefetch_q):
-            raise ValueError(
-                "ForwardConfig.chain_items needs persistent=True, overlap=True and prefetch_q=True"
-            )
         if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
             raise ValueError(f"ForwardConfig.num_ctas must be an int >= 0, got {self.num_ctas}")
         if self.block_q != 64:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 
 import jax
 import jax.experimental.pallas as pl
@@ -397,14 +396,17 @@ def _kernel(st: ForwardStatic, dims, *refs):
             if cfg.q_buffers == 2:
                 load_next_q(i, w_next)
 
-        def open_item(i, w=None):
-            """Item ``i``'s indices, tile lookups, logits and output store (``w``: its global
-            index in the dynamic order), as a namespace the steps below take."""
+        def consume_item(i, base, w=None, w_next=None):
+            """Computes one q tile's rows of this warpgroup; returns the ring position after it.
+            ``w``, ``w_next``: global indices of this item and the next (dynamic order)."""
             b, h, qt = item_at(i, w)
             bm = b if batch_m > 1 else 0
             hm = h if heads_m > 1 else 0
+            n_tiles = tile_count(b, h, qt)
             row0 = qt * cfg.tile_q + wg * bq
             qb = q_buffer(i)
+            if not cfg.persistent:
+                load_q(i)
 
             def positions(kv_tile):
                 """Query/key positions of a tile, rebuilt where used (not live across the loop)."""
@@ -417,7 +419,6 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 slope = slope_ref[b if st.alibi_per_batch else 0, h]
             # The item's logit scale folded into exp2 (FP8: times q's and k's dequant scales).
             fold_i = fold
-            v_descale = None
             if st.has_descale:
                 kv_head = lax.div(h, group)
                 qk_descale, v_descale = qk_descale_ref[b, kv_head], v_descale_ref[b, kv_head]
@@ -479,213 +480,120 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
                 return lax.cond(is_partial != 0, apply_masks, lambda s: s, s)
 
-            def logits(s, info, slot):
+            def logits_freeing_k(s, info, slot):
                 """:func:`tile_logits` of the tile in ``slot``, freeing its K slot as soon as
                 it may be: at once (S is in registers), or with segment ids after the logits
                 (the partial-tile branch reads the slot's kv ids)."""
                 if not st.has_segments:
                     plgpu.barrier_arrive(k_free.at[slot])
-                out = tile_logits(s, info, slot)
+                logits = tile_logits(s, info, slot)
                 if st.has_segments:
                     plgpu.barrier_arrive(k_free.at[slot])
-                return out
-
-            def store(acc, m_i, l_i):
-                """Normalizes the item's output and starts its (and its lse's) store."""
-                empty = l_i == 0.0
-                inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
-                if st.has_descale:
-                    inv_l = inv_l * v_descale
-                out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
-                o_smem.at[qb][...] = out.astype(out_dtype)
-                lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
-                if signed:
-                    q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
-                    lse2 = lse2 - c * q_iota.astype(jnp.float32)
-                lse = jnp.where(empty, -jnp.inf, lse2 * LN2)
-                lse_smem.at[wg][...] = lse
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
-                plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
-
-            return types.SimpleNamespace(
-                n_tiles=tile_count(b, h, qt),
-                qb=qb,
-                fold=fold_i,
-                tile_info=tile_info,
-                logits=logits,
-                store=store,
-            )
-
-        def initial_state():
-            """(m, l, acc) of an item before its first tile."""
-            m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
-            l_i = plgpu.layout_cast(jnp.full((bq,), 0.0, jnp.float32), _ROW)
-            acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
-            return m_i, l_i, acc
-
-        def first_tile(it, slot, m_i, l_i):
-            """Q K^T and softmax of ``it``'s first tile, in ``slot``: (p, m, l)."""
-            info = it.tile_info(0)
-            plgpu.barrier_wait(k_bar.at[slot])
-            s = qk(slot, it.qb)
-            p, _, m_i, l_i = softmax(it.logits(s, info, slot), m_i, l_i, it.fold)
-            return p, m_i, l_i
-
-        def last_pv(acc, p, slot):
-            """acc + P V of the tile in ``slot``, which is then released."""
-            plgpu.barrier_wait(v_bar.at[slot])
-            acc = pv(acc, p, slot)
-            plgpu.barrier_arrive(v_free.at[slot])
-            return acc
-
-        def paired_step(acc, p, pv_slot, it, qk_slot, info, m_i, l_i, during=None):
-            """Issues Q K^T of ``it``'s tile in ``qk_slot`` (``info``: its tile info) together
-            with P V of ``p`` (V in ``pv_slot``) onto ``acc`` (already rescaled for ``p``), and
-            runs the new tile's softmax under P V; ``during()`` runs once both are issued.
-            Returns (acc + P V, the new P, alpha, m, l)."""
-            plgpu.barrier_wait(k_bar.at[qk_slot])
-            plgpu.barrier_wait(v_bar.at[pv_slot])
-            if cfg.p_in_smem:
-                p_smem.at[wg][...] = p
-                plgpu.commit_smem()
-
-            def body(s_ref, o_ref):
-                if not st.interpret:
-                    o_ref[...] = acc
-                take_turn()
-                plgpu.wgmma(s_ref, q_smem.at[it.qb], k_smem.at[qk_slot].transpose((1, 0)))
-                lhs = p_smem.at[wg] if cfg.p_in_smem else a_operand(p)
-                plgpu.wgmma(o_ref, lhs, v_operand(pv_slot))
-                pass_turn()
-                if during is not None:
-                    during()
-                s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
-                p_new, alpha, m_new, l_new = softmax(it.logits(s, info, qk_slot), m_i, l_i, it.fold)
-                return o_ref[...], p_new, alpha, m_new, l_new
-
-            o, p_new, alpha, m_i, l_i = pl.run_scoped(
-                body,
-                plgpu.ACC((bq, bkv), jnp.float32),
-                plgpu.ACC((bq, head_dim), jnp.float32),
-            )
-            plgpu.barrier_arrive(v_free.at[pv_slot])
-            if st.interpret:
-                o = o + acc
-            return o, p_new, alpha, m_i, l_i
-
-        def run_overlapped(it, base, carry, during_first=None):
-            """Tiles 1 … n - 1 of ``it`` with intra-warpgroup overlap; ``carry``: (acc, P of
-            tile 0, m, l). Each step issues Q K^T of tile j + 1 with P V of tile j; tile
-            n - 1's P V is left to the caller. ``during_first()`` runs under step 0's GEMMs."""
-
-            def step(j, carry):
-                acc, p, m_i, l_i = carry
-                info = it.tile_info(j + 1)
-                during = None
-                if during_first is not None:
-                    during = lambda: pl.when(j == 0)(during_first)  # noqa: E731
-                o, p, alpha, m_i, l_i = paired_step(
-                    acc, p, slot_of(base, j), it, slot_of(base, j + 1), info, m_i, l_i, during
-                )
-                return o * lax.broadcast_in_dim(alpha, o.shape, [0]), p, m_i, l_i
-
-            return lax.fori_loop(0, it.n_tiles - 1, step, carry)
-
-        def consume_item(i, base, w=None, w_next=None):
-            """Computes one q tile's rows of this warpgroup; returns the ring position after it.
-            ``w``, ``w_next``: global indices of this item and the next (dynamic order)."""
-            it = open_item(i, w)
-            if not cfg.persistent:
-                load_q(i)
+                return logits
 
             def plain_step(j, carry):
                 acc, m_i, l_i = carry
                 slot = slot_of(base, j)
-                info = it.tile_info(j)
+                info = tile_info(j)
                 plgpu.barrier_wait(k_bar.at[slot])
-                s = qk(slot, it.qb)
-                p, alpha, m_i, l_i = softmax(it.logits(s, info, slot), m_i, l_i, it.fold)
+                s = qk(slot, qb)
+                p, alpha, m_i, l_i = softmax(logits_freeing_k(s, info, slot), m_i, l_i, fold_i)
                 acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-                return last_pv(acc, p, slot), m_i, l_i
+                plgpu.barrier_wait(v_bar.at[slot])
+                acc = pv(acc, p, slot)
+                plgpu.barrier_arrive(v_free.at[slot])
+                return acc, m_i, l_i
 
-            m_i, l_i, acc = initial_state()
-            plgpu.barrier_wait(q_bar.at[it.qb])
+            def overlap_step(j, carry):
+                # carry: P of tile j (input dtype, from the previous step) and the
+                # accumulator already rescaled for it. Issue Q K^T of tile j + 1 and
+                # P V of tile j together, then run the softmax of tile j + 1 under P V.
+                acc, p, m_i, l_i = carry
+                slot = slot_of(base, j)
+                nxt = slot_of(base, j + 1)
+                info = tile_info(j + 1)
+                plgpu.barrier_wait(k_bar.at[nxt])
+                plgpu.barrier_wait(v_bar.at[slot])
+                p16 = p  # this tile's P (``body`` rebinds ``p`` to the next tile's)
+                if cfg.p_in_smem:
+                    p_smem.at[wg][...] = p16
+                    plgpu.commit_smem()
+
+                def body(s_ref, o_ref):
+                    if not st.interpret:
+                        o_ref[...] = acc
+                    take_turn()
+                    plgpu.wgmma(s_ref, q_smem.at[qb], k_smem.at[nxt].transpose((1, 0)))
+                    lhs = p_smem.at[wg] if cfg.p_in_smem else a_operand(p16)
+                    plgpu.wgmma(o_ref, lhs, v_operand(slot))
+                    pass_turn()
+                    s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
+                    p, alpha, m_new, l_new = softmax(
+                        logits_freeing_k(s, info, nxt), m_i, l_i, fold_i
+                    )
+                    return o_ref[...], p, alpha, m_new, l_new
+
+                o, p, alpha, m_i, l_i = pl.run_scoped(
+                    body,
+                    plgpu.ACC((bq, bkv), jnp.float32),
+                    plgpu.ACC((bq, head_dim), jnp.float32),
+                )
+                plgpu.barrier_arrive(v_free.at[slot])
+                if st.interpret:
+                    o = o + acc
+                acc = o * lax.broadcast_in_dim(alpha, o.shape, [0])
+                return acc, p, m_i, l_i
+
+            m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
+            l_i = plgpu.layout_cast(jnp.full((bq,), 0.0, jnp.float32), _ROW)
+            acc = plgpu.layout_cast(jnp.full((bq, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+            plgpu.barrier_wait(q_bar.at[qb])
             if cfg.overlap:
 
                 def run_tiles(carry):
                     acc, m_i, l_i = carry
-                    p, m_i, l_i = first_tile(it, slot_of(base, 0), m_i, l_i)
+                    info = tile_info(0)
+                    first = slot_of(base, 0)
+                    plgpu.barrier_wait(k_bar.at[first])
+                    s = qk(first, qb)
+                    p, _, m_i, l_i = softmax(logits_freeing_k(s, info, first), m_i, l_i, fold_i)
                     prefetch_q(i, w_next)
-                    acc, p, m_i, l_i = run_overlapped(it, base, (acc, p, m_i, l_i))
-                    return last_pv(acc, p, slot_of(base, it.n_tiles - 1)), m_i, l_i
+                    acc, p, m_i, l_i = lax.fori_loop(
+                        0, n_tiles - 1, overlap_step, (acc, p, m_i, l_i)
+                    )
+                    last = slot_of(base, n_tiles - 1)
+                    plgpu.barrier_wait(v_bar.at[last])
+                    acc = pv(acc, p, last)
+                    plgpu.barrier_arrive(v_free.at[last])
+                    return acc, m_i, l_i
 
                 def no_tiles(carry):
                     prefetch_q(i, w_next)
                     return carry
 
-                acc, m_i, l_i = lax.cond(it.n_tiles > 0, run_tiles, no_tiles, (acc, m_i, l_i))
+                acc, m_i, l_i = lax.cond(n_tiles > 0, run_tiles, no_tiles, (acc, m_i, l_i))
             else:
                 prefetch_q(i, w_next)
-                acc, m_i, l_i = lax.fori_loop(0, it.n_tiles, plain_step, (acc, m_i, l_i))
-            it.store(acc, m_i, l_i)
+                acc, m_i, l_i = lax.fori_loop(0, n_tiles, plain_step, (acc, m_i, l_i))
+
+            empty = l_i == 0.0
+            inv_l = 1.0 / jnp.where(empty, 1.0, l_i)
+            if st.has_descale:
+                inv_l = inv_l * v_descale
+            out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
+            o_smem.at[qb][...] = out.astype(out_dtype)
+            lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
+            if signed:
+                q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
+                lse2 = lse2 - c * q_iota.astype(jnp.float32)
+            lse = jnp.where(empty, -jnp.inf, lse2 * LN2)
+            lse_smem.at[wg][...] = lse
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
+            plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
             if cfg.persistent and cfg.q_buffers == 1:
                 load_next_q(i)
-            return base + it.n_tiles
-
-        def chain_item(i, w, w_next, carry):
-            """``chain_items``: item ``i``'s first Q K^T is issued with the previous item's
-            last P V and its softmax runs under it; then the previous item's output is stored
-            and item ``i``'s remaining tiles run overlapped. ``carry``: (ring position, the
-            previous item's global index, whether its last P V is pending, that tile's slot,
-            its acc, P, m, l); returns the same for item ``i``."""
-            base, w_prev, pending, pending_slot, acc, p, m_prev, l_prev = carry
-            it = open_item(i, w)
-            m0, l0, zeros = initial_state()
-            first = slot_of(base, 0)
-            plgpu.barrier_wait(q_bar.at[it.qb])
-
-            def nothing(_):
-                return acc, p, m0, l0
-
-            def close_pending(_):
-                return last_pv(acc, p, pending_slot), p, m0, l0
-
-            def start(_):
-                return (acc, *first_tile(it, first, m0, l0))
-
-            def start_under_pending(_):
-                info = it.tile_info(0)
-                o, p_new, _, m_i, l_i = paired_step(acc, p, pending_slot, it, first, info, m0, l0)
-                return o, p_new, m_i, l_i
-
-            branch = 2 * (it.n_tiles > 0).astype(jnp.int32) + pending
-            done, p, m_i, l_i = lax.switch(
-                branch, (nothing, close_pending, start, start_under_pending), None
-            )
-            pl.when(i > 0)(lambda: open_item(i - 1, w_prev).store(done, m_prev, l_prev))
-            # Item i + 1's Q goes into the buffer item i - 1's output is leaving: under the
-            # first overlapped step's GEMMs when there is one, else now.
-            pl.when(it.n_tiles < 2)(lambda: prefetch_q(i, w_next))
-            acc, p, m_i, l_i = run_overlapped(
-                it, base, (zeros, p, m_i, l_i), during_first=lambda: prefetch_q(i, w_next)
-            )
-            last = slot_of(base, jnp.maximum(it.n_tiles - 1, 0))
-            pending = (it.n_tiles > 0).astype(jnp.int32)
-            w = w_prev if w is None else w  # the static orders find items by ``i`` alone
-            return base + it.n_tiles, w, pending, last, acc, p, m_i, l_i
-
-        def chain_start():
-            """:func:`chain_item`'s carry before the first item (nothing pending)."""
-            m_i, l_i, acc = initial_state()
-            p = plgpu.layout_cast(jnp.full((bq, bkv), 0.0, dtype), plgpu.Layout.WGMMA)
-            return jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0), acc, p, m_i, l_i
-
-        def chain_finish(i_last, carry):
-            """Stores the last item (``i_last``) of a chained walk, after its pending P V."""
-            _, w_last, pending, pending_slot, acc, p, m_i, l_i = carry
-            acc = lax.cond(pending != 0, lambda a: last_pv(a, p, pending_slot), lambda a: a, acc)
-            open_item(i_last, w_last).store(acc, m_i, l_i)
+            return base + n_tiles
 
         if cfg.pingpong:
             # Warpgroup 0 issues first.
@@ -695,30 +603,18 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
             def next_consumed(carry):
                 # The producer published item i + 1's index when it started item i.
-                i, base, w, chain = carry
+                i, base, w = carry
                 slot = lax.rem(i + 1, 2)
                 plgpu.barrier_wait(item_full.at[slot])
                 w_next = item_smem[slot]
                 plgpu.barrier_arrive(item_free.at[slot])
-                if cfg.chain_items:
-                    chain = chain_item(i, w, w_next, chain)
-                    return i + 1, chain[0], w_next, chain
-                return i + 1, consume_item(i, base, w, w_next), w_next, chain
+                return i + 1, consume_item(i, base, w, w_next), w_next
 
-            chain = chain_start() if cfg.chain_items else ()
-            n_done, _, _, chain = lax.while_loop(
+            lax.while_loop(
                 lambda carry: carry[2] < total_items,
                 next_consumed,
-                (jnp.int32(0), jnp.int32(0), first_item(), chain),
+                (jnp.int32(0), jnp.int32(0), first_item()),
             )
-            if cfg.chain_items:
-                chain_finish(n_done - 1, chain)
-        elif cfg.chain_items:
-            load_q(0)
-            chain = lax.fori_loop(
-                0, n_items, lambda i, chain: chain_item(i, None, None, chain), chain_start()
-            )
-            chain_finish(n_items - 1, chain)
         else:
             if cfg.persistent:
                 load_q(0)

@@ -169,19 +169,6 @@ _VARIANTS = [
     (with_consumers(_variant(persistent=True, num_ctas=3), 3, pingpong=True, overlap=True,
                     num_stages=2),
      Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=500, seq_k=500, causal=True)),
-    # the overlap carried across items (chain_items): packed documents in the dynamic order
-    # with ping-pong; more queries than keys (bottom-right causal: items with no tiles and
-    # with one, after items with a pending P V) on three consumers in the balanced order;
-    # ALiBi with a window on one CTA that walks every item
-    (_variant(tile_order="dynamic", persistent=True, num_ctas=3, chain_items=True),
-     Case(dtype=jnp.bfloat16, batch=2, heads_q=4, heads_kv=2, seq_q=300, seq_k=300, causal=True,
-          segments="shared")),
-    (with_consumers(_variant(tile_order="balanced", persistent=True, num_ctas=2,
-                             chain_items=True), 3, pingpong=False, overlap=True, num_stages=2),
-     Case(dtype=jnp.float16, batch=1, heads_q=2, heads_kv=1, seq_q=600, seq_k=150, causal=True)),
-    (_variant(pingpong=False, persistent=True, num_ctas=1, chain_items=True),
-     Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=2, seq_q=260, seq_k=330, causal=True,
-          window=(90, 0), alibi="head", softcap=5.0)),
     # the dynamic order: item indices handed from the producer to the consumers through a
     # two-slot ring (interpret mode steps the counter without atomics); packed documents with
     # GQA and a key tail (ping-pong), then three consumers and a CTA with one item.
@@ -210,7 +197,6 @@ def _variant_id(variant):
     name += f"-persistent{config.num_ctas}" * config.persistent
     name += "-static-wg" * config.static_warpgroups
     name += "-one-q" * (config.persistent and not config.prefetch_q)
-    name += "-chain" * config.chain_items
     return name + f"-{config.tile_order}" * (config.tile_order != "q_tiles")
 
 
@@ -277,12 +263,9 @@ def test_interpret_thread_pool_outnumbers_blocking_waits():
     ForwardConfig(persistent=True, tile_order="balanced", static_warpgroups=True),
     ForwardConfig(persistent=True, tile_order="balanced", prefetch_q=False),
     ForwardConfig(persistent=True, tile_order="dynamic"),
-    ForwardConfig(persistent=True, tile_order="dynamic", chain_items=True),
-    ForwardConfig(persistent=True, tile_order="balanced", pingpong=False, chain_items=True),
 ], ids=["persistent-sm", "persistent7-pp", "grid", "grid-heads", "persistent-lpt",
         "persistent-balanced", "grid-3consumers", "grid-static-wg", "persistent-balanced-static-wg",
-        "persistent-balanced-one-q", "persistent-dynamic", "persistent-dynamic-chain",
-        "persistent-balanced-chain"])
+        "persistent-balanced-one-q", "persistent-dynamic"])
 def test_lowers_for_cuda(config):
     """The real GPU path (P in registers, no interpret mode) lowers to Mosaic GPU on the CPU."""
     b, s, h, h_kv, d = 2, 1000, 4, 2, 128
