@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import time
 
 import jax
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fa3_jax
+from fa3_jax.benchmark import gpu_time
 
 D, HEADS, TOKENS, DOC = 128, 16, 16384, 2048
 
@@ -38,15 +38,6 @@ def _case(name):
     return 1, TOKENS, {}, TOKENS * (TOKENS + 1) // 2
 
 
-def _kernel_ms(fn, args, calls):
-    """[(kernel name, median ms)] in launch order, over ``calls`` calls."""
-    from jax.experimental.mosaic.gpu import profiler
-
-    _, per_call = profiler.measure(fn, aggregate=False, iterations=calls)(*args)
-    names = [n for n, _ in per_call[0]]
-    return [(n, statistics.median(c[i][1] for c in per_call)) for i, n in enumerate(names)]
-
-
 def run(name, mode, calls):
     b, s, kw, pairs = _case(name)
     rng = np.random.default_rng(0)
@@ -57,11 +48,11 @@ def run(name, mode, calls):
         return fa3_jax.attention(q, k, v, causal=True, **kw)
 
     if mode == "fwd":
-        kernels = _kernel_ms(jax.jit(fwd), (q, k, v), calls)
+        kernels = gpu_time(jax.jit(fwd), (q, k, v), calls=calls)[1]
         flops = 4.0 * HEADS * D * pairs
     else:
         _, pullback = jax.jit(lambda q, k, v: jax.vjp(fwd, q, k, v))(q, k, v)
-        kernels = _kernel_ms(jax.jit(lambda p, do: p(do)), (pullback, do), calls)
+        kernels = gpu_time(jax.jit(lambda p, do: p(do)), (pullback, do), calls=calls)[1]
         flops = 10.0 * HEADS * D * pairs
     total = sum(ms for _, ms in kernels)
     attn = sum(ms for n, ms in kernels if "mosaic" in n)

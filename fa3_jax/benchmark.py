@@ -274,15 +274,35 @@ def time_calls(fn, args, *, iters: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def gpu_time(fn, args, *, calls: int) -> tuple[float, list[str]]:
-    """CUPTI: median over ``calls`` of the summed kernel milliseconds of one call,
-    and the kernels one call launches (names, in launch order)."""
+def gpu_time(fn, args, *, calls: int) -> tuple[float, list[tuple[str, float | None]]]:
+    """CUPTI: median over ``calls`` of the summed kernel milliseconds of one call, and the
+    kernels one call launches, in launch order: ``(name, median milliseconds over the
+    calls)``, the milliseconds None when the calls did not all launch the same kernels."""
     from jax.experimental.mosaic.gpu import profiler
 
     _, per_call = profiler.measure(fn, aggregate=False, iterations=calls)(*args)
     if per_call is None:
         raise RuntimeError("CUPTI saw no kernel launches")
-    return statistics.median(sum(ms for _, ms in c) for c in per_call), [n for n, _ in per_call[0]]
+    total = statistics.median(sum(ms for _, ms in c) for c in per_call)
+    names = [n for n, _ in per_call[0]]
+    if any([n for n, _ in c] != names for c in per_call):
+        return total, [(n, None) for n in names]
+    return total, [(n, statistics.median(c[i][1] for c in per_call)) for i, n in enumerate(names)]
+
+
+def _kernel_medians(rounds: list) -> list[tuple[str, float | None]] | None:
+    """Each kernel's median milliseconds over the rounds' :func:`gpu_time` lists (None where
+    a round did not time it, or rounds launched different kernels); None without kernels."""
+    if not rounds or rounds[-1] is None:
+        return None
+    names = [n for n, _ in rounds[-1]]
+    if any(r is None or [n for n, _ in r] != names for r in rounds):
+        return [(n, None) for n in names]
+    per_kernel = []
+    for i, name in enumerate(names):
+        times = [r[i][1] for r in rounds]
+        per_kernel.append((name, None if None in times else statistics.median(times)))
+    return per_kernel
 
 
 def _timed(fn, args, cli) -> tuple[float, list[str] | None]:
@@ -294,7 +314,8 @@ def _timed(fn, args, cli) -> tuple[float, list[str] | None]:
 def jax_timer(impl, problem, masks, args):
     """A function that times one round of ``impl`` on ``problem``: milliseconds per call of
     the forward, or of the backward alone, and, with CUPTI, the kernels one timed call
-    launches. Built once (inputs, jit), called once per round.
+    launches with their times (:func:`gpu_time`). Built once (inputs, jit), called once per
+    round.
 
     The backward is timed on its own: the forward runs once (``jax.vjp`` under
     ``jit``), and the jitted pullback is timed on the saved residuals, as
@@ -314,7 +335,8 @@ def jax_timer(impl, problem, masks, args):
 
 
 def time_rounds(timers: dict, rounds: int) -> dict:
-    """``{impl: (median ms over rounds, [ms per round], kernels) or error string}``.
+    """``{impl: (median ms over rounds, [ms per round], kernels) or error string}``;
+    ``kernels``: ``[(name, median ms over rounds)]`` in launch order (CUPTI), else None.
 
     Each round times every impl once, in turn: this card's speed drifts between two
     states ~10% apart from one 60-call measurement to the next (benchmarks/NOTES.md,
@@ -328,15 +350,16 @@ def time_rounds(timers: dict, rounds: int) -> dict:
             if impl in errors:
                 continue
             try:
-                ms, kernels[impl] = timer()
+                ms, kernels_of_round = timer()
             except Exception as e:  # a peer that cannot run this configuration
                 errors[impl] = f"{type(e).__name__}: {e}"[:300]
                 continue
             samples[impl].append(ms)
+            kernels.setdefault(impl, []).append(kernels_of_round)
     return {
         impl: errors[impl]
         if impl in errors
-        else (statistics.median(samples[impl]), samples[impl], kernels[impl])
+        else (statistics.median(samples[impl]), samples[impl], _kernel_medians(kernels[impl]))
         for impl in timers
     }
 
@@ -559,7 +582,8 @@ def _run_problem(problem: Problem, args, fa3_impl: str, meta: dict, torch_peers)
         if not isinstance(result, str):
             result, extra["ms_rounds"], kernels = result
             if kernels:
-                extra["kernels"] = kernels
+                extra["kernels"] = [name for name, _ in kernels]
+                extra["kernel_ms"] = [ms for _, ms in kernels]
         rec = record(problem, impl, result, problem_flops, {**meta, **extra})
         records.append(rec)
         shown = f"{rec['tflops']:7.1f} TFLOP/s" if "tflops" in rec else rec["error"][:80]

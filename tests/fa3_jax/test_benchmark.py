@@ -83,6 +83,25 @@ def test_benchmark_writes_records(tmp_path):
     assert all("visited_tiles" in r for r in ours if r["mode"] == "fwd" and r["mask"] != "alibi")
 
 
+def test_records_carry_each_kernels_time(monkeypatch, tmp_path):
+    """With CUPTI the records name the kernels one call launches and give each one's median
+    over the rounds (here a stand-in timer: the CPU has no CUPTI)."""
+    times = iter([1.0, 3.0, 2.0])
+
+    def timed(fn, args, cli):
+        ms = next(times)
+        return ms, [("delta", 0.5), ("attention", ms - 0.5)]
+
+    monkeypatch.setattr(benchmark, "_timed", timed)
+    records = benchmark.main(["--tokens", "128", "--hidden", "64", "--seqlens", "128",
+                              "--head-dims", "32", "--dtype", "bf16", "--mode", "fwd",
+                              "--causal", "no", "--impls", "fa3_jax", "--rounds", "3",
+                              "--out", str(tmp_path)])
+    [rec] = records
+    assert rec["ms"] == 2.0 and rec["ms_rounds"] == [1.0, 3.0, 2.0]
+    assert rec["kernels"] == ["delta", "attention"] and rec["kernel_ms"] == [0.5, 1.5]
+
+
 def test_masked_flops_count_visible_pairs():
     p = benchmark.Problem("fwd", "bf16", 1, 256, 2, 32, True, "segments")
     _, dense = benchmark.mask_inputs(p)
@@ -133,7 +152,7 @@ def test_mask_overheads_against_the_unmasked_run():
 
 def test_rounds_interleave_the_implementations_and_report_medians():
     """Each round times every implementation once, in turn; a failing one is reported once
-    and not timed again; the result is the median over rounds."""
+    and not timed again; the result is the median over rounds, each kernel's too."""
     calls = []
 
     def timer(name, values):
@@ -141,7 +160,8 @@ def test_rounds_interleave_the_implementations_and_report_medians():
 
         def time_one():
             calls.append(name)
-            return next(it), [f"{name}_kernel"]
+            ms = next(it)
+            return ms, [(f"{name}_prep", 0.25), (f"{name}_kernel", ms - 0.25)]
 
         return time_one
 
@@ -154,9 +174,44 @@ def test_rounds_interleave_the_implementations_and_report_medians():
         rounds=3,
     )
     assert calls == ["a", "broken", "b", "a", "b", "a", "b"]
-    assert out["a"] == (2.0, [3.0, 1.0, 2.0], ["a_kernel"])
-    assert out["b"] == (5.0, [5.0, 9.0, 4.0], ["b_kernel"])
+    assert out["a"] == (2.0, [3.0, 1.0, 2.0], [("a_prep", 0.25), ("a_kernel", 1.75)])
+    assert out["b"] == (5.0, [5.0, 9.0, 4.0], [("b_prep", 0.25), ("b_kernel", 4.75)])
     assert out["broken"] == "RuntimeError: cannot run"
+
+
+@pytest.mark.parametrize("launches,expected", [
+    # every call launches the same two kernels: each one's median
+    ([[("prep", 0.1), ("attn", 2.0)], [("prep", 0.3), ("attn", 1.0)],
+      [("prep", 0.2), ("attn", 3.0)]], (2.1, [("prep", 0.2), ("attn", 2.0)])),
+    # a call that launched something else: the names of the first call, no times
+    ([[("prep", 0.1), ("attn", 2.0)], [("attn", 1.0)], [("prep", 0.2), ("attn", 3.0)]],
+     (2.1, [("prep", None), ("attn", None)])),
+])
+def test_gpu_time_reports_each_kernel(monkeypatch, launches, expected):
+    """CUPTI's per-call kernel lists give the median summed time and each kernel's median."""
+    from jax.experimental.mosaic.gpu import profiler
+
+    seen = {}
+
+    def measure(fn, *, aggregate, iterations):
+        seen.update(aggregate=aggregate, iterations=iterations)
+        return lambda *args: (fn(*args), launches)
+
+    monkeypatch.setattr(profiler, "measure", measure)
+    total, kernels = benchmark.gpu_time(lambda x: x, (1,), calls=3)
+    assert seen == {"aggregate": False, "iterations": 3}
+    assert total == pytest.approx(expected[0])
+    assert [n for n, _ in kernels] == [n for n, _ in expected[1]]
+    for (_, ms), (_, want) in zip(kernels, expected[1], strict=True):
+        assert ms == (None if want is None else pytest.approx(want))
+
+
+def test_kernel_medians_need_the_same_kernels_every_round():
+    rounds = [[("prep", 0.1), ("attn", 2.0)], [("prep", 0.3), ("attn", 1.0)]]
+    assert benchmark._kernel_medians(rounds) == [("prep", 0.2), ("attn", 1.5)]
+    assert benchmark._kernel_medians([*rounds, [("attn", 1.0)]]) == [("attn", None)]
+    assert benchmark._kernel_medians([[("attn", None)], [("attn", 1.0)]]) == [("attn", None)]
+    assert benchmark._kernel_medians([None, None]) is None
 
 
 #: Stands in for the torch child: answers the n-th request for an impl with n ms, an error
@@ -207,7 +262,7 @@ def test_torch_peers_take_their_turn_in_each_round(monkeypatch):
 
         def jax_impl():
             calls.append("jax")
-            return 1.5, ["kernel"]
+            return 1.5, [("kernel", 1.5)]
 
         def logged(name, timer):
             def one_round():
