@@ -305,7 +305,7 @@ def _kernel_medians(rounds: list) -> list[tuple[str, float | None]] | None:
     return per_kernel
 
 
-def _timed(fn, args, cli) -> tuple[float, list[str] | None]:
+def _timed(fn, args, cli) -> tuple[float, list[tuple[str, float | None]] | None]:
     if cli.timer == "cupti":
         return gpu_time(fn, args, calls=cli.iters * cli.repeats)
     return time_calls(fn, args, iters=cli.iters, repeats=cli.repeats), None
