@@ -276,31 +276,29 @@ def time_calls(fn, args, *, iters: int, repeats: int) -> float:
 
 def gpu_time(fn, args, *, calls: int) -> tuple[float, list[tuple[str, float | None]]]:
     """CUPTI: median over ``calls`` of the summed kernel milliseconds of one call, and the
-    kernels one call launches, in launch order: ``(name, median milliseconds over the
-    calls)``, the milliseconds None when the calls did not all launch the same kernels."""
+    kernels one call launches with their medians over the calls (:func:`_kernel_medians`)."""
     from jax.experimental.mosaic.gpu import profiler
 
     _, per_call = profiler.measure(fn, aggregate=False, iterations=calls)(*args)
     if per_call is None:
         raise RuntimeError("CUPTI saw no kernel launches")
     total = statistics.median(sum(ms for _, ms in c) for c in per_call)
-    names = [n for n, _ in per_call[0]]
-    if any([n for n, _ in c] != names for c in per_call):
-        return total, [(n, None) for n in names]
-    return total, [(n, statistics.median(c[i][1] for c in per_call)) for i, n in enumerate(names)]
+    return total, _kernel_medians(per_call)
 
 
-def _kernel_medians(rounds: list) -> list[tuple[str, float | None]] | None:
-    """Each kernel's median milliseconds over the rounds' :func:`gpu_time` lists (None where
-    a round did not time it, or rounds launched different kernels); None without kernels."""
-    if not rounds or rounds[-1] is None:
+def _kernel_medians(runs: list) -> list[tuple[str, float | None]] | None:
+    """``[(name, median ms)]`` in the first run's launch order over ``runs`` (each a list of
+    ``(name, ms)``: the calls of :func:`gpu_time`, or the rounds of :func:`time_rounds`); the
+    milliseconds None where a run did not time a kernel or the runs launched different
+    kernels; None when the first run has no kernels (a timer without CUPTI)."""
+    if not runs or runs[0] is None:
         return None
-    names = [n for n, _ in rounds[-1]]
-    if any(r is None or [n for n, _ in r] != names for r in rounds):
+    names = [n for n, _ in runs[0]]
+    if any(r is None or [n for n, _ in r] != names for r in runs):
         return [(n, None) for n in names]
     per_kernel = []
     for i, name in enumerate(names):
-        times = [r[i][1] for r in rounds]
+        times = [r[i][1] for r in runs]
         per_kernel.append((name, None if None in times else statistics.median(times)))
     return per_kernel
 

@@ -209,7 +209,7 @@ def test_gpu_time_reports_each_kernel(monkeypatch, launches, expected):
 def test_kernel_medians_need_the_same_kernels_every_round():
     rounds = [[("prep", 0.1), ("attn", 2.0)], [("prep", 0.3), ("attn", 1.0)]]
     assert benchmark._kernel_medians(rounds) == [("prep", 0.2), ("attn", 1.5)]
-    assert benchmark._kernel_medians([*rounds, [("attn", 1.0)]]) == [("attn", None)]
+    assert benchmark._kernel_medians([[("attn", 1.0)], *rounds]) == [("attn", None)]
     assert benchmark._kernel_medians([[("attn", None)], [("attn", 1.0)]]) == [("attn", None)]
     assert benchmark._kernel_medians([None, None]) is None
 
