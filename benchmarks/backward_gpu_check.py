@@ -436,6 +436,23 @@ AB_MODES = {
          (64, 16384, False, "sparse50")],
         "heuristic",
     ),
+    # the fused five-GEMM path (the heuristic's from 8k keys) on plain causal head dim 128 below
+    # 8k, where the two kernels run; 8k as the control
+    "--causal-d128-fused": (
+        "causal_d128_fused",
+        [("default", {}),
+         ("fused", dict(dq="atomic", q_rows=True, split_partial=True, static_warpgroups=True)),
+         ("default_again", {})],
+        [(128, 2048, True), (128, 4096, True), (128, 8192, True)],
+        "heuristic",
+    ),
+    # the same at head dim 64 (fused from 4k keys: three ring stages), 4k as the control
+    "--causal-d64-fused": (
+        "causal_d64_fused",
+        [("default", {}), ("fused", dict(dq="atomic", stages=3)), ("default_again", {})],
+        [(64, 1024, True), (64, 2048, True), (64, 4096, True)],
+        "heuristic",
+    ),
     # tiling/scheduling variants against the default (re-timed with CUPTI)
     "--variants": (
         "variants",

@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles | d64-kv256-causal | d64-kv256-dense | short-causal}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles | d64-kv256-causal | d64-kv256-dense | short-causal | backward-causal-fused}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -175,6 +175,11 @@ case "$stage" in
   # ping-pong, against the default, cuDNN alongside (~1 min)
   short-causal) python benchmarks/mosaic_forward_check.py --out "$OUT" --short-causal 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -5 ;;
+  # the fused dQ path against the two kernels on plain causal head dim 128 at 2k-8k, 5 rounds
+  # (then the same at head dim 64, 1k-4k)
+  backward-causal-fused) for mode in --causal-d128-fused --causal-d64-fused; do
+         python benchmarks/backward_gpu_check.py "$OUT" $mode --rounds 5 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -14; done ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

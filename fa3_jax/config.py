@@ -32,6 +32,7 @@ __all__ = [
     "FP8_CAUSAL_THREE_CONSUMERS_MIN_SEQ_K",
     "FUSED_DQ_MIN_SEQ_K",
     "FUSED_DQ_MIN_SEQ_K_CAUSAL_D128",
+    "FUSED_DQ_MIN_SEQ_K_CAUSAL_D64",
     "FUSED_DQ_MIN_SEQ_K_DENSE_D128",
 ]
 
@@ -609,6 +610,10 @@ FUSED_DQ_MIN_SEQ_K_DENSE_D128 = 2048
 #: The same for plain causal head dim 128 inputs (with ``split_partial``, ``q_rows`` and
 #: ``static_warpgroups``).
 FUSED_DQ_MIN_SEQ_K_CAUSAL_D128 = 8192
+#: The same for plain causal head dim 64 inputs: H100, bf16, five interleaved rounds, 2026-11-27
+#: (benchmarks/NOTES.md, "Session 20"): fused against the two kernels +2.8% at 2k (every round
+#: faster), -1.6% at 1k.
+FUSED_DQ_MIN_SEQ_K_CAUSAL_D64 = 2048
 BACKWARD_KINDS = ("dense", "block_sparse", "causal", "masked", "alibi")
 
 
@@ -635,7 +640,8 @@ def default_backward_config(
     masked below unless named. Unless ``deterministic``,
     inputs with at least :data:`FUSED_DQ_MIN_SEQ_K` keys (and block masks, if any, of
     128-multiple blocks) take ``dq='atomic'`` when dense or block-sparse, and at head dim
-    <= 64 also when masked (head dim 128: dense and causal from other lengths, below). H100,
+    <= 64 also when masked (plain causal head dim 64 from :data:`FUSED_DQ_MIN_SEQ_K_CAUSAL_D64`;
+    head dim 128: dense and causal from other lengths, below). H100,
     bf16, timing the backward alone (NOTES, "Session 7", "Session 8" and "Session 9"): +3…9% at
     4k-16k (dense D64/D128, causal D64); causal D64 at 4k: +3.5% with a 1024-key window, +25%
     with ALiBi, even with segment ids; block-sparse 16k (128 x 128 blocks kept at 20/50/80%):
@@ -677,7 +683,7 @@ def default_backward_config(
     small_blocks = block_mask is not None and (block_mask.block_q % 128 or block_mask.block_k % 128)
     wgs = 1 if small_blocks else 2
     if head_dim <= 64:
-        min_seq_k = FUSED_DQ_MIN_SEQ_K
+        min_seq_k = FUSED_DQ_MIN_SEQ_K_CAUSAL_D64 if kind == "causal" else FUSED_DQ_MIN_SEQ_K
     else:
         min_seq_k = {
             "dense": FUSED_DQ_MIN_SEQ_K_DENSE_D128,

@@ -504,6 +504,8 @@ def test_config_validation_and_heuristic():
     (128, 4096, "causal", 0, False, "kernel"),
     (128, 16384, "masked", 0, False, "kernel"),  # D128 window/documents: the two kernels
     (64, 4096, "causal", 0, False, "atomic"),
+    (64, 2048, "causal", 0, False, "atomic"),  # plain causal D64 from 2k
+    (64, 1024, "causal", 0, False, "kernel"),
     (64, 4096, "masked", 0, False, "atomic"),  # D64 window: fused wins
     (64, 4096, "alibi", 0, False, "atomic"),  # D64 ALiBi: fused wins
     (128, 4096, "alibi", 0, False, "kernel"),
@@ -709,16 +711,17 @@ def test_gpu_atomic_dq_matches_the_two_kernel_path(head_dim, masks):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind,head_dim", [("dense", 128), ("block_sparse", 128), ("masked", 64)])
-def test_gpu_default_fused_dq_matches_deterministic(kind, head_dim):
+@pytest.mark.parametrize("kind,head_dim,seq", [("dense", 128, 4096), ("block_sparse", 128, 4096),
+                                              ("masked", 64, 4096), ("causal", 64, 2048)])
+def test_gpu_default_fused_dq_matches_deterministic(kind, head_dim, seq):
     """The default for 4k unmasked or block-sparse keys (and causal ones at head dim 64, with
-    three ring slots) adds dQ with fp32 atomics: equal to the deterministic two-kernel path up
-    to the summation order."""
-    case = Case(dtype=BF16, batch=1, seq_q=4096, seq_k=4096, heads_q=4, heads_kv=2,
-                head_dim=head_dim, causal=kind == "masked",
+    three ring slots; plain causal from 2k) adds dQ with fp32 atomics: equal to the
+    deterministic two-kernel path up to the summation order."""
+    case = Case(dtype=BF16, batch=1, seq_q=seq, seq_k=seq, heads_q=4, heads_kv=2,
+                head_dim=head_dim, causal=kind in ("masked", "causal"),
                 block_sparse=(128, 128, 0.5) if kind == "block_sparse" else None)
     args, kwargs, _ = _grads_direct(case, 31)
-    chosen = mosaic_backward._resolve_config(None, head_dim, kwargs["block_mask"], seq_k=4096,
+    chosen = mosaic_backward._resolve_config(None, head_dim, kwargs["block_mask"], seq_k=seq,
                                              kind=kind, deterministic=False)
     assert (chosen.dq, chosen.stages) == ("atomic", 3 if head_dim == 64 else 2)
     assert chosen.static_warpgroups == (head_dim == 128)
