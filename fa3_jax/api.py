@@ -35,6 +35,8 @@ class _Static:
     softcap: float | None
     implementation: str
     deterministic: bool = False
+    #: The caller wants the LSE; else the primal (not differentiated) Mosaic call skips it.
+    return_lse: bool = True
 
 
 def attention(
@@ -80,15 +82,18 @@ def attention(
       block_mask: :class:`fa3_jax.BlockMask`; False blocks are skipped. Combines
         (AND) with every other mask.
       return_lse: also return the natural-log log-sum-exp ``[batch, heads_q,
-        seq_q]`` in float32.
+        seq_q]`` in float32. Without it, a call that is not differentiated (inference)
+        runs the Mosaic forward without computing or storing the LSE.
       implementation: ``None`` (fastest available: ``'mosaic'`` on Hopper GPUs
         when it serves the inputs, else ``'reference'``), ``'mosaic'`` (Pallas
         Mosaic GPU kernels; also runs under GPU interpret mode) or ``'reference'``
         (pure JAX).
       deterministic: the Mosaic backward gives bit-identical gradients run to run.
-        False (the default, as in FlashAttention): from 4096 keys, inputs (at head dim
-        128 only unmasked and block-sparse ones; block masks of 128-multiple blocks) get
-        dQ added by the dK/dV kernel with fp32 atomics, 1-21% faster on an H100; their
+        False (the default, as in FlashAttention): from 4096 keys, inputs (block masks of
+        128-multiple blocks; at head dim 128 only unmasked, block-sparse and plain causal
+        ones, the last from 8192 keys; plain causal head dim 64 and unmasked head dim 128
+        from 2048) get dQ added by the dK/dV kernel with fp32 atomics, 1-21% faster on an
+        H100 (``fa3_jax.config.default_backward_config``); their
         order varies, so gradients differ run to run at fp32 rounding. The forward is
         always deterministic.
       descale_q, descale_k, descale_v: float8_e4m3fn inputs only (FlashAttention-3's
@@ -126,7 +131,7 @@ def attention(
     for name, flag in (("return_lse", return_lse), ("deterministic", deterministic)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    static = _Static(spec, scale, softcap, "reference", deterministic)
+    static = _Static(spec, scale, softcap, "reference", deterministic, return_lse)
     impl = _choose_implementation(implementation, static, q, k, v, slopes, segments, block_mask)
     static = dataclasses.replace(static, implementation=impl)
     out, lse = _attention(static, q, k, v, slopes, segments, block_mask, descale)
@@ -301,25 +306,34 @@ def _kwargs(static: _Static, slopes, segments, block_mask) -> dict[str, Any]:
     }
 
 
-def _forward(static: _Static, q, k, v, slopes, segments, block_mask, descale):
+def _forward(static: _Static, q, k, v, slopes, segments, block_mask, descale, *, with_lse):
+    """``(out, lse)``; the Mosaic kernel gives lse None when not ``with_lse``."""
     kwargs = _kwargs(static, slopes, segments, block_mask)
     if descale is not None:
         kwargs["descale_BG"] = descale
     if static.implementation == "mosaic":
         from fa3_jax import _mosaic
 
-        return _mosaic.sharded_forward(q, k, v, **kwargs)
+        return _mosaic.sharded_forward(q, k, v, **kwargs, with_lse=with_lse)
     return attention_reference(q, k, v, **kwargs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(static: _Static, q, k, v, slopes, segments, block_mask, descale):
     """``(out, lse)``; differentiable in q, k, v (and through lse) unless FP8."""
-    return _forward(static, q, k, v, slopes, segments, block_mask, descale)
+    out, lse = _forward(
+        static, q, k, v, slopes, segments, block_mask, descale, with_lse=static.return_lse
+    )
+    if lse is None:
+        # Not asked for and not differentiated: the kernel skipped it (H100: 0-3% faster,
+        # benchmarks/NOTES.md "Session 20"); the caller drops this stand-in.
+        batch, seq_q, heads_q, _ = q.shape
+        lse = jnp.zeros((batch, heads_q, seq_q), jnp.float32)
+    return out, lse
 
 
 def _attention_fwd(static, q, k, v, slopes, segments, block_mask, descale):
-    out, lse = _forward(static, q, k, v, slopes, segments, block_mask, descale)
+    out, lse = _forward(static, q, k, v, slopes, segments, block_mask, descale, with_lse=True)
     # Named so that a remat policy can keep them (see RESIDUAL_NAMES) instead of re-running the
     # forward kernel in the backward pass.
     out = checkpoint_name(out, RESIDUAL_NAMES[0])

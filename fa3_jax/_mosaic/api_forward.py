@@ -99,9 +99,10 @@ def mha_forward(
     block_mask: BlockMask | None,
     config: ForwardConfig | None = None,
     descale_BG=None,
+    with_lse: bool = True,
 ):
     """Mosaic GPU forward: ``(out_BSHD in q.dtype (bf16 for FP8), lse_BHS float32, natural
-    log)``.
+    log)``; lse is None with ``with_lse=False`` (the kernel then neither computes nor stores it).
 
     Args:
       q_BSHD: ``[batch, seq_q, heads_q, head_dim]`` fp16/bf16, or float8_e4m3fn.
@@ -159,6 +160,7 @@ def mha_forward(
         interpret=interpret,
         fp8=fp8,
         has_descale=descale_BG is not None,
+        with_lse=with_lse,
     )
     return forward_kernel_call(
         static,

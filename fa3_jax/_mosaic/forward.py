@@ -96,6 +96,8 @@ class ForwardStatic:
     #: GPU interpret mode: the ``"dynamic"`` order steps its work counter without atomics
     #: (interpret mode does not run ``inline_mgpu``), each CTA taking every n_ctas-th item.
     interpret: bool = False
+    #: Compute and store the LSE (the backward needs it); False skips it (inference).
+    with_lse: bool = True
 
 
 def _smem_transforms(cols: int, dtype):
@@ -195,7 +197,10 @@ def _kernel(st: ForwardStatic, dims, *refs):
     dynamic = cfg.tile_order == "dynamic"
     if dynamic:
         counter_ref, *rest = rest
-    out_ref, lse_ref, scratch, barriers = rest
+    if st.with_lse:
+        out_ref, lse_ref, scratch, barriers = rest
+    else:
+        out_ref, scratch, barriers = rest
     (
         q_smem,
         k_smem,
@@ -582,15 +587,17 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 inv_l = inv_l * v_descale
             out = acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])
             o_smem.at[qb][...] = out.astype(out_dtype)
-            lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
-            if signed:
-                q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
-                lse2 = lse2 - c * q_iota.astype(jnp.float32)
-            lse = jnp.where(empty, -jnp.inf, lse2 * LN2)
-            lse_smem.at[wg][...] = lse
+            if st.with_lse:
+                lse2 = m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
+                if signed:
+                    q_iota = plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
+                    lse2 = lse2 - c * q_iota.astype(jnp.float32)
+                lse = jnp.where(empty, -jnp.inf, lse2 * LN2)
+                lse_smem.at[wg][...] = lse
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(o_smem.at[qb], out_ref.at[b, pl.ds(row0, bq), h])
-            plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
+            if st.with_lse:
+                plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row0, bq)])
             if cfg.persistent and cfg.q_buffers == 1:
                 load_next_q(i)
             return base + n_tiles
@@ -747,7 +754,8 @@ def forward_kernel_call(
     block_mask_int=None,
     descale_BG=None,
 ):
-    """Runs the kernel: ``(out_BSHD in q.dtype (bf16 for FP8), lse_BHS float32 natural log)``.
+    """Runs the kernel: ``(out_BSHD in q.dtype (bf16 for FP8), lse_BHS float32 natural log)``;
+    lse is None unless ``st.with_lse``.
 
     Args:
       st: static description (mask spec, scale, softcap, config, ...).
@@ -828,7 +836,7 @@ def forward_kernel_call(
         else plgpu.SMEM(
             (stages, bkv, head_dim), dtype, transforms=_smem_transforms(head_dim, dtype)
         ),
-        plgpu.SMEM((n_consumers, bq), jnp.float32),
+        plgpu.SMEM((n_consumers, bq), jnp.float32) if st.with_lse else None,
         plgpu.SMEM((n_consumers, bq, bkv), dtype, transforms=_smem_transforms(bkv, dtype))
         if cfg.p_in_smem
         else None,
@@ -900,7 +908,7 @@ def forward_kernel_call(
         jax.ShapeDtypeStruct(q_in.shape, out_dtype),
         # LSE rows padded to whole q tiles keep every TMA store aligned.
         jax.ShapeDtypeStruct((batch, heads_q, padded_q), jnp.float32),
-    )
+    )[: 2 if st.with_lse else 1]
     call = plgpu.kernel(
         functools.partial(_kernel, st, dims),
         out_type=out_types,
@@ -911,10 +919,11 @@ def forward_kernel_call(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )
-    out, lse = call(*inputs)
+    out, *lse = call(*inputs)
+    lse = lse[0] if lse else None
     # Slices only where padding happened (a no-op otherwise: no extra copy).
     if out.shape[1] != seq_q:
         out = out[:, :seq_q]
-    if lse.shape[2] != seq_q:
+    if lse is not None and lse.shape[2] != seq_q:
         lse = lse[:, :, :seq_q]
     return out, lse

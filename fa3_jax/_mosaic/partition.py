@@ -241,7 +241,16 @@ def _run(kernel: Callable, named: list, out_letters: tuple[str, ...]):
 
 
 def sharded_forward(
-    q_BSHD, k_BSHD, v_BSHD, *, alibi_slopes_BH, segment_ids, block_mask, descale_BG=None, **static
+    q_BSHD,
+    k_BSHD,
+    v_BSHD,
+    *,
+    alibi_slopes_BH,
+    segment_ids,
+    block_mask,
+    descale_BG=None,
+    with_lse=True,
+    **static,
 ):
     """:func:`mha_forward` split over batch and heads under ``jit``; same arguments and results."""
     named = [("q", q_BSHD, "bshd"), ("k", k_BSHD, "btgd"), ("v", v_BSHD, "btge")]
@@ -253,9 +262,15 @@ def sharded_forward(
         extra = _extra_kwargs(local, block_mask)
         if descale_BG is not None:
             extra["descale_BG"] = tuple(local[f"descale_{x}"] for x in "qkv")
-        return mha_forward(local["q"], local["k"], local["v"], **extra, **static)
+        out, lse = mha_forward(
+            local["q"], local["k"], local["v"], **extra, with_lse=with_lse, **static
+        )
+        return (out, lse) if with_lse else (out,)
 
-    return _run(kernel, named, ("bshe", "bhs"))
+    if with_lse:
+        return _run(kernel, named, ("bshe", "bhs"))
+    (out,) = _run(kernel, named, ("bshe",))
+    return out, None
 
 
 def sharded_backward(

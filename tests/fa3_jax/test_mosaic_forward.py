@@ -303,6 +303,60 @@ def test_wide_causal_config_lowers_for_cuda(dtype):
     assert "mosaic_gpu" in text
 
 
+@pytest.mark.parametrize("config", [
+    ForwardConfig(),
+    ForwardConfig(persistent=True, tile_order="dynamic"),
+], ids=["grid", "persistent-dynamic"])
+def test_forward_without_lse_lowers_for_cuda(config):
+    """``with_lse=False`` (one output, no LSE buffer or store) lowers to Mosaic GPU on the CPU,
+    with the signed ALiBi split whose key term the LSE would undo."""
+    b, s, h, d = 1, 1000, 4, 64
+    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.float16)
+
+    def forward(q, k, v):
+        out, lse = _mosaic.mha_forward(
+            q, k, v, spec=MaskSpec(s, s, causal=True), softmax_scale=0.1, softcap=None,
+            alibi_slopes_BH=jnp.linspace(0.1, 0.5, h), segment_ids=None, block_mask=None,
+            config=config, with_lse=False)
+        assert lse is None
+        return out
+
+    text = jax.jit(forward).trace(q, q, q).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
+@pytest.mark.parametrize("case", [
+    Case(dtype=jnp.bfloat16, batch=1, heads_q=2, heads_kv=1, seq_q=150, seq_k=200, causal=True,
+         alibi="head"),
+    Case(dtype=jnp.float16, batch=2, heads_q=2, heads_kv=2, seq_q=130, seq_k=130, causal=True,
+         segments="shared"),
+], ids=["alibi-tail", "segments"])
+def test_lse_computed_only_when_needed(case, monkeypatch):
+    """Without ``return_lse`` and outside differentiation the kernel neither computes nor stores
+    the LSE (``with_lse=False``, race-free), giving the same output bit for bit; ``return_lse``
+    and the gradient's forward get it."""
+    calls = []
+    real = _mosaic.sharded_forward
+
+    def spy(*args, with_lse, **kwargs):
+        calls.append(with_lse)
+        return real(*args, with_lse=with_lse, **kwargs)
+
+    monkeypatch.setattr(_mosaic, "sharded_forward", spy)
+    q, k, v, kwargs, _ = make_inputs(case, 5)
+    q, k, v = (jnp.asarray(x, case.dtype) for x in (q, k, v))
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+    with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True)):
+        out = fa3_jax.attention(q, k, v, implementation="mosaic", **kwargs)
+        with_lse, _ = fa3_jax.attention(q, k, v, implementation="mosaic", return_lse=True,
+                                        **kwargs)
+        jax.grad(lambda q: jnp.sum(fa3_jax.attention(
+            q, k, v, implementation="mosaic", **kwargs).astype(jnp.float32)))(q)
+    assert not interpret_pallas_call.get_races().races_found
+    assert calls == [False, True, True]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(with_lse))
+
+
 @pytest.mark.parametrize("transform", ["grad", "remat", "remat-nothing-saved", "vmap"])
 def test_dynamic_order_composes_with_jax_transforms(transform, monkeypatch):
     """Packed documents run in the dynamic order, whose work counter is a ``jax.new_ref``:
@@ -518,6 +572,27 @@ class TestMosaicForwardGPU(_MosaicBase):
     CASES = GPU_CASES
     GRAD_CASES = [Case(dtype=jnp.bfloat16, batch=1, heads_q=4, heads_kv=2, head_dim=128,
                        seq_q=1000, seq_k=1000, causal=True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [
+    Case(dtype=jnp.float16, batch=2, heads_q=4, heads_kv=2, head_dim=64, seq_q=1000, seq_k=1000,
+         causal=True, alibi="head"),
+    Case(dtype=jnp.bfloat16, batch=2, heads_q=4, heads_kv=4, head_dim=128, seq_q=2048,
+         seq_k=2048),
+    Case(dtype=jnp.bfloat16, batch=2, heads_q=2, heads_kv=2, head_dim=128, seq_q=4096,
+         seq_k=4096, segments="shared", causal=True),
+], ids=["d64-causal-alibi", "d128-dense", "d128-documents"])
+def test_output_without_lse_matches_gpu(case):
+    """The kernel without its LSE (an output-only call) gives the output of the call that
+    returns the LSE, bit for bit, on the real GPU path (P in registers)."""
+    q, k, v, kwargs, _ = make_inputs(case, 9)
+    q, k, v = (jnp.asarray(x, case.dtype) for x in (q, k, v))
+    out = jax.jit(lambda q, k, v: fa3_jax.attention(q, k, v, **kwargs))(q, k, v)
+    full, lse = jax.jit(lambda q, k, v: fa3_jax.attention(q, k, v, return_lse=True, **kwargs))(
+        q, k, v)
+    assert bool(jnp.isfinite(lse).all())
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(full))
 
 
 @pytest.mark.gpu
