@@ -28,12 +28,13 @@ _SCRIPT = textwrap.dedent(
 
     seen = []  # q shapes the kernels were traced with: per-device ones mean a split call
 
-    def fake_forward(q, k, v, *, alibi_slopes_BH, **kw):
+    def fake_forward(q, k, v, *, alibi_slopes_BH, with_lse=True, **kw):
         seen.append(q.shape)
         # like the kernels, build tile metadata (what fails on explicitly sharded types)
         tile_metadata(kw["spec"], 128, 64, segment_ids=kw["segment_ids"],
                       block_mask=kw["block_mask"])
-        return attention_reference(q, k, v, alibi_slopes=alibi_slopes_BH, **kw)
+        out, lse = attention_reference(q, k, v, alibi_slopes=alibi_slopes_BH, **kw)
+        return out, lse if with_lse else None
 
     def fake_backward(q, k, v, out, lse, dout, *, dlse_BHS, alibi_slopes_BH, **kw):
         seen.append(q.shape)
