@@ -6,8 +6,8 @@ some instruction writes a register an in-flight wgmma still reads. LLVM, which s
 wgmma read its register operands (P V's P) at issue, may give the next tile's P those registers:
 one such variant of the forward ran 13-22% slower with nothing else to show for it
 (benchmarks/NOTES.md, "Session 19"). The default configs compile clean today; this test keeps it
-so, through ``fa3_jax.attention`` and its gradient (the forward, the dK/dV and dQ kernels or the
-fused one) over the heuristic's main branches.
+so, through ``fa3_jax.attention``, its gradient (the forward, the dK/dV and dQ kernels or the
+fused one) and its inference forward (no LSE) over the heuristic's main branches.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ CASES = [
     ("dense-d64-1k", 4, 1024, 8, 8, 64, "float16", {}),
     ("dense-d64-8k", 1, 8192, 8, 8, 64, "float16", {}),
     ("causal-d64-512", 4, 512, 8, 8, 64, "float16", {"causal": True}),
+    ("causal-d64-2k", 2, 2048, 8, 8, 64, "float16", {"causal": True}),
     ("causal-d64-4k", 1, 4096, 8, 8, 64, "bfloat16", {"causal": True}),
     ("dense-d128-16k", 1, 16384, 4, 4, 128, "bfloat16", {}),
     ("causal-d128-1k", 4, 1024, 8, 8, 128, "float16", {"causal": True}),
@@ -60,6 +61,7 @@ for name, b, s, h, h_kv, d, dtype, kw in CASES:
 
     print(f"== {name}", flush=True)
     jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, ids).compile()
+    jax.jit(loss).lower(q, kv, kv, ids).compile()  # inference: the forward without its LSE
 print("== done", flush=True)
 """
 
