@@ -919,8 +919,8 @@ def forward_kernel_call(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )
-    out, *lse = call(*inputs)
-    lse = lse[0] if lse else None
+    results = call(*inputs)
+    out, lse = results if st.with_lse else (results[0], None)
     # Slices only where padding happened (a no-op otherwise: no extra copy).
     if out.shape[1] != seq_q:
         out = out[:, :seq_q]
