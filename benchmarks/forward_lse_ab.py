@@ -10,10 +10,9 @@ import sys
 
 import jax
 import jax.numpy as jnp
+from forward_config_ab import grid_inputs, interleaved_ms
 
 from fa3_jax import _mosaic
-from fa3_jax.benchmark import gpu_time
-from fa3_jax.masks import MaskSpec
 
 RUNS = [(64, 512, True), (64, 1024, True), (64, 2048, True), (64, 1024, False),
         (128, 512, True), (128, 1024, True), (128, 16384, True), (128, 512, False)]
@@ -23,21 +22,14 @@ def main(out_dir, rounds=5):
     rows = []
     for d, s, causal in RUNS:
         for dtype in (jnp.float16, jnp.bfloat16):
-            b, h = 16384 // s, 2048 // d
-            ks = jax.random.split(jax.random.key(0), 3)
-            q, k, v = (jax.random.normal(x, (b, s, h, d), dtype) for x in ks)
-            flops = 4 * b * s * s * h * d / (2 if causal else 1)
-            spec, scale = MaskSpec(s, s, causal), d**-0.5
+            qkv, flops, spec, scale = grid_inputs(d, s, causal, dtype)
             fns = {}
             for label, with_lse in (("lse", True), ("no_lse", False)):
                 fns[label] = jax.jit(lambda q, k, v, w=with_lse, spec=spec, scale=scale:
                                      _mosaic.mha_forward(
                     q, k, v, spec=spec, softmax_scale=scale, softcap=None, alibi_slopes_BH=None,
                     segment_ids=None, block_mask=None, with_lse=w)[0])
-            ms = {label: [] for label in fns}
-            for _ in range(rounds):
-                for label, fn in fns.items():
-                    ms[label].append(gpu_time(fn, (q, k, v), calls=60)[0])
+            ms = interleaved_ms(fns, qkv, rounds)
             row = dict(d=d, s=s, causal=causal, dtype=jnp.dtype(dtype).name, ms_rounds=ms,
                        tflops={lb: round(flops / statistics.median(t) / 1e9, 1)
                                for lb, t in ms.items()})

@@ -5,7 +5,7 @@
 set -uo pipefail
 export PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results
-stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles | d64-kv256-causal | d64-kv256-dense | short-causal | backward-causal-fused}
+stage=${1:?stage: fwd | fwd-fp16 | fwd-bf16 | bwd-fp16 | bwd-bf16 | masks | pretrain | gpu-tests | forward-variants | causal-consumers | ncu-causal | ncu-source | timing | backward-order | backward-masks | backward-variants | backward-dq | backward-dq-masks | bwd-timing | ncu-fused | ptxas-backward | sharded | scaling | ptx-forward | documents | dynamic | fp8 | fp8-sweep | fp8-confirm | causal-c3 | fwd-d64-fp8 | fp8-registers | causal-d64-tiles | d64-kv256-causal | d64-kv256-dense | short-causal | backward-causal-fused | ncu-short-causal | ncu-short-source | softmax-turns | softmax-turns-ab | softmax-turns-ab2}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if ls .whl/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps --no-index --root-user-action=ignore .whl/*.whl 2>&1 | tee -a "$OUT/$stage.log" | tail -3; fi
@@ -180,6 +180,54 @@ case "$stage" in
   backward-causal-fused) for mode in --causal-d128-fused --causal-d64-fused; do
          python benchmarks/backward_gpu_check.py "$OUT" $mode --rounds 5 2>&1 \
          | tee -a "$OUT/$stage.log" | tail -14; done ;;
+  # ncu --set full of the forward rows under 0.95 (causal D64 512 / 1k, causal D128 512, fp16):
+  # ours without the LSE (as inference runs) beside torch's cuDNN kernel: launch shape, registers,
+  # shared memory, occupancy, stalls (~3 min); then every kernel name torch launches
+  ncu-short-causal) prof=(ncu --clock-control none --set full)
+         for run in "64 512" "64 1024" "128 512"; do
+           read -r d s <<< "$run"
+           "${prof[@]}" -k regex:mosaic --launch-skip 2 --launch-count 1 python benchmarks/ncu_kernels.py \
+             fwd $d $s causal fp16 nolse > "$OUT/ours_fwd_${d}_${s}_causal.txt" 2>&1
+           "${prof[@]}" -k 'regex:(?i)(sdpa|fmha|flash|fprop|attn)' --launch-skip 2 --launch-count 1 \
+             python benchmarks/ncu_torch.py cudnn $d $s causal > "$OUT/cudnn_fwd_${d}_${s}_causal.txt" 2>&1
+         done
+         ncu --clock-control none --section LaunchStats python benchmarks/ncu_torch.py cudnn 64 512 causal \
+           2>&1 | grep -E "^  [a-zA-Z_]" | sort | uniq -c > "$OUT/torch_kernel_names.txt"
+         grep -h "==PROF==\|Duration\|Registers Per\|Block Size\|Grid Size\|Shared Memory Config\|Dynamic Shared\|Theoretical Occ\|Achieved Occ\|Compute (SM) Th" \
+           "$OUT"/ours_* "$OUT"/cudnn_* | head -80 ;;
+  # the same launches' source pages (per-SASS instruction counts and stall samples), ours beside
+  # cuDNN's, summarized by benchmarks/sass_profile.py (~2 min)
+  ncu-short-source) prof=(ncu --clock-control none --set full --import-source no --launch-skip 2 --launch-count 1)
+         for run in "64 512" "64 1024"; do
+           read -r d s <<< "$run"
+           "${prof[@]}" -k regex:mosaic --export "/tmp/ours_${d}_${s}" -f python benchmarks/ncu_kernels.py \
+             fwd $d $s causal fp16 nolse > /dev/null 2>&1
+           "${prof[@]}" -k 'regex:(?i)sdpa' --export "/tmp/cudnn_${d}_${s}" -f python benchmarks/ncu_torch.py \
+             cudnn $d $s causal > /dev/null 2>&1
+           for who in ours cudnn; do
+             ncu -i "/tmp/${who}_${d}_${s}.ncu-rep" --page source --csv --print-source sass 2>&1 \
+               | gzip > "$OUT/${who}_fwd_${d}_${s}_causal_sass.csv.gz"
+           done
+         done
+         python benchmarks/sass_profile.py "$OUT"/*_sass.csv.gz ;;
+  # the consumers taking turns at the softmax's exponentials (cuDNN's schedule): GPU checks
+  # with and without overlap, then against the default where the forward trails (~5 min)
+  softmax-turns) python benchmarks/mosaic_forward_check.py --out "$OUT" --softmax-turns 2>&1 \
+         | tee -a "$OUT/$stage.log" | tail -18 ;;
+  # five interleaved rounds: softmax turns (with overlap) at head dim 64 up to 1k, and head
+  # dim 128 causal 512 without overlap, against the default, fp16 and bf16 (~3 min)
+  softmax-turns-ab) python benchmarks/forward_config_ab.py "$OUT" 64:512:causal,64:1024:causal,64:1024:dense \
+         "turns=softmax_turns:True;pingpong:False" 2>&1 | tee -a "$OUT/$stage.log" | tail -7
+       mv "$OUT/forward_config_ab.json" "$OUT/forward_config_ab_d64.json"
+       python benchmarks/forward_config_ab.py "$OUT" 128:512:causal "noov=overlap:False" \
+         "turns_noov=softmax_turns:True;pingpong:False;overlap:False" 2>&1 | tee -a "$OUT/$stage.log" | tail -3 ;;
+  # the same around what softmax-turns-ab found: turns on dense head dim 64 at 512 / 2k / 4k,
+  # no overlap on head dim 128 causal 1k / 2k and dense 512 (~3 min)
+  softmax-turns-ab2) python benchmarks/forward_config_ab.py "$OUT" 64:512:dense,64:2048:dense,64:4096:dense \
+         "turns=softmax_turns:True;pingpong:False" 2>&1 | tee -a "$OUT/$stage.log" | tail -7
+       mv "$OUT/forward_config_ab.json" "$OUT/forward_config_ab_d64_dense.json"
+       python benchmarks/forward_config_ab.py "$OUT" 128:1024:causal,128:2048:causal,128:512:dense \
+         "noov=overlap:False" 2>&1 | tee -a "$OUT/$stage.log" | tail -7 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 # what this stage wrote under benchmarks/results/ (files newer than $OUT/nvidia-smi.txt)

@@ -382,6 +382,20 @@ def short_causal_runs(report, save):
         _against_default(report, save, [run], changes=changes)
 
 
+def softmax_turn_runs(report, save):
+    """The consumers taking turns at their softmax's exponentials (cuDNN's schedule at head
+    dim 64, seen with ncu) against the default: with and without intra-warpgroup overlap (and
+    the default without overlap as a control), where the forward trails (causal D64 512-2k,
+    causal D128 512 in bf16, dense D64 1k) and at causal D64 4k; cuDNN alongside."""
+    runs = [*_fp16_runs(((64, 512, True), (64, 1024, True), (64, 2048, True), (64, 4096, True),
+                         (64, 1024, False))),
+            dict(d=128, s=512, causal=True, dtype=jnp.bfloat16)]
+    changes = {"turns_noov": dict(softmax_turns=True, pingpong=False, overlap=False),
+               "turns": dict(softmax_turns=True, pingpong=False),
+               "noov": dict(overlap=False)}
+    _against_default(report, save, runs, changes=changes)
+
+
 def one_q_runs(report, save):
     """Head dim 256 (two Q buffers per consumer do not fit shared memory) on the grid against
     persistent CTAs with one Q buffer (``prefetch_q=False``): balanced order when causal,
@@ -593,6 +607,8 @@ def main():
                     help="head dim 64: 256-key tiles without overlap against the default")
     ap.add_argument("--short-causal", action="store_true",
                     help="causal D64 512 / 1k, D128 512: tile and schedule variants")
+    ap.add_argument("--softmax-turns", action="store_true",
+                    help="consumers taking turns at the softmax (cuDNN's schedule) vs default")
     ap.add_argument("--causal-c3", action="store_true",
                     help="causal head dim 64: three consumers against the default, 2k-8k")
     ap.add_argument("--persistent", action="store_true",
@@ -666,6 +682,12 @@ def main():
                    dict(b=1, sq=2048, sk=2048, hq=4, hkv=4, d=64, dtype=f16, causal=True,
                         config=_balanced_c3(forward_config(64, f16, causal=True), overlap=False,
                                             pingpong=True)))]
+    if args.softmax_turns:
+        turns = dict(softmax_turns=True, pingpong=False)
+        checks = [(f"{name}-turns{'-noov' * (not ov)}",
+                   {**kw, "config": _check_config(kw, **turns, overlap=ov)})
+                  for ov in (False, True)
+                  for name, kw in checks[:9] if kw["d"] <= 128 and "config" not in kw]
     if not (args.skip_checks or args.ablation or args.short or args.causal_gap or args.fp8
             or args.fp8_confirm or args.causal_c3
             or args.fp8_registers or args.causal_d64_tiles or args.d64_kv256
@@ -688,7 +710,7 @@ def main():
                  one_q=one_q_runs, dynamic=dynamic_runs, fp8=fp8_runs,
                  fp8_confirm=fp8_confirm_runs, causal_c3=causal_c3_runs,
                  fp8_registers=fp8_registers_runs, causal_d64_tiles=causal_d64_tiles_runs,
-                 short_causal=short_causal_runs)
+                 short_causal=short_causal_runs, softmax_turns=softmax_turn_runs)
     if args.d64_kv256:
         d64_kv256_runs(report, save, causal=args.d64_kv256 == "causal")
         return _summary(report)

@@ -25,7 +25,7 @@ from fa3_jax.fp8 import quantize_fp8
 from fa3_jax.masks import MaskSpec
 
 
-def main(mode: str, d: int, s: int, mask: str, extra: str | None = None) -> None:
+def main(mode: str, d: int, s: int, mask: str, extra: str | None = None, lse: str = "") -> None:
     b, h = 16384 // s, 2048 // d
     causal = mask == "causal"
     keys = s - 8 if mask == "tail" else s
@@ -51,7 +51,11 @@ def main(mode: str, d: int, s: int, mask: str, extra: str | None = None) -> None
         segment_ids=None,
         block_mask=None,
     )
-    forward = jax.jit(lambda q, k, v: _mosaic.mha_forward(q, k, v, **common, descale_BG=descale))
+    forward = jax.jit(
+        lambda q, k, v: _mosaic.mha_forward(
+            q, k, v, **common, descale_BG=descale, with_lse=lse != "nolse"
+        )
+    )
     if mode == "fwd":
         for _ in range(3):
             jax.block_until_ready(forward(q_BSHD, k_BSHD, v_BSHD))

@@ -34,6 +34,8 @@ __all__ = [
     "FUSED_DQ_MIN_SEQ_K_CAUSAL_D128",
     "FUSED_DQ_MIN_SEQ_K_CAUSAL_D64",
     "FUSED_DQ_MIN_SEQ_K_DENSE_D128",
+    "NO_OVERLAP_CAUSAL_MAX_SEQ_K",
+    "SOFTMAX_TURNS_CAUSAL_MIN_SEQ_K",
 ]
 
 #: Dynamic shared memory one block may use on H100/H200 (227 KiB), minus a
@@ -62,6 +64,10 @@ class ForwardConfig:
         64: 192-row q tiles, each K/V tile loaded once for more rows).
       pingpong: order the consumers' GEMMs and softmaxes so one's softmax
         overlaps the others' GEMMs (FA3 technique 2).
+      softmax_turns: the consumers take turns running their softmax's exponentials (the
+        same ring of turn barriers; what cuDNN's Hopper kernel does at head dim 64, seen with
+        ncu: benchmarks/NOTES.md "Session 21"), so one's exponentials overlap the others'
+        GEMMs; not with ``pingpong``.
       overlap: issue the next tile's Q.K^T before this tile's P.V and softmax
         (FA3 technique 3, intra-warpgroup overlap).
       p_in_smem: stage P through shared memory for the P.V wgmma (needed by GPU
@@ -112,6 +118,7 @@ class ForwardConfig:
     num_stages: int = 2
     num_consumers: int = 2
     pingpong: bool = True
+    softmax_turns: bool = False
     overlap: bool = True
     p_in_smem: bool = False
     consumer_registers: int = 240
@@ -130,6 +137,10 @@ class ForwardConfig:
             )
         if self.tile_order in ("lpt", "balanced", "dynamic") and not self.persistent:
             raise ValueError(f"ForwardConfig.tile_order={self.tile_order!r} needs persistent=True")
+        if self.pingpong and self.softmax_turns:
+            raise ValueError(
+                "ForwardConfig.pingpong and softmax_turns both order the consumers: pick one"
+            )
         if self.tile_order == "dynamic" and not self.prefetch_q:
             raise ValueError("ForwardConfig.tile_order='dynamic' needs prefetch_q=True")
         if not isinstance(self.num_ctas, int) or self.num_ctas < 0:
@@ -252,6 +263,16 @@ DYNAMIC_CAUSAL_MAX_SEQ_K = 1024
 #: overlap (three consumers from 8k): fp16 -1% / +5% / +10% / +8% / +11% at 1k / 2k / 4k / 8k /
 #: 16k, bf16 -1% / +5% / +11% / +8% / +5%; dense lost 2-11% the same way (stays).
 CAUSAL_WIDE_KV_MIN_SEQ_K = 2048
+#: Causal fp16/bf16 inputs at head_dim <= 64 from this many keys (below
+#: ``CAUSAL_WIDE_KV_MIN_SEQ_K``) take turns at the softmax (``softmax_turns``), as do dense ones
+#: on persistent CTAs: H100, 2026-11-28 (benchmarks/NOTES.md "Session 21"), five interleaved
+#: rounds: causal 1k +1.9% / +1.8% (fp16 / bf16), 512 -1.6% / -2.4% (not taken); dense 512 / 1k /
+#: 2k / 4k +0.9…+2.6%.
+SOFTMAX_TURNS_CAUSAL_MIN_SEQ_K = 1024
+#: Causal inputs at head_dim 65-128 up to this many keys run without intra-warpgroup overlap:
+#: H100, 2026-11-28 (benchmarks/NOTES.md "Session 21"), five rounds: 512 +2.3% / +2.4% (fp16 /
+#: bf16), 1k -6.4% / -6.9%.
+NO_OVERLAP_CAUSAL_MAX_SEQ_K = 512
 #: Causal FP8 inputs at head_dim <= 64 from this many keys run three consumer warpgroups: H100,
 #: 2026-11-27 (benchmarks/NOTES.md "Session 17"), dynamic order, three against two consumers:
 #: +1% / +6% / +15% at 2k / 4k / 8k, -15% at 1k, 0 at 16k.
@@ -306,12 +327,17 @@ def _heuristic(
                 return with_consumers(dynamic, 3)
             if not fp8 and seq_k >= CAUSAL_WIDE_KV_MIN_SEQ_K:
                 return dataclasses.replace(dynamic, block_kv=256, overlap=False, num_stages=2)
+            if not fp8 and seq_k >= SOFTMAX_TURNS_CAUSAL_MIN_SEQ_K:
+                return dataclasses.replace(dynamic, softmax_turns=True)
             return dynamic
         if causal and not window and seq_k <= DYNAMIC_CAUSAL_MAX_SEQ_K:
+            if not fp8 and seq_k <= NO_OVERLAP_CAUSAL_MAX_SEQ_K:
+                return dataclasses.replace(dynamic, overlap=False)
             return dynamic
         return dataclasses.replace(config, persistent=True, tile_order="balanced")
     if seq_k <= PERSISTENT_MAX_SEQ_K:
-        return dataclasses.replace(config, persistent=True)
+        turns = head_dim <= 64 and not fp8
+        return dataclasses.replace(config, persistent=True, softmax_turns=turns)
     return config
 
 
@@ -380,8 +406,10 @@ def forward_search_space(head_dim: int, itemsize: int = 2) -> list[ForwardConfig
     space = []
     # three consumers only where their registers hold the accumulators (measured: D64)
     consumers = (2, 3) if head_dim <= 64 else (2,)
-    for block_kv, stages, pingpong, overlap, n in itertools.product(
-        (64, 128, 192), (2, 3, 4), (True, False), (True, False), consumers
+    # the consumers' turns: none, around the GEMMs (pingpong) or around the exponentials
+    turns = ((False, False), (True, False), (False, True))
+    for block_kv, stages, (pingpong, softmax_turns), overlap, n in itertools.product(
+        (64, 128, 192), (2, 3, 4), turns, (True, False), consumers
     ):
         config = with_consumers(
             ForwardConfig(),
@@ -389,6 +417,7 @@ def forward_search_space(head_dim: int, itemsize: int = 2) -> list[ForwardConfig
             block_kv=block_kv,
             num_stages=stages,
             pingpong=pingpong,
+            softmax_turns=softmax_turns,
             overlap=overlap,
         )
         try:

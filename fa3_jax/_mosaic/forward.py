@@ -9,7 +9,8 @@ One CTA computes ``tile_q = num_consumers * block_q`` query rows of one (batch, 
 * warpgroups 0 … num_consumers - 1 (2, or 3 as FA3 does at head_dim 64), the
   consumers, each own ``block_q`` rows: S = Q K^T (wgmma), online softmax in
   base 2, O += P V (wgmma). With ``pingpong`` they take turns issuing GEMMs, in
-  a ring of turn barriers, so one's softmax overlaps the others' GEMMs; with
+  a ring of turn barriers, so one's softmax overlaps the others' GEMMs (with
+  ``softmax_turns`` they take turns running their exponentials instead); with
   ``overlap`` Q K^T of the next tile is issued together with P V of this one,
   and the next softmax runs under P V.
 
@@ -298,17 +299,21 @@ def _kernel(st: ForwardStatic, dims, *refs):
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
         n_items = item_count() if cfg.persistent else 1
 
-        # Ping-pong: the consumers take turns issuing their GEMMs (a ring of turn
-        # barriers, one per warpgroup: FA3's scheduler barriers); softmaxes run
-        # unordered, so one warpgroup's softmax overlaps the others' GEMMs. All
-        # issue the same number of GEMMs per item, so in persistent mode the
-        # alternation simply continues from one item to the next.
-        def take_turn():
-            if cfg.pingpong:
+        # Turns: with ``pingpong`` the consumers take turns issuing their GEMMs (a ring of
+        # turn barriers, one per warpgroup: FA3's scheduler barriers), softmaxes unordered,
+        # so one warpgroup's softmax overlaps the others' GEMMs; with ``softmax_turns`` they
+        # take turns running their softmax's exponentials instead (GEMMs unordered), so one
+        # warpgroup's exponentials overlap the others' GEMMs and row maxima. Every consumer
+        # takes the same number of turns per item, so in persistent mode the alternation
+        # simply continues from one item to the next.
+        turns = cfg.pingpong or cfg.softmax_turns
+
+        def take_turn(at_softmax=False):
+            if cfg.softmax_turns if at_softmax else cfg.pingpong:
                 plgpu.barrier_wait(turn.at[wg])
 
-        def pass_turn():
-            if cfg.pingpong:
+        def pass_turn(at_softmax=False):
+            if cfg.softmax_turns if at_softmax else cfg.pingpong:
                 plgpu.barrier_arrive(turn.at[lax.rem(wg + 1, n_consumers)])
 
         # Without softcap/ALiBi the scale is folded into the softmax's exp2 FMA:
@@ -324,7 +329,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
             m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             alpha = jnp.exp2(m_i - m_use)
             s2 = s if fold is None else s * fold  # one FMA with the subtraction below
+            take_turn(at_softmax=True)
             p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
+            pass_turn(at_softmax=True)
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
 
@@ -602,8 +609,8 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 load_next_q(i)
             return base + n_tiles
 
-        if cfg.pingpong:
-            # Warpgroup 0 issues first.
+        if turns:
+            # Warpgroup 0 goes first.
             when(wg == n_consumers - 1, lambda: plgpu.barrier_arrive(turn.at[0]))
         if dynamic:
             load_q(0, first_item())
@@ -627,7 +634,7 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 load_q(0)
             for_each_item(consume_item, jnp.int32(0) if cfg.persistent else 0)
         plgpu.wait_smem_to_gmem(0)
-        if cfg.pingpong:
+        if turns:
             # Consume the last warpgroup's last hand-over (every barrier phase is observed).
             when(wg == 0, lambda: plgpu.barrier_wait(turn.at[0]))
 

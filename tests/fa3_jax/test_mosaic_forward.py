@@ -137,8 +137,10 @@ _VARIANTS = [
     (_variant(tile_order="heads", persistent=True, num_ctas=3),
      dataclasses.replace(_VARIANT_CASE, dtype=jnp.float16, heads_q=4, heads_kv=2, seq_q=333,
                          seq_k=301)),
-    # a traced greedy schedule (lists of unequal length per CTA), then with segment ids
-    (_variant(tile_order="balanced", persistent=True, num_ctas=3),
+    # a traced greedy schedule (lists of unequal length per CTA; the consumers take turns at
+    # the softmax), then with segment ids
+    (_variant(tile_order="balanced", persistent=True, num_ctas=3, pingpong=False,
+              softmax_turns=True),
      dataclasses.replace(_VARIANT_CASE, dtype=jnp.float16, heads_q=4, heads_kv=2, seq_q=333,
                          seq_k=301)),
     (_variant(tile_order="balanced", persistent=True, num_ctas=5),
@@ -171,12 +173,13 @@ _VARIANTS = [
      Case(dtype=jnp.float16, batch=1, heads_q=4, heads_kv=2, seq_q=500, seq_k=500, causal=True)),
     # the dynamic order: item indices handed from the producer to the consumers through a
     # two-slot ring (interpret mode steps the counter without atomics); packed documents with
-    # GQA and a key tail (ping-pong), then three consumers and a CTA with one item.
+    # GQA and a key tail (ping-pong), then three consumers taking turns at the softmax and a
+    # CTA with one item.
     (_variant(tile_order="dynamic", persistent=True, num_ctas=3),
      Case(dtype=jnp.bfloat16, batch=2, heads_q=4, heads_kv=2, seq_q=300, seq_k=300, causal=True,
           segments="shared")),
     (with_consumers(_variant(tile_order="dynamic", persistent=True, num_ctas=4), 3,
-                    pingpong=False, overlap=True, num_stages=2),
+                    pingpong=False, softmax_turns=True, overlap=True, num_stages=2),
      Case(dtype=jnp.float16, batch=1, heads_q=2, heads_kv=1, seq_q=500, seq_k=450, causal=True,
           alibi="head")),
     # 256-key tiles without overlap (causal head_dim 64 from 2k keys): the diagonal crosses a
@@ -193,6 +196,7 @@ _VARIANTS = [
 def _variant_id(variant):
     config, _ = variant
     name = f"pp{config.pingpong:d}ov{config.overlap:d}-c{config.num_consumers}"
+    name += "-softmax-turns" * config.softmax_turns
     name += f"-kv{config.block_kv}" * (config.block_kv != 64)
     name += f"-persistent{config.num_ctas}" * config.persistent
     name += "-static-wg" * config.static_warpgroups
@@ -449,6 +453,7 @@ def test_lpt_order_interpret(monkeypatch):
                                  dict(tile_order="batch"), dict(tile_order="lpt"),
                                  dict(tile_order="balanced"), dict(tile_order="dynamic"),
                                  dict(tile_order="dynamic", persistent=True, prefetch_q=False),
+                                 dict(pingpong=True, softmax_turns=True),
                                  dict(num_consumers=3)])  # 3 x 240 registers do not fit
 def test_forward_config_validation(bad):
     with pytest.raises(ValueError, match="ForwardConfig"):
@@ -471,14 +476,14 @@ def test_alibi_splits_only_where_no_visible_key_lies_right_of_the_diagonal(
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_heuristic_picks_persistent_orders(head_dim):
-    """As measured (NOTES "Session 6", "Session 15", "Session 17" and "Session 18"), at head_dim
-    <= 128: dense up to 4k keys persistent over one head's q tiles; segment ids, causal head_dim
-    64 (256-key tiles without overlap from 2k keys; FP8: three consumers from 4k) and causal
-    head_dim 128 up to 1k keys in the dynamic
-    order; longer causal inputs and windows in the balanced order. Head dim 256 (NOTES "Session
-    12"; two Q buffers do not fit): causal inputs in the balanced order with one Q buffer. Block
-    masks, unknown lengths, long dense inputs and D256 dense, windowed or with segment ids: one
-    CTA per q tile."""
+    """As measured (NOTES "Session 6", "Session 15", "Session 17", "Session 18" and "Session
+    21"), at head_dim <= 128: dense up to 4k keys persistent over one head's q tiles; segment
+    ids, causal head_dim 64 (256-key tiles without overlap from 2k keys; FP8: three consumers
+    from 4k) and causal head_dim 128 up to 1k keys in the dynamic order (softmax turns and
+    overlap as asserted below); longer causal inputs and windows in the balanced order. Head dim
+    256 (NOTES "Session 12"; two Q buffers do not fit): causal inputs in the balanced order with
+    one Q buffer. Block masks, unknown lengths, long dense inputs and D256 dense, windowed or
+    with segment ids: one CTA per q tile."""
 
     def pick(**kw):
         config = forward_config(head_dim, jnp.bfloat16, **kw)
@@ -504,6 +509,18 @@ def test_heuristic_picks_persistent_orders(head_dim):
         config = forward_config(head_dim, jnp.float8_e4m3fn, causal=True, seq_k=seq_k)
         assert config.num_consumers == (3 if three and head_dim <= 64 else 2), seq_k
         assert config.block_kv <= 128, seq_k
+    # the consumers' turns at the softmax (NOTES "Session 21"): causal head_dim 64 from 1k keys
+    # (below the 256-key tiles), dense head_dim 64 on persistent CTAs, never FP8; causal
+    # head_dim 65-128 up to 512 keys without overlap
+    d64 = head_dim <= 64
+    for kw, turns in ((dict(seq_k=1023, causal=True), False), (dict(seq_k=1024, causal=True), d64),
+                      (dict(seq_k=2047, causal=True), d64), (dict(seq_k=2048, causal=True), False),
+                      (dict(seq_k=512), d64), (dict(seq_k=4096), d64), (dict(seq_k=4097), False)):
+        assert forward_config(head_dim, jnp.bfloat16, **kw).softmax_turns == turns, kw
+        assert not forward_config(head_dim, jnp.float8_e4m3fn, **kw).softmax_turns, kw
+    for seq_k, overlap in ((512, not 64 < head_dim <= 128), (513, True)):
+        assert forward_config(head_dim, jnp.float16, causal=True, seq_k=seq_k).overlap == overlap
+    assert forward_config(head_dim, jnp.float8_e4m3fn, causal=True, seq_k=512).overlap
     for kw in (dict(seq_k=512, window=True), dict(seq_k=16384, causal=True, window=True)):
         assert pick(**kw) == (balanced if fits else grid), kw
     for kw in (dict(seq_k=1024, segments=True), dict(seq_k=16384, causal=True, segments=True),
