@@ -308,12 +308,13 @@ def _kernel(st: ForwardStatic, dims, *refs):
         # simply continues from one item to the next.
         turns = cfg.pingpong or cfg.softmax_turns
 
-        def take_turn(at_softmax=False):
-            if cfg.softmax_turns if at_softmax else cfg.pingpong:
+        def take_turn(ordered):
+            """Waits for this warpgroup's turn where ``ordered`` (a static config switch)."""
+            if ordered:
                 plgpu.barrier_wait(turn.at[wg])
 
-        def pass_turn(at_softmax=False):
-            if cfg.softmax_turns if at_softmax else cfg.pingpong:
+        def pass_turn(ordered):
+            if ordered:
                 plgpu.barrier_arrive(turn.at[lax.rem(wg + 1, n_consumers)])
 
         # Without softcap/ALiBi the scale is folded into the softmax's exp2 FMA:
@@ -329,9 +330,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
             m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             alpha = jnp.exp2(m_i - m_use)
             s2 = s if fold is None else s * fold  # one FMA with the subtraction below
-            take_turn(at_softmax=True)
+            take_turn(cfg.softmax_turns)
             p = jnp.exp2(s2 - lax.broadcast_in_dim(m_use, s.shape, [0]))
-            pass_turn(at_softmax=True)
+            pass_turn(cfg.softmax_turns)
             l_new = l_i * alpha + p.sum(axis=1)
             return p.astype(dtype), alpha, m_new, l_new
 
@@ -346,9 +347,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
 
         def qk(slot, qb):
             def body(acc_ref):
-                take_turn()
+                take_turn(cfg.pingpong)
                 plgpu.wgmma(acc_ref, q_smem.at[qb], k_smem.at[slot].transpose((1, 0)))
-                pass_turn()
+                pass_turn(cfg.pingpong)
                 return acc_ref[...]
 
             return pl.run_scoped(body, plgpu.ACC((bq, bkv), jnp.float32))
@@ -363,9 +364,9 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 lhs = a_operand(p)
 
             def issue(acc_ref):
-                take_turn()
+                take_turn(cfg.pingpong)
                 plgpu.wgmma(acc_ref, lhs, v_operand(slot))
-                pass_turn()
+                pass_turn(cfg.pingpong)
 
             if st.interpret:
                 # No pre-initialized accumulators in interpret mode: P V into a fresh one.
@@ -534,11 +535,11 @@ def _kernel(st: ForwardStatic, dims, *refs):
                 def body(s_ref, o_ref):
                     if not st.interpret:
                         o_ref[...] = acc
-                    take_turn()
+                    take_turn(cfg.pingpong)
                     plgpu.wgmma(s_ref, q_smem.at[qb], k_smem.at[nxt].transpose((1, 0)))
                     lhs = p_smem.at[wg] if cfg.p_in_smem else a_operand(p16)
                     plgpu.wgmma(o_ref, lhs, v_operand(slot))
-                    pass_turn()
+                    pass_turn(cfg.pingpong)
                     s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
                     p, alpha, m_new, l_new = softmax(
                         logits_freeing_k(s, info, nxt), m_i, l_i, fold_i
